@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make lab` (JupyterLab on notebooks/) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8888
+
+.PHONY: lab demo test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.jupyter-installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[jupyter]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.jupyter-installed
+
+## make lab: install nbdist with Jupyter and open JupyterLab on notebooks/
+lab: $(VENV)/.jupyter-installed
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+
+## make demo: run a small array end to end and print each step's state, exit code and log
+demo: $(VENV)/.jupyter-installed
+	$(PY) scripts/demo.py
+
+## make test: install the test dependencies and run everything (unit, integration, nbval, Slurm, browser)
+test: $(VENV)/.test-installed
+	scripts/run-tests.sh
+
+## make bench: the benchmark scripts (ratios against peers measured in the same run)
+bench: $(VENV)/.test-installed
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .nbdist build *.egg-info

@@ -1,0 +1,719 @@
+"""The multiprocess backend: runs tasks in parallel on this machine.
+
+Data flow::
+
+    caller threads ──submit/terminate──►  MultiprocessDistributor  (one lock, one dispatcher thread)
+                                             │  ▲
+                              ("run", task)  │  │  [("started", id, pid), ("done", id, outcome), ...]
+                              ("kill", id)   ▼  │
+                                   Consumer 1 … Consumer N   (processes, one task at a time)
+                                             │
+                                   /bin/sh -c COMMAND  (own process group, logs redirected)
+
+The distributor alone decides which task starts where, so a task that is cancelled before it was
+handed to a consumer can never start. Each consumer holds at most its running task and one
+prefetched task, so a consumer never waits on a round-trip to the parent between tasks. A task
+that asks for ``cores=k`` runs on one consumer while ``k - 1`` others stay idle.
+
+Consumers are started with the ``spawn`` method: forking a Jupyter kernel (threads, an event loop,
+open sockets) is not safe. A consumer that dies is noticed through its process sentinel: its running
+task is reported lost (``U``) and killed, its prefetched task goes back to the queue, and a new
+consumer takes its place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from collections import deque
+from typing import Any, Iterable
+
+from .cluster_protocol import TaskInstanceStatus as S
+from .resources import Resources, log_stem
+from .runner import Outcome, RunningTask, TaskSpec, become_subreaper, exit_message
+
+__all__ = [
+    "PickableTask",
+    "Consumer",
+    "MultiprocessDistributor",
+    "MultiprocessWorkerNode",
+    "RemoteExitInfoNotAvailable",
+    "new_job_id_prefix",
+]
+
+logger = logging.getLogger(__name__)
+
+# Seconds between SIGTERM and SIGKILL when a task is terminated on request: long enough for a
+# task to flush and clean up, short enough that "kill" feels immediate.
+KILL_GRACE_SECONDS = 2.0
+# stop() must return within a second, so its grace is short.
+STOP_GRACE_SECONDS = 0.2
+STOP_DEADLINE_SECONDS = 0.8
+
+_LIVE = (S.QUEUED, S.RUNNING)
+
+
+class RemoteExitInfoNotAvailable(KeyError):
+    """Raised by ``get_remote_exit_info`` for an id this distributor never ran."""
+
+
+def new_job_id_prefix() -> str:
+    """A prefix unique across distributor instances and kernel restarts (time in ms + randomness)."""
+    millis = int(time.time() * 1000)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while millis:
+        millis, rest = divmod(millis, 36)
+        text = digits[rest] + text
+    return text + secrets.choice(digits) + secrets.choice(digits)
+
+
+class PickableTask:
+    """Object passed from the distributor to a consumer: one task to run.
+
+    ``array_step_id`` is an int for array steps and None otherwise.
+    """
+
+    __slots__ = ("distributor_id", "command", "task_type", "array_step_id", "spec")
+
+    def __init__(
+        self,
+        distributor_id: str,
+        command: str,
+        task_type: str = "array",
+        array_step_id: int | None = None,
+        spec: TaskSpec | None = None,
+    ) -> None:
+        self.distributor_id = distributor_id
+        self.command = command
+        self.task_type = task_type
+        self.array_step_id = array_step_id
+        self.spec = spec or TaskSpec(distributor_id, command, os.devnull, os.devnull)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec = state
+
+    def __repr__(self) -> str:
+        return f"PickableTask({self.distributor_id!r}, {self.command!r}, {self.task_type!r})"
+
+
+class Consumer(multiprocessing.context.SpawnProcess):
+    """A process that runs the tasks the distributor hands it, one at a time.
+
+    Parameters
+    ----------
+    task_queue
+        Receiving end of this consumer's own pipe: ``("run", PickableTask)``, ``("kill", id, grace)``
+        and ``("stop", grace)`` messages.
+    response_queue
+        Sending end of a pipe to the distributor: lists of ``("started", id, pid)``,
+        ``("done", id, Outcome)`` and ``("error", id, message)`` events.
+    """
+
+    def __init__(
+        self,
+        task_queue: multiprocessing.connection.Connection,
+        response_queue: multiprocessing.connection.Connection,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.task_queue = task_queue
+        self.response_queue = response_queue
+
+    def run(self) -> None:
+        """Wait for work, then execute it."""
+        # Ctrl-C in a terminal reaches the whole foreground group: the distributor decides, not us.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        become_subreaper()
+        _ConsumerLoop(self.task_queue, self.response_queue).run()
+
+
+class _ConsumerLoop:
+    """The consumer's state: its local queue, the running task, events not yet sent."""
+
+    def __init__(self, inbox: multiprocessing.connection.Connection, outbox: multiprocessing.connection.Connection):
+        self.inbox = inbox
+        self.outbox = outbox
+        self.base_env = dict(os.environ)
+        self.local: deque[PickableTask] = deque()
+        self.events: list[tuple[Any, ...]] = []
+        self.current: tuple[PickableTask, RunningTask] | None = None
+        self.stopping = False
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                if not self.local:
+                    self._flush()
+                    self._handle(self.inbox.recv())
+                    continue
+                while self.inbox.poll():
+                    self._handle(self.inbox.recv())
+                if self.stopping or not self.local:
+                    continue
+                self._run_one(self.local.popleft())
+            self._flush()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            pass  # the distributor is gone: nobody to report to
+
+    def _run_one(self, task: PickableTask) -> None:
+        try:
+            running = RunningTask(task.spec, self.base_env)
+        except OSError as exc:
+            self.events.append(("error", task.distributor_id, f"could not start: {exc}"))
+            return
+        self.events.append(("started", task.distributor_id, running.pid))
+        self._flush()
+        self.current = (task, running)
+        try:
+            outcome = running.wait(self.inbox.fileno(), self._on_message)
+        finally:
+            self.current = None
+        self.events.append(("done", task.distributor_id, outcome))
+
+    def _on_message(self) -> None:
+        while self.inbox.poll():
+            try:
+                message = self.inbox.recv()
+            except EOFError:
+                self._kill_current("distributor went away", STOP_GRACE_SECONDS)
+                self.stopping = True
+                return
+            self._handle(message)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "run":
+            self.local.append(message[1])
+        elif kind == "kill":
+            _, distributor_id, grace = message
+            if self.current and self.current[0].distributor_id == distributor_id:
+                self._kill_current("killed on request", grace)
+                return
+            for task in self.local:
+                if task.distributor_id == distributor_id:
+                    self.local.remove(task)
+                    self.events.append(("done", distributor_id, Outcome(S.KILL_SELF, "cancelled before it started")))
+                    return
+        elif kind == "stop":
+            self.stopping = True
+            self.local.clear()
+            self._kill_current("killed: the distributor stopped", message[1])
+
+    def _kill_current(self, reason: str, grace: float) -> None:
+        if self.current is not None:
+            self.current[1].kill(S.KILL_SELF, reason, grace)
+
+    def _flush(self) -> None:
+        if self.events:
+            self.outbox.send(self.events)
+            self.events = []
+
+
+class _Record:
+    """The distributor's view of one task."""
+
+    __slots__ = (
+        "distributor_id", "name", "command", "resources", "job_id", "array_step_id", "state", "message",
+        "exit_code", "signal", "usage", "pid", "consumer", "submitted", "started", "ended",
+    )
+
+    def __init__(self, distributor_id: str, name: str, command: str, resources: Resources, job_id: str,
+                 array_step_id: int | None) -> None:
+        self.distributor_id = distributor_id
+        self.name = name
+        self.command = command
+        self.resources = resources
+        self.job_id = job_id
+        self.array_step_id = array_step_id
+        self.state = S.QUEUED
+        self.message = "queued"
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.usage: dict[str, Any] = {}
+        self.pid: int | None = None
+        self.consumer: _ConsumerSlot | None = None
+        self.submitted = time.time()
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    def log_path(self, kind: str, log_dir: str) -> str:
+        folder = (self.resources.stdout_dir if kind == "o" else self.resources.stderr_dir) or log_dir
+        return os.path.join(folder, f"{log_stem(self.name)}.{kind}{self.distributor_id}")
+
+    def finish(self, status: str, message: str, exit_code: int | None = None, signum: int | None = None,
+               usage: dict[str, Any] | None = None) -> None:
+        self.state = status
+        self.message = message
+        self.exit_code = exit_code
+        self.signal = signum
+        self.usage = usage or {}
+        self.ended = time.time()
+        self.consumer = None
+
+
+class _ConsumerSlot:
+    """A consumer process with the two pipe ends the distributor keeps and the tasks it was given."""
+
+    def __init__(self, index: int) -> None:
+        task_reader, self.task_writer = multiprocessing.Pipe(duplex=False)
+        self.event_reader, event_writer = multiprocessing.Pipe(duplex=False)
+        self.index = index
+        self.process = Consumer(task_reader, event_writer)
+        self.process.start()
+        # The child has its copies now; closing ours lets EOF reach each side when the other dies.
+        task_reader.close()
+        event_writer.close()
+        self.assigned: deque[_Record] = deque()
+        self.reader_open = True
+
+    def slots_in_use(self) -> int:
+        return self.assigned[0].resources.cores if self.assigned else 0
+
+
+class MultiprocessDistributor:
+    """Executes tasks locally in parallel, ``parallelism`` cores at a time.
+
+    Parameters
+    ----------
+    cluster_name
+        The name of the cluster.
+    parallelism
+        How many cores (consumer processes) to use at a time.
+    log_dir
+        Default folder for ``{name}.o{id}`` / ``{name}.e{id}`` when a task names none
+        (default: a new folder under the system's temporary directory).
+    kill_grace
+        Seconds between SIGTERM and SIGKILL for ``terminate_task_instances``.
+    """
+
+    def __init__(self, cluster_name: str = "multiprocess", parallelism: int = 3, *args: Any,
+                 log_dir: str | None = None, kill_grace: float = KILL_GRACE_SECONDS, **kwargs: Any) -> None:
+        if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
+            raise ValueError(f"parallelism must be a positive integer, not {parallelism!r}")
+        self._cluster_name = cluster_name
+        self.parallelism = parallelism
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix=f"nbdist-{log_stem(cluster_name)}-")
+        self.kill_grace = kill_grace
+        self.started = False
+        self._prefix = new_job_id_prefix()
+        self._job_counter = itertools.count(1)
+        self._lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._live: dict[str, _Record] = {}
+        self._pending: deque[_Record] = deque()
+        self._consumers: list[_ConsumerSlot] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
+
+    # ----------------------------------------------------------------- protocol properties
+    @property
+    def worker_node_entry_point(self) -> str:
+        """The installed command that runs one task the way a consumer does."""
+        return "nbdist-worker"
+
+    @property
+    def cluster_name(self) -> str:
+        """Return the name of the cluster type."""
+        return self._cluster_name
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start ``parallelism`` consumer processes and the dispatcher thread."""
+        with self._lock:
+            if self.started:
+                return
+            self._consumers = [_ConsumerSlot(index) for index in range(self.parallelism)]
+            self._stopping = False
+            self.started = True
+            self._thread = threading.Thread(target=self._dispatch_loop, name="nbdist-dispatcher", daemon=True)
+            self._thread.start()
+            self._dispatch()
+
+    def stop(self) -> None:
+        """Kill running tasks (reported ``K``), drop queued ones, and end every process; < 1 s."""
+        deadline = time.monotonic() + STOP_DEADLINE_SECONDS
+        with self._lock:
+            if not self.started:
+                return
+            self._stopping = True
+            for record in list(self._pending):
+                if record.state == S.QUEUED:
+                    self._finish(record, S.KILL_SELF, "cancelled: the distributor stopped")
+            self._pending.clear()
+            for slot in self._consumers:
+                try:
+                    slot.task_writer.send(("stop", STOP_GRACE_SECONDS))
+                except OSError:
+                    pass
+        for slot in list(self._consumers):
+            slot.process.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            for slot in self._consumers:
+                if slot.process.is_alive():
+                    self._kill_consumer_tree(slot)
+        for slot in list(self._consumers):
+            slot.process.join(1.0)
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        with self._lock:
+            for record in list(self._live.values()):
+                self._finish(record, S.KILL_SELF, "killed: the distributor stopped")
+            for slot in self._consumers:
+                slot.task_writer.close()
+                slot.event_reader.close()
+                slot.process.close()
+            self._consumers = []
+            self.started = False
+
+    def __enter__(self) -> "MultiprocessDistributor":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- submission
+    def submit_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any]) -> str:
+        """Queue one task and return its distributor id."""
+        resources = self._check(command, requested_resources)
+        job_id = self._new_job_id()
+        record = _Record(job_id, name, command, resources, job_id, None)
+        self._enqueue([record])
+        return job_id
+
+    def submit_array_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
+                                          array_length: int) -> dict[int, str]:
+        """Queue ``array_length`` steps (0 … n-1); return ``{step: "{job_id}_{step}"}``."""
+        if isinstance(array_length, bool) or not isinstance(array_length, int) or array_length < 1:
+            raise ValueError(f"array_length must be a positive integer, not {array_length!r}")
+        resources = self._check(command, requested_resources)
+        job_id = self._new_job_id()
+        records = [_Record(f"{job_id}_{step}", name, command, resources, job_id, step) for step in range(array_length)]
+        self._enqueue(records)
+        return {record.array_step_id: record.distributor_id for record in records}  # type: ignore[misc]
+
+    def _check(self, command: str, requested_resources: dict[str, Any] | None) -> Resources:
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError("command must be a non-empty string")
+        resources = Resources.parse(requested_resources, max_cores=self.parallelism)
+        for folder in {resources.stdout_dir or self.log_dir, resources.stderr_dir or self.log_dir}:
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:  # reported per task as a queueing error when it cannot start
+                logger.warning("cannot create log folder %s: %s", folder, exc)
+        return resources
+
+    def _new_job_id(self) -> str:
+        return f"{self._prefix}.{next(self._job_counter)}"
+
+    def _enqueue(self, records: list[_Record]) -> None:
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the distributor is stopping")
+            for record in records:
+                self._records[record.distributor_id] = record
+                self._live[record.distributor_id] = record
+            self._pending.extend(records)
+            if self.started:
+                self._dispatch()
+
+    # ----------------------------------------------------------------- queries
+    def get_submitted_or_running(self, distributor_ids: list[str] | None = None) -> set[str]:
+        """Ids that are queued or running (among ``distributor_ids``, or all)."""
+        with self._lock:
+            if distributor_ids is None:
+                return set(self._live)
+            return {i for i in distributor_ids if i in self._live}
+
+    def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        """Tasks that could not start (e.g. their log folder is not writable), with the reason."""
+        with self._lock:
+            return {
+                i: self._records[i].message
+                for i in distributor_ids
+                if i in self._records and self._records[i].state == S.NO_DISTRIBUTOR_ID
+            }
+
+    def get_remote_exit_info(self, distributor_id: str) -> tuple[str, str]:
+        """``(status, message)``: ``D`` exit 0, ``E`` exit code, ``K`` killed, ``Z`` over a limit, ``U`` lost."""
+        with self._lock:
+            record = self._records.get(distributor_id)
+            if record is None:
+                raise RemoteExitInfoNotAvailable(f"unknown distributor id {distributor_id!r}")
+            return record.state, record.message
+
+    def get_usage_stats(self, distributor_id: str) -> dict[str, Any]:
+        """Wall seconds, CPU seconds (user + system) and max RSS (MB) of a finished task."""
+        with self._lock:
+            record = self._records.get(distributor_id)
+            if record is None:
+                raise RemoteExitInfoNotAvailable(f"unknown distributor id {distributor_id!r}")
+            return dict(record.usage)
+
+    def get_task_reports(self, distributor_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Everything known about each task, in one call (the session's poller uses this)."""
+        with self._lock:
+            return {i: self._report(self._records[i]) for i in distributor_ids if i in self._records}
+
+    def log_paths(self, distributor_id: str) -> tuple[str, str]:
+        """``(stdout, stderr)`` file paths of a task."""
+        record = self._records[distributor_id]
+        return record.log_path("o", self.log_dir), record.log_path("e", self.log_dir)
+
+    def _report(self, record: _Record) -> dict[str, Any]:
+        return {
+            "status": record.state,
+            "message": record.message,
+            "exit_code": record.exit_code,
+            "signal": record.signal,
+            "usage": dict(record.usage),
+            "pid": record.pid,
+            "submitted": record.submitted,
+            "started": record.started,
+            "ended": record.ended,
+        }
+
+    # ----------------------------------------------------------------- termination
+    def terminate_task_instances(self, distributor_ids: list[str]) -> None:
+        """Kill running tasks with their whole process tree; drop queued ones so they never start."""
+        with self._lock:
+            for distributor_id in distributor_ids:
+                record = self._live.get(distributor_id)
+                if record is None:
+                    continue
+                if record.consumer is None:  # still in our queue: it will be skipped
+                    self._finish(record, S.KILL_SELF, "cancelled before it started")
+                else:
+                    try:
+                        record.consumer.task_writer.send(("kill", distributor_id, self.kill_grace))
+                    except OSError:
+                        pass  # the consumer died; its sentinel handler reports the task
+
+    # ----------------------------------------------------------------- dispatcher
+    def _dispatch(self) -> None:
+        """Hand queued tasks to consumers while slots allow (FIFO; called with the lock held)."""
+        pending = self._pending
+        while pending and not self._stopping:
+            record = pending[0]
+            if record.state != S.QUEUED:
+                pending.popleft()
+                continue
+            slot = self._pick_consumer(record.resources.cores)
+            if slot is None:
+                return
+            pending.popleft()
+            self._send_task(slot, record)
+
+    def _pick_consumer(self, cores: int) -> _ConsumerSlot | None:
+        in_use = sum(slot.slots_in_use() for slot in self._consumers)
+        idle = None
+        prefetch = None
+        for slot in self._consumers:
+            if not slot.reader_open:
+                continue
+            if not slot.assigned:
+                idle = idle or slot
+            elif len(slot.assigned) == 1 and slot.assigned[0].resources.cores == 1 and prefetch is None:
+                prefetch = slot
+        if idle is not None and in_use + cores <= self.parallelism:
+            return idle
+        if cores == 1:
+            return prefetch
+        return None
+
+    def _send_task(self, slot: _ConsumerSlot, record: _Record) -> None:
+        env = {"JOB_ID": record.job_id, "NBDIST_DISTRIBUTOR_ID": record.distributor_id}
+        if record.array_step_id is not None:
+            env["ARRAY_STEP_ID"] = str(record.array_step_id)
+        env.update(record.resources.env)
+        resources = record.resources
+        spec = TaskSpec(record.distributor_id, record.command, record.log_path("o", self.log_dir),
+                        record.log_path("e", self.log_dir), env, resources.cwd, resources.runtime_s,
+                        resources.memory_mb)
+        task_type = "array" if record.array_step_id is not None else "job"
+        record.consumer = slot
+        slot.assigned.append(record)
+        slot.task_writer.send(("run", PickableTask(record.distributor_id, record.command, task_type,
+                                                   record.array_step_id, spec)))
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._lock:
+                slots = list(self._consumers)
+            waitables: list[Any] = [self._wake_reader]
+            waitables += [slot.event_reader for slot in slots if slot.reader_open]
+            waitables += [slot.process.sentinel for slot in slots]
+            ready = multiprocessing.connection.wait(waitables)
+            with self._lock:
+                if self._wake_reader in ready:
+                    while self._wake_reader.poll():
+                        self._wake_reader.recv()
+                for slot in slots:
+                    if slot.reader_open and slot.event_reader in ready:
+                        self._read_events(slot)
+                for slot in slots:
+                    if slot.process.sentinel in ready and slot in self._consumers:
+                        self._consumer_died(slot)
+                if self._stopping and not any(s.process.is_alive() for s in self._consumers):
+                    return
+                self._dispatch()
+
+    def _read_events(self, slot: _ConsumerSlot) -> None:
+        try:
+            while slot.event_reader.poll():
+                for event in slot.event_reader.recv():
+                    self._apply_event(slot, event)
+        except (EOFError, OSError):
+            slot.reader_open = False
+
+    def _apply_event(self, slot: _ConsumerSlot, event: tuple[Any, ...]) -> None:
+        kind, distributor_id, payload = event
+        record = self._records[distributor_id]
+        if kind == "started":
+            record.state = S.RUNNING
+            record.message = "running"
+            record.pid = payload
+            record.started = time.time()
+            return
+        if record in slot.assigned:
+            slot.assigned.remove(record)
+        if kind == "error":
+            self._finish(record, S.NO_DISTRIBUTOR_ID, payload)
+        else:
+            outcome: Outcome = payload
+            self._finish(record, outcome.status, outcome.message, outcome.exit_code, outcome.signal, outcome.usage)
+
+    def _finish(self, record: _Record, status: str, message: str, exit_code: int | None = None,
+                signum: int | None = None, usage: dict[str, Any] | None = None) -> None:
+        record.finish(status, message, exit_code, signum, usage)
+        self._live.pop(record.distributor_id, None)
+
+    def _consumer_died(self, slot: _ConsumerSlot) -> None:
+        """Report the dead consumer's running task lost, requeue its prefetched one, replace it."""
+        if slot.reader_open:
+            self._read_events(slot)
+        slot.process.join(0)
+        code = slot.process.exitcode
+        how = exit_message(code, -code) if code is not None and code < 0 else f"exit code {code}"
+        self._consumers.remove(slot)
+        for record in list(slot.assigned):
+            if record.state == S.RUNNING:
+                _kill_orphaned_group(record)
+                self._finish(record, S.UNKNOWN_ERROR, f"lost: its consumer process died ({how})")
+            else:
+                record.consumer = None
+                self._pending.appendleft(record)
+        slot.assigned.clear()
+        slot.task_writer.close()
+        slot.event_reader.close()
+        if not self._stopping:
+            logger.warning("consumer %s died (%s); starting a new one", slot.process.pid, how)
+            self._consumers.append(_ConsumerSlot(slot.index))
+
+    def _kill_consumer_tree(self, slot: _ConsumerSlot) -> None:
+        """SIGKILL a consumer that did not stop in time, and every process under it."""
+        import psutil
+
+        try:
+            tree = psutil.Process(slot.process.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
+        for record in slot.assigned:
+            _kill_orphaned_group(record)
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        slot.process.kill()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(None)
+        except OSError:
+            pass
+
+    def __del__(self) -> None:
+        if getattr(self, "started", False):
+            try:
+                self.stop()
+            except Exception:  # interpreter shutdown: best effort
+                pass
+
+
+def _kill_orphaned_group(record: _Record) -> None:
+    """SIGKILL the process group of a task whose consumer is gone (it led its own group)."""
+    import psutil
+
+    if record.pid is None:
+        return
+    try:
+        proc = psutil.Process(record.pid)
+        if os.getpgid(record.pid) != record.pid or proc.create_time() < record.submitted - 1:
+            return  # the pid was reused by another process: not ours to kill
+        os.killpg(record.pid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        pass
+
+
+class MultiprocessWorkerNode:
+    """What a task started by the multiprocess distributor knows about itself (from its environment)."""
+
+    def __init__(self) -> None:
+        self._start = time.time()
+
+    @property
+    def distributor_id(self) -> str | None:
+        """``JOB_ID`` for a job, ``JOB_ID_ARRAY_STEP_ID`` for an array step, None outside a task."""
+        job_id = os.environ.get("JOB_ID")
+        if job_id is None:
+            return None
+        step = self.array_step_id
+        return job_id if step is None else f"{job_id}_{step}"
+
+    @property
+    def array_step_id(self) -> int | None:
+        """Return the array step id (None for a plain job)."""
+        step = os.environ.get("ARRAY_STEP_ID")
+        return int(step) if step not in (None, "") else None
+
+    def initialize_logfile(self, log_type: str, log_dir: str, name: str) -> str:
+        """``{log_dir}/{name}.o{id}`` for ``stdout``, ``.e{id}`` for ``stderr``."""
+        kinds = {"stdout": "o", "stderr": "e"}
+        if log_type not in kinds:
+            raise ValueError(f"log_type must be 'stdout' or 'stderr', not {log_type!r}")
+        return os.path.join(log_dir, f"{log_stem(name)}.{kinds[log_type]}{self.distributor_id}")
+
+    def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:
+        """``(D, …)`` for exit 0, ``(K, …)`` for SIGTERM/SIGKILL, ``(E, error_msg)`` otherwise."""
+        if exit_code == 0:
+            return S.DONE, "exit code 0"
+        signum = -exit_code if exit_code < 0 else (exit_code - 128 if exit_code > 128 else None)
+        if signum in (signal.SIGTERM, signal.SIGKILL):
+            return S.KILL_SELF, error_msg or exit_message(None, signum)
+        return S.ERROR, error_msg or exit_message(exit_code, None)
+
+    def get_usage_stats(self) -> dict[str, Any]:
+        """Wall seconds since this node object was made, CPU and max RSS of this process and its children."""
+        import resource
+
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "wall_s": round(time.time() - self._start, 4),
+            "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 4),
+            "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 2),
+        }

@@ -1,0 +1,139 @@
+"""Parsing and checking of ``requested_resources`` (one definition for every backend)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "log_stem"]
+
+KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd")
+
+_MEMORY_UNITS = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_RUNTIME_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RUNTIME_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|sec|min|hr)?\s*$", re.IGNORECASE)
+_CLOCK_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?\s*$")
+
+
+def parse_memory(value: str | int | float) -> float:
+    """Megabytes from ``"512M"``, ``"2G"``, ``"1.5GB"``, ``"300K"`` or a number of megabytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"memory must be like '512M' or '2G', not {value!r}")
+    if isinstance(value, (int, float)):
+        megabytes = float(value)
+    else:
+        match = _MEMORY_RE.match(str(value))
+        if not match:
+            raise ValueError(f"memory must be like '512M', '2G' or a number of MB, not {value!r}")
+        megabytes = float(match.group(1)) * _MEMORY_UNITS[match.group(2).upper()]
+    if not math.isfinite(megabytes) or megabytes <= 0:
+        raise ValueError(f"memory must be positive, not {value!r}")
+    return megabytes
+
+
+def parse_runtime(value: str | int | float) -> float:
+    """Seconds from ``"90s"``, ``"10m"``, ``"2h"``, ``"1:30:00"``, ``"1-00:00:00"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"runtime must be like '90s', '10m' or '2h', not {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value)
+        clock = _CLOCK_RE.match(text)
+        match = _RUNTIME_RE.match(text)
+        if clock:
+            days, first, second, third = clock.groups()
+            if third is None:  # M:S
+                seconds = int(first) * 60 + int(second)
+            else:  # H:M:S
+                seconds = int(first) * 3600 + int(second) * 60 + int(third)
+            seconds += int(days or 0) * 86400
+        elif match:
+            unit = (match.group(2) or "").lower()[:1]
+            seconds = float(match.group(1)) * _RUNTIME_UNITS[unit]
+        else:
+            raise ValueError(f"runtime must be like '90s', '10m', '2h' or 'H:MM:SS', not {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"runtime must be positive, not {value!r}")
+    return float(seconds)
+
+
+def format_memory(megabytes: float) -> str:
+    """``1536.0`` → ``"1.5G"``; the inverse of :func:`parse_memory` for display."""
+    if megabytes >= 1024:
+        return f"{megabytes / 1024:.3g}G"
+    return f"{megabytes:.4g}M"
+
+
+def format_runtime(seconds: float) -> str:
+    """``5400`` → ``"1h30m"``; short and exact for display."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or "0s"
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]")
+
+
+def log_stem(name: str) -> str:
+    """A file-name-safe form of a task name: it can never leave the log folder."""
+    stem = _UNSAFE_NAME_CHARS.sub("_", name).lstrip(".") or "task"
+    return stem[:100]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Validated ``requested_resources``; unknown or malformed keys raise ``ValueError``."""
+
+    cores: int = 1
+    memory_mb: float | None = None
+    runtime_s: float | None = None
+    queue: str | None = None
+    stdout_dir: str | None = None
+    stderr_dir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+    @classmethod
+    def parse(cls, requested: Mapping[str, Any] | None, max_cores: int | None = None) -> "Resources":
+        """Validate ``requested`` (the protocol's ``requested_resources``)."""
+        requested = dict(requested or {})
+        unknown = sorted(set(requested) - set(KNOWN_KEYS))
+        if unknown:
+            raise ValueError(f"unknown resource(s) {unknown}; known: {', '.join(KNOWN_KEYS)}")
+        cores = requested.get("cores", 1)
+        if cores is None:
+            cores = 1
+        if isinstance(cores, bool) or not isinstance(cores, int):
+            try:
+                cores = int(str(cores).strip())
+            except ValueError:
+                raise ValueError(f"cores must be a positive integer, not {requested['cores']!r}") from None
+        if cores < 1:
+            raise ValueError(f"cores must be a positive integer, not {requested['cores']!r}")
+        if max_cores is not None and cores > max_cores:
+            raise ValueError(f"a task asks for {cores} cores but parallelism is {max_cores}")
+        memory = requested.get("memory")
+        runtime = requested.get("runtime")
+        env = requested.get("env") or {}
+        if not isinstance(env, Mapping):
+            raise ValueError(f"env must be a dict of strings, not {type(env).__name__}")
+        env = {str(key): str(val) for key, val in env.items()}
+        for key in env:
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return cls(
+            cores=cores,
+            memory_mb=parse_memory(memory) if memory is not None else None,
+            runtime_s=parse_runtime(runtime) if runtime is not None else None,
+            queue=requested.get("queue"),
+            stdout_dir=requested.get("stdout"),
+            stderr_dir=requested.get("stderr"),
+            env=env,
+            cwd=requested.get("cwd"),
+        )

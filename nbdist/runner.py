@@ -1,0 +1,272 @@
+"""Run one task the way every nbdist backend does: ``sh -c`` with redirected logs, limits, usage.
+
+Used by the multiprocess consumers and by ``nbdist-worker`` (the Slurm backend's job wrapper), so a
+task behaves the same everywhere:
+
+- the command runs as ``/bin/sh -c COMMAND`` (no extra interpreter in between), in a new session
+  (its own process group), stdin from ``/dev/null``, stdout/stderr to its log files;
+- ``runtime`` and ``memory`` are enforced here (memory by sampling the RSS of the task's tree);
+- killing is SIGTERM to the group, then SIGKILL after a grace period; when the task ends, whatever
+  it left behind (its group, and daemons that escaped with ``setsid``, which come back to us because
+  the calling process is a child subreaper) is killed too;
+- usage (wall, CPU, max RSS) comes from ``os.wait4``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .cluster_protocol import TaskInstanceStatus as S
+from .resources import format_memory, format_runtime
+
+__all__ = ["TaskSpec", "Outcome", "RunningTask", "become_subreaper", "exit_message"]
+
+# How often the RSS of a memory-limited task's tree is sampled: a shorter period catches fast
+# allocations earlier but costs a /proc scan each time.
+MEMORY_POLL_SECONDS = 0.1
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants of this process re-parent to it, so none can escape a kill."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the process group kill still applies
+        pass
+
+
+@dataclass
+class TaskSpec:
+    """Everything needed to start one task."""
+
+    distributor_id: str
+    command: str
+    stdout_path: str
+    stderr_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    runtime_s: float | None = None
+    memory_mb: float | None = None
+
+
+@dataclass
+class Outcome:
+    """How a task ended: a status letter, a message, and what it used."""
+
+    status: str
+    message: str
+    exit_code: int | None = None
+    signal: int | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "message": self.message,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "usage": self.usage,
+        }
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_message(exit_code: int | None, signum: int | None) -> str:
+    """``"exit code 3"`` or ``"killed by signal 9 (SIGKILL)"``."""
+    if signum:
+        return f"killed by signal {signum} ({_signal_name(signum)})"
+    return f"exit code {exit_code}"
+
+
+def _stray_children() -> list[int]:
+    """Pids of this process's children (orphans re-parented here included), read from /proc."""
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                pids.extend(int(pid) for pid in handle.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+def _reap_strays() -> None:
+    """Kill and reap the children left behind by a finished task (this process runs one at a time)."""
+    for pid in _stray_children():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+class RunningTask:
+    """One started task. ``wait()`` blocks until it ends (or is killed) and returns its Outcome."""
+
+    def __init__(self, spec: TaskSpec, base_env: dict[str, str] | None = None) -> None:
+        self.spec = spec
+        env = dict(base_env if base_env is not None else os.environ)
+        env.update(spec.env)
+        out_fd = os.open(spec.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            err_fd = os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError:
+            os.close(out_fd)
+            raise
+        try:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out_fd, 1),
+                (os.POSIX_SPAWN_DUP2, err_fd, 2),
+            ]
+            command = spec.command
+            if spec.cwd:
+                # posix_spawn has no chdir: the shell changes directory before running the command.
+                command = f"cd -- {_quote(spec.cwd)} || exit 125\n{command}"
+            self.started = time.monotonic()
+            self.pid = os.posix_spawn(
+                "/bin/sh",
+                ["/bin/sh", "-c", command],
+                env,
+                file_actions=actions,
+                setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM),
+                setsigmask=(),
+            )
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
+        self.pidfd = os.pidfd_open(self.pid)
+        self.deadline = self.started + spec.runtime_s if spec.runtime_s else None
+        self.peak_rss_mb = 0.0
+        self._verdict: tuple[str, str] | None = None  # set when we decide to kill
+
+    def wait(self, control_fd: int | None = None, on_control: Callable[[], None] | None = None) -> Outcome:
+        """Wait for the end; ``on_control`` runs when ``control_fd`` is readable (it may call kill)."""
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        if control_fd is not None:
+            poller.register(control_fd, select.POLLIN)
+        while True:
+            timeout = self._next_timeout()
+            events = poller.poll(None if timeout is None else max(timeout, 0.0) * 1000)
+            fds = {fd for fd, _ in events}
+            if self.pidfd in fds:
+                break
+            if control_fd is not None and control_fd in fds and on_control is not None:
+                on_control()
+                continue
+            self._check_limits()
+        return self._finish()
+
+    def kill(self, status: str, message: str, grace: float) -> None:
+        """SIGTERM the task's group now and SIGKILL it after ``grace`` seconds; wait() then returns."""
+        if self._verdict is None:
+            self._verdict = (status, message)
+        self._signal_group(signal.SIGTERM)
+        if self._wait_exit(grace):
+            return
+        self._signal_group(signal.SIGKILL)
+
+    def _next_timeout(self) -> float | None:
+        now = time.monotonic()
+        timeouts = []
+        if self.deadline is not None:
+            timeouts.append(self.deadline - now)
+        if self.spec.memory_mb is not None:
+            timeouts.append(MEMORY_POLL_SECONDS)
+        return min(timeouts) if timeouts else None
+
+    def _check_limits(self) -> None:
+        spec = self.spec
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            assert spec.runtime_s is not None
+            self.kill(S.RESOURCE_ERROR, f"runtime limit of {format_runtime(spec.runtime_s)} exceeded", grace=1.0)
+            return
+        if spec.memory_mb is not None:
+            rss = self._tree_rss_mb()
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            if rss > spec.memory_mb:
+                self.kill(
+                    S.RESOURCE_ERROR,
+                    f"memory limit of {format_memory(spec.memory_mb)} exceeded (rss {format_memory(rss)})",
+                    grace=0.0,
+                )
+
+    def _tree_rss_mb(self) -> float:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / 2**20
+
+    def _wait_exit(self, timeout: float) -> bool:
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _finish(self) -> Outcome:
+        # The main process has exited but is not reaped yet, so its pid (= the group id) is still
+        # ours: kill whatever it left in its group, then reap it, then the daemons that escaped.
+        self._signal_group(signal.SIGKILL)
+        _, status, rusage = os.wait4(self.pid, 0)
+        os.close(self.pidfd)
+        wall = time.monotonic() - self.started
+        _reap_strays()
+        exit_code = os.waitstatus_to_exitcode(status)
+        signum = -exit_code if exit_code < 0 else None
+        code = exit_code if exit_code >= 0 else None
+        usage = {
+            "wall_s": round(wall, 4),
+            "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 4),
+            "user_s": round(rusage.ru_utime, 4),
+            "system_s": round(rusage.ru_stime, 4),
+            "max_rss_mb": round(max(rusage.ru_maxrss / 1024, self.peak_rss_mb), 2),
+        }
+        if self._verdict is not None:
+            status_letter, message = self._verdict
+            if signum:
+                message = f"{message}; {exit_message(None, signum)}"
+        elif code == 0:
+            status_letter, message = S.DONE, "exit code 0"
+        else:
+            status_letter, message = S.ERROR, exit_message(code, signum)
+        return Outcome(status_letter, message, code, signum, usage)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)

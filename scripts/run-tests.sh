@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole suite: starts a local single-node Slurm when it can (root, Slurm installed), stops it after.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+slurm_started=0
+if [ -x scripts/slurm-local.sh ] && [ "${NBDIST_NO_SLURM:-0}" != 1 ]; then
+    if scripts/slurm-local.sh start; then
+        slurm_started=1
+        eval "$(scripts/slurm-local.sh env)"
+    else
+        echo "run-tests: local Slurm not started; the Slurm suite will skip (fail under NBDIST_REQUIRE_ALL=1)" >&2
+    fi
+fi
+stop_slurm() { [ "$slurm_started" = 1 ] && scripts/slurm-local.sh stop; }
+trap stop_slurm EXIT
+"$PY" -m pytest "$@"
