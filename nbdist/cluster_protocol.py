@@ -24,6 +24,14 @@ The names and signatures follow Jobmon's ``ClusterDistributor`` protocol (the se
     folders for ``{name}.o{distributor_id}`` / ``{name}.e{distributor_id}``.
 ``env`` / ``cwd``
     extra environment variables (a dict of str) and the working directory of the task.
+``max_concurrent``
+    arrays: at most this many steps run at once.
+``after``
+    distributor ids that must finish with exit 0 first (backends that schedule dependencies
+    themselves, like Slurm's ``--dependency=afterok``); the multiprocess backend rejects it.
+
+nbdist backends also offer, beyond Jobmon's protocol, ``get_task_reports(ids)`` (status, message,
+exit code, signal, usage and times of many tasks in one call) and ``log_paths(id)``.
 """
 
 from __future__ import annotations

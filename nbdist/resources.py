@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 __all__ = ["Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "log_stem"]
 
-KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd")
+KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd", "max_concurrent", "after")
 
 _MEMORY_UNITS = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -98,6 +98,8 @@ class Resources:
     stderr_dir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    max_concurrent: int | None = None
+    after: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, requested: Mapping[str, Any] | None, max_cores: int | None = None) -> "Resources":
@@ -127,6 +129,14 @@ class Resources:
         for key in env:
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"invalid environment variable name {key!r}")
+        max_concurrent = requested.get("max_concurrent")
+        if max_concurrent is not None and (
+            isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1
+        ):
+            raise ValueError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
+        after = requested.get("after") or ()
+        if isinstance(after, str):
+            after = (after,)
         return cls(
             cores=cores,
             memory_mb=parse_memory(memory) if memory is not None else None,
@@ -136,4 +146,6 @@ class Resources:
             stderr_dir=requested.get("stderr"),
             env=env,
             cwd=requested.get("cwd"),
+            max_concurrent=max_concurrent,
+            after=tuple(str(item) for item in after),
         )
