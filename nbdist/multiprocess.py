@@ -30,6 +30,8 @@ import multiprocessing.connection
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Seconds between SIGTERM and SIGKILL when a task is terminated on request: long enough for a
 # task to flush and clean up, short enough that "kill" feels immediate.
@@ -108,8 +112,13 @@ class PickableTask:
         return f"PickableTask({self.distributor_id!r}, {self.command!r}, {self.task_type!r})"
 
 
-class Consumer(multiprocessing.context.SpawnProcess):
+class Consumer:
     """A process that runs the tasks the distributor hands it, one at a time.
+
+    Jobmon's consumer is a ``multiprocessing.Process``. Ours is a fresh interpreter started with
+    ``subprocess``: forking a kernel (threads, an event loop, sockets) is unsafe, and
+    multiprocessing's ``spawn`` re-imports ``__main__`` and leaves a resource-tracker process behind.
+    The object keeps the ``Process`` methods the distributor needs (``start``, ``join``, ``kill``…).
 
     Parameters
     ----------
@@ -126,9 +135,61 @@ class Consumer(multiprocessing.context.SpawnProcess):
         task_queue: multiprocessing.connection.Connection,
         response_queue: multiprocessing.connection.Connection,
     ) -> None:
-        super().__init__(daemon=True)
         self.task_queue = task_queue
         self.response_queue = response_queue
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.sentinel = -1
+
+    def start(self) -> None:
+        """Start the consumer's interpreter; it reads tasks from ``task_queue``."""
+        fds = (self.task_queue.fileno(), self.response_queue.fileno())
+        code = f"from nbdist.multiprocess import Consumer; Consumer.serve({fds[0]}, {fds[1]})"
+        env = dict(os.environ)
+        # The child must import this very nbdist, installed or not.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
+        self._popen = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=fds, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
+        self.sentinel = os.pidfd_open(self._popen.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def exitcode(self) -> int | None:
+        """Exit code, ``-signal`` if killed by a signal, None while running (as ``Process.exitcode``)."""
+        return self._popen.poll() if self._popen else None
+
+    def is_alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._popen is None:
+            return
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        if self.is_alive():
+            assert self._popen is not None
+            self._popen.kill()
+
+    def close(self) -> None:
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+    @classmethod
+    def serve(cls, task_fd: int, response_fd: int) -> None:
+        """The consumer process's main: run tasks until told to stop or the distributor goes away."""
+        consumer = cls(
+            multiprocessing.connection.Connection(task_fd, writable=False),
+            multiprocessing.connection.Connection(response_fd, readable=False),
+        )
+        consumer.run()
 
     def run(self) -> None:
         """Wait for work, then execute it."""
@@ -312,6 +373,9 @@ class MultiprocessDistributor:
         self._records: dict[str, _Record] = {}
         self._live: dict[str, _Record] = {}
         self._pending: deque[_Record] = deque()
+        # Arrays with max_concurrent: steps in flight per job id, and steps held back until one ends.
+        self._in_flight: dict[str, int] = {}
+        self._held: dict[str, deque[_Record]] = {}
         self._consumers: list[_ConsumerSlot] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -348,10 +412,12 @@ class MultiprocessDistributor:
             if not self.started:
                 return
             self._stopping = True
-            for record in list(self._pending):
+            waiting = [*self._pending, *itertools.chain.from_iterable(self._held.values())]
+            for record in waiting:
                 if record.state == S.QUEUED:
                     self._finish(record, S.KILL_SELF, "cancelled: the distributor stopped")
             self._pending.clear()
+            self._held.clear()
             for slot in self._consumers:
                 try:
                     slot.task_writer.send(("stop", STOP_GRACE_SECONDS))
@@ -409,6 +475,8 @@ class MultiprocessDistributor:
         if not isinstance(command, str) or not command.strip():
             raise ValueError("command must be a non-empty string")
         resources = Resources.parse(requested_resources, max_cores=self.parallelism)
+        if resources.after:
+            raise ValueError("the multiprocess backend does not take 'after': submit dependents when their dependencies are done")
         for folder in {resources.stdout_dir or self.log_dir, resources.stderr_dir or self.log_dir}:
             try:
                 os.makedirs(folder, exist_ok=True)
@@ -511,6 +579,10 @@ class MultiprocessDistributor:
             if record.state != S.QUEUED:
                 pending.popleft()
                 continue
+            limit = record.resources.max_concurrent
+            if limit is not None and self._in_flight.get(record.job_id, 0) >= limit:
+                self._held.setdefault(record.job_id, deque()).append(pending.popleft())
+                continue
             slot = self._pick_consumer(record.resources.cores)
             if slot is None:
                 return
@@ -546,6 +618,8 @@ class MultiprocessDistributor:
         task_type = "array" if record.array_step_id is not None else "job"
         record.consumer = slot
         slot.assigned.append(record)
+        if resources.max_concurrent is not None:
+            self._in_flight[record.job_id] = self._in_flight.get(record.job_id, 0) + 1
         slot.task_writer.send(("run", PickableTask(record.distributor_id, record.command, task_type,
                                                    record.array_step_id, spec)))
 
@@ -598,8 +672,22 @@ class MultiprocessDistributor:
 
     def _finish(self, record: _Record, status: str, message: str, exit_code: int | None = None,
                 signum: int | None = None, usage: dict[str, Any] | None = None) -> None:
+        if record.consumer is not None and record.resources.max_concurrent is not None:
+            self._release_throttle(record.job_id)
         record.finish(status, message, exit_code, signum, usage)
         self._live.pop(record.distributor_id, None)
+
+    def _release_throttle(self, job_id: str) -> None:
+        """One step of a throttled array ended: the next held step goes back to the queue's front."""
+        self._in_flight[job_id] -= 1
+        held = self._held.get(job_id)
+        while held:
+            record = held.popleft()
+            if record.state == S.QUEUED:
+                self._pending.appendleft(record)
+                break
+        if held is not None and not held:
+            del self._held[job_id]
 
     def _consumer_died(self, slot: _ConsumerSlot) -> None:
         """Report the dead consumer's running task lost, requeue its prefetched one, replace it."""
@@ -613,7 +701,9 @@ class MultiprocessDistributor:
             if record.state == S.RUNNING:
                 _kill_orphaned_group(record)
                 self._finish(record, S.UNKNOWN_ERROR, f"lost: its consumer process died ({how})")
-            else:
+            else:  # prefetched, never started: back to the front of the queue
+                if record.resources.max_concurrent is not None:
+                    self._in_flight[record.job_id] -= 1
                 record.consumer = None
                 self._pending.appendleft(record)
         slot.assigned.clear()

@@ -1,0 +1,342 @@
+"""The multiprocess distributor, with real processes: logs, exit info, kill, limits, usage, stop, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import pid_alive
+from nbdist.cluster_protocol import ClusterDistributor, ClusterWorkerNode
+from nbdist.multiprocess import (
+    MultiprocessDistributor,
+    MultiprocessWorkerNode,
+    PickableTask,
+    RemoteExitInfoNotAvailable,
+)
+
+PY = sys.executable
+
+
+@pytest.fixture
+def dist(tmp_path):
+    distributor = MultiprocessDistributor("test", parallelism=2, log_dir=str(tmp_path / "logs"), kill_grace=0.5)
+    distributor.start()
+    yield distributor
+    distributor.stop()
+
+
+def wait_finished(distributor, ids, timeout=15.0):
+    ids = list(ids)
+    deadline = time.monotonic() + timeout
+    while distributor.get_submitted_or_running(ids):
+        assert time.monotonic() < deadline, f"still live: {distributor.get_submitted_or_running(ids)}"
+        time.sleep(0.01)
+
+
+def wait_running(distributor, distributor_id, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while distributor.get_task_reports([distributor_id])[distributor_id]["status"] != "R":
+        assert time.monotonic() < deadline, "task never started"
+        time.sleep(0.01)
+    return distributor.get_task_reports([distributor_id])[distributor_id]["pid"]
+
+
+def wait_for_file(path: Path, timeout=10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.01)
+    return path.read_text().strip()
+
+
+def test_it_follows_the_protocol(dist):
+    assert isinstance(dist, ClusterDistributor)
+    assert isinstance(MultiprocessWorkerNode(), ClusterWorkerNode)
+    assert dist.cluster_name == "test"
+    assert dist.worker_node_entry_point == "nbdist-worker"
+    task = PickableTask("7", "true")
+    assert (task.distributor_id, task.command, task.task_type) == ("7", "true", "array")
+
+
+def test_logs_go_to_named_files_and_nothing_leaks(dist, tmp_path, capfd):
+    out_dir, err_dir = tmp_path / "out", tmp_path / "err"
+    job = dist.submit_to_batch_distributor(
+        "echo to-stdout; echo to-stderr >&2", "my job", {"stdout": str(out_dir), "stderr": str(err_dir)}
+    )
+    default = dist.submit_to_batch_distributor("echo default", "plain", {})
+    wait_finished(dist, [job, default])
+    assert (out_dir / f"my_job.o{job}").read_text() == "to-stdout\n"
+    assert (err_dir / f"my_job.e{job}").read_text() == "to-stderr\n"
+    assert Path(dist.log_dir, f"plain.o{default}").read_text() == "default\n"
+    assert dist.log_paths(job) == (str(out_dir / f"my_job.o{job}"), str(err_dir / f"my_job.e{job}"))
+    captured = capfd.readouterr()
+    assert "to-std" not in captured.out + captured.err
+
+
+def test_task_names_cannot_leave_the_log_folder(dist, tmp_path):
+    job = dist.submit_to_batch_distributor("echo x", "../../escape/../x", {})
+    wait_finished(dist, [job])
+    stdout, stderr = dist.log_paths(job)
+    assert Path(stdout).parent == Path(dist.log_dir)
+    assert Path(stdout).read_text() == "x\n"
+    assert not list(tmp_path.glob("escape*"))
+
+
+def test_exit_info_for_every_ending(dist):
+    ok = dist.submit_to_batch_distributor("exit 0", "ok", {})
+    bad = dist.submit_to_batch_distributor("exit 3", "bad", {})
+    self_killed = dist.submit_to_batch_distributor("kill -9 $$", "self", {})
+    wait_finished(dist, [ok, bad, self_killed])
+    assert dist.get_remote_exit_info(ok) == ("D", "exit code 0")
+    assert dist.get_remote_exit_info(bad) == ("E", "exit code 3")
+    assert dist.get_remote_exit_info(self_killed) == ("E", "killed by signal 9 (SIGKILL)")
+    reports = dist.get_task_reports([ok, bad, self_killed])
+    assert [reports[i]["exit_code"] for i in (ok, bad, self_killed)] == [0, 3, None]
+    assert reports[self_killed]["signal"] == 9
+    with pytest.raises(RemoteExitInfoNotAvailable):
+        dist.get_remote_exit_info("no-such-id")
+
+
+def test_runtime_limit_kills_with_Z(dist):
+    job = dist.submit_to_batch_distributor("sleep 30", "slow", {"runtime": "0.3s"})
+    started = time.monotonic()
+    wait_finished(dist, [job])
+    assert time.monotonic() - started < 3
+    status, message = dist.get_remote_exit_info(job)
+    assert status == "Z" and "runtime" in message
+
+
+def test_memory_limit_kills_with_Z(dist):
+    hog = f"{PY} -c \"import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)\""
+    job = dist.submit_to_batch_distributor(hog, "hog", {"memory": "100M"})
+    wait_finished(dist, [job])
+    status, message = dist.get_remote_exit_info(job)
+    assert status == "Z" and "memory" in message
+    assert dist.get_usage_stats(job)["max_rss_mb"] > 100
+
+
+@pytest.mark.parametrize(
+    "resources, fragment",
+    [
+        ({"memory": "lots"}, "memory"),
+        ({"memory": -5}, "memory"),
+        ({"runtime": "soon"}, "runtime"),
+        ({"runtime": 0}, "runtime"),
+        ({"cores": "two"}, "cores"),
+        ({"cores": 0}, "cores"),
+        ({"cores": 3}, "parallelism is 2"),
+        ({"gpus": 1}, "unknown resource"),
+        ({"after": ["x.1"]}, "after"),
+        ({"max_concurrent": 0}, "max_concurrent"),
+        ({"env": ["A=1"]}, "env"),
+    ],
+)
+def test_bad_resources_raise_and_queue_nothing(dist, resources, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        dist.submit_to_batch_distributor("true", "bad", resources)
+    with pytest.raises(ValueError, match=fragment):
+        dist.submit_array_to_batch_distributor("true", "bad", resources, 5)
+    assert dist.get_submitted_or_running() == set()
+
+
+def test_cores_take_slots(dist, tmp_path):
+    # Each task records its start and end; a 2-core task must not overlap any other task.
+    record = "echo $(date +%s.%N) >> {f}; sleep 0.3; echo $(date +%s.%N) >> {f}"
+    files = {name: tmp_path / f"{name}.times" for name in ("a", "b", "wide", "c")}
+    ids = {}
+    for name in ("a", "b", "wide", "c"):
+        cores = 2 if name == "wide" else 1
+        ids[name] = dist.submit_to_batch_distributor(record.format(f=files[name]), name, {"cores": cores})
+    wait_finished(dist, ids.values())
+    spans = {name: [float(x) for x in path.read_text().split()] for name, path in files.items()}
+    wide_start, wide_end = spans["wide"]
+    for name in ("a", "b", "c"):
+        start, end = spans[name]
+        assert end <= wide_start + 0.01 or start >= wide_end - 0.01, f"{name} overlapped the 2-core task"
+    # a and b ran side by side: parallelism is really used.
+    assert spans["b"][0] < spans["a"][1]
+
+
+def test_usage_stats(dist):
+    burn = f"{PY} -c \"x = bytearray(150 * 2**20); x[::4096] = b'1' * len(x[::4096]); sum(range(3_000_000))\""
+    job = dist.submit_to_batch_distributor(burn, "burn", {})
+    wait_finished(dist, [job])
+    usage = dist.get_usage_stats(job)
+    assert usage["cpu_s"] > 0.02
+    assert usage["wall_s"] >= usage["cpu_s"] * 0.5
+    assert usage["max_rss_mb"] >= 150
+
+
+def test_terminate_kills_the_whole_running_tree(dist, tmp_path):
+    pids = tmp_path / "pids"
+    job = dist.submit_to_batch_distributor(f"sleep 60 & echo $! > {pids}; sleep 60", "tree", {})
+    shell = wait_running(dist, job)
+    child = int(wait_for_file(pids))
+    started = time.monotonic()
+    dist.terminate_task_instances([job])
+    wait_finished(dist, [job])
+    latency = time.monotonic() - started
+    assert dist.get_remote_exit_info(job)[0] == "K"
+    assert not pid_alive(shell) and not pid_alive(child)
+    assert latency < 0.5
+
+
+def test_terminate_escalates_to_sigkill(dist, tmp_path):
+    ready = tmp_path / "ready"
+    job = dist.submit_to_batch_distributor(f"trap '' TERM; echo up > {ready}; sleep 60", "stubborn", {})
+    pid = wait_running(dist, job)
+    wait_for_file(ready)
+    dist.terminate_task_instances([job])
+    wait_finished(dist, [job], timeout=5)
+    status, message = dist.get_remote_exit_info(job)
+    assert status == "K" and "SIGKILL" in message
+    assert not pid_alive(pid)
+
+
+def test_queued_tasks_cancelled_never_start(dist, tmp_path):
+    blockers = [dist.submit_to_batch_distributor("sleep 30", f"block{i}", {}) for i in range(2)]
+    marker = tmp_path / "ran"
+    queued = dist.submit_to_batch_distributor(f"touch {marker}", "queued", {})
+    array = dist.submit_array_to_batch_distributor(f"touch {marker}$ARRAY_STEP_ID", "arr", {}, 50)
+    dist.terminate_task_instances([queued, *array.values()])
+    dist.terminate_task_instances(blockers)
+    wait_finished(dist, [*blockers, queued, *array.values()])
+    time.sleep(0.2)
+    assert not list(tmp_path.glob("ran*"))
+    assert dist.get_remote_exit_info(queued) == ("K", "cancelled before it started")
+
+
+def test_cancel_right_after_submit_never_leaves_it_running(dist, tmp_path):
+    for attempt in range(10):
+        job = dist.submit_to_batch_distributor("sleep 30", f"quick{attempt}", {})
+        dist.terminate_task_instances([job])
+        wait_finished(dist, [job], timeout=5)
+        assert dist.get_remote_exit_info(job)[0] == "K"
+
+
+def test_daemons_that_escape_their_group_are_killed(dist, tmp_path):
+    pidfile = tmp_path / "daemon"
+    escapes = f"(setsid sleep 300 & echo $! > {pidfile}); exit 0"
+    job = dist.submit_to_batch_distributor(escapes, "escaper", {})
+    wait_finished(dist, [job])
+    daemon = int(wait_for_file(pidfile))
+    deadline = time.monotonic() + 3
+    while pid_alive(daemon) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(daemon)
+    assert dist.get_remote_exit_info(job)[0] == "D"
+
+
+def test_queueing_error_when_the_log_folder_cannot_be_used(dist, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    job = dist.submit_to_batch_distributor("true", "x", {"stdout": str(not_a_folder / "sub")})
+    fine = dist.submit_to_batch_distributor("true", "y", {})
+    wait_finished(dist, [job, fine])
+    errors = dist.get_queueing_errors([job, fine])
+    assert list(errors) == [job]
+    assert "could not start" in errors[job] and "Not a directory" in errors[job]
+    assert dist.get_remote_exit_info(job)[0] == "W"
+    assert dist.get_remote_exit_info(fine)[0] == "D"
+
+
+def test_array_ids_environment_and_throttle(dist, tmp_path):
+    script = f"echo $JOB_ID $ARRAY_STEP_ID $NBDIST_DISTRIBUTOR_ID; echo $(date +%s.%N) >> {tmp_path}/t$ARRAY_STEP_ID; sleep 0.05; echo $(date +%s.%N) >> {tmp_path}/t$ARRAY_STEP_ID"
+    ids = dist.submit_array_to_batch_distributor(script, "arr", {"max_concurrent": 1}, 4)
+    job_id = ids[0].rsplit("_", 1)[0]
+    assert ids == {step: f"{job_id}_{step}" for step in range(4)}
+    wait_finished(dist, ids.values())
+    for step, distributor_id in ids.items():
+        stdout = Path(dist.log_paths(distributor_id)[0]).read_text().split()
+        assert stdout == [job_id, str(step), distributor_id]
+    spans = sorted(tuple(float(x) for x in (tmp_path / f"t{step}").read_text().split()) for step in range(4))
+    for first, second in zip(spans, spans[1:]):
+        assert second[0] >= first[1] - 0.005, "max_concurrent=1 steps overlapped"
+
+
+def test_large_array_is_cheap_to_submit_and_stop(tmp_path):
+    distributor = MultiprocessDistributor("big", parallelism=2, log_dir=str(tmp_path))
+    distributor.start()
+    try:
+        ids = distributor.submit_array_to_batch_distributor("true", "big", {}, 100_000)
+        assert len(ids) == 100_000 and ids[99_999].endswith("_99999")
+        assert len(distributor.get_submitted_or_running()) > 99_000
+    finally:
+        started = time.monotonic()
+        distributor.stop()
+        assert time.monotonic() - started < 1.5
+    assert distributor.get_submitted_or_running() == set()
+    assert distributor.get_remote_exit_info(ids[99_999])[0] == "K"
+
+
+def test_ids_are_unique_across_instances(tmp_path):
+    first = MultiprocessDistributor("a", parallelism=1, log_dir=str(tmp_path))
+    second = MultiprocessDistributor("a", parallelism=1, log_dir=str(tmp_path))
+    assert first.submit_to_batch_distributor("true", "t", {}) != second.submit_to_batch_distributor("true", "t", {})
+    first.start(), second.start()
+    first.stop(), second.stop()
+
+
+def test_worker_node_sees_its_ids(dist):
+    probe = f"{PY} -c 'from nbdist.multiprocess import MultiprocessWorkerNode as W; n = W(); print(n.distributor_id, n.array_step_id)'"
+    job = dist.submit_to_batch_distributor(probe, "probe", {})
+    array = dist.submit_array_to_batch_distributor(probe, "probe", {}, 2)
+    wait_finished(dist, [job, *array.values()])
+    assert Path(dist.log_paths(job)[0]).read_text().split() == [job, "None"]
+    assert Path(dist.log_paths(array[1])[0]).read_text().split() == [array[1], "1"]
+    node = MultiprocessWorkerNode()
+    assert node.get_exit_info(0, "") == ("D", "exit code 0")
+    assert node.get_exit_info(3, "boom") == ("E", "boom")
+    assert node.get_exit_info(-9, "")[0] == "K"
+    assert set(node.get_usage_stats()) >= {"wall_s", "cpu_s", "max_rss_mb"}
+
+
+def test_env_and_cwd(dist, tmp_path):
+    job = dist.submit_to_batch_distributor("echo $GREETING; pwd", "envcwd", {"env": {"GREETING": "hi there"}, "cwd": str(tmp_path)})
+    wait_finished(dist, [job])
+    assert Path(dist.log_paths(job)[0]).read_text().split("\n")[:2] == ["hi there", str(tmp_path)]
+
+
+def test_stop_is_fast_and_leaves_nothing(tmp_path):
+    distributor = MultiprocessDistributor("stop", parallelism=2, log_dir=str(tmp_path))
+    distributor.start()
+    running = [distributor.submit_to_batch_distributor("trap '' TERM; sleep 60", f"s{i}", {}) for i in range(2)]
+    queued = distributor.submit_to_batch_distributor("sleep 60", "q", {})
+    pids = [wait_running(distributor, job) for job in running]
+    consumers = [slot.process.pid for slot in distributor._consumers]
+    started = time.monotonic()
+    distributor.stop()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"stop took {elapsed:.2f}s"
+    assert [distributor.get_remote_exit_info(job)[0] for job in [*running, queued]] == ["K", "K", "K"]
+    assert not any(pid_alive(pid) for pid in pids + consumers)
+
+
+def test_a_killed_consumer_loses_only_its_task(tmp_path):
+    distributor = MultiprocessDistributor("fault", parallelism=2, log_dir=str(tmp_path))
+    distributor.start()
+    try:
+        victim = distributor.submit_to_batch_distributor("sleep 60", "victim", {})
+        task_pid = wait_running(distributor, victim)
+        consumer = psutil.Process(task_pid).parent()
+        others = distributor.submit_array_to_batch_distributor("echo ok", "others", {}, 20)
+        os.kill(consumer.pid, signal.SIGKILL)
+        wait_finished(distributor, [victim, *others.values()])
+        status, message = distributor.get_remote_exit_info(victim)
+        assert status == "U" and "consumer" in message and "SIGKILL" in message
+        assert {distributor.get_remote_exit_info(i)[0] for i in others.values()} == {"D"}
+        assert not pid_alive(task_pid)
+        assert len(distributor._consumers) == 2 and consumer.pid not in [s.process.pid for s in distributor._consumers]
+        after = distributor.submit_to_batch_distributor("echo again", "after", {})
+        wait_finished(distributor, [after])
+        assert distributor.get_remote_exit_info(after)[0] == "D"
+    finally:
+        started = time.monotonic()
+        distributor.stop()
+        assert time.monotonic() - started < 1.0
