@@ -1,0 +1,470 @@
+"""IPython magics: ``%%submit`` and ``%nbdist``. They parse, check, then call the public Python API.
+
+Nothing here schedules. Every line is checked completely before the first API call, so a bad line
+raises one :class:`~IPython.core.error.UsageError` (one line, no traceback) and submits nothing; a
+``ValueError``/``KeyError`` that the core raises for input we could not check here is translated
+to a ``UsageError`` at this boundary.
+"""
+
+from __future__ import annotations
+
+import keyword
+import logging
+import re
+import shlex
+import sys
+from typing import Any, Iterable, Sequence
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .resources import parse_memory, parse_runtime
+
+__all__ = ["NbdistMagics", "load_ipython_extension", "parse_array_spec", "MAX_ARRAY_STEPS"]
+
+log = logging.getLogger(__name__)
+
+# The largest array a magic accepts: far above any interactive use, low enough that a typo such as
+# ``0-9999999999`` fails at once instead of building a billion-step list in the kernel.
+MAX_ARRAY_STEPS = 1_000_000
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]{0,99}$")
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+
+
+def parse_array_spec(spec: str) -> tuple[Sequence[int], int | None]:
+    """Step ids and the optional ``%N`` concurrency limit of a Slurm-style array spec.
+
+    ``10`` → steps 0..9; ``0-99``; ``0-99:2`` (every second step); ``1,5,7``; mixes like ``0-9,20``;
+    ``0-99%4`` runs at most 4 steps at once. The grammar is the core's (:func:`nbdist.sweep.parse_array_spec`);
+    this adds a size cap and turns its errors into a UsageError.
+    """
+    from .sweep import parse_array_spec as core_parse
+
+    if not spec.strip():
+        raise UsageError("--array needs a spec, e.g. 10, 0-99, 0-99:2 or 1,5,7")
+    try:
+        steps, limit = core_parse(spec)
+    except ValueError as exc:
+        raise UsageError(f"--array: {_one_line(exc)}") from None
+    if len(steps) > MAX_ARRAY_STEPS:
+        raise UsageError(f"--array {spec!r}: more than {MAX_ARRAY_STEPS} steps")
+    if len(set(steps)) != len(steps):
+        raise UsageError(f"--array {spec!r}: a step is listed twice")
+    return steps, limit
+
+
+def _check_over(value: Any, expr: str) -> list[str]:
+    """Parameter names of an ``--over`` value, or a UsageError saying which shapes are accepted."""
+    shape = "a dict of lists, a list of dicts or a DataFrame"
+    if hasattr(value, "columns") and hasattr(value, "to_dict"):  # a pandas DataFrame, duck-typed
+        if len(value) == 0:
+            raise UsageError(f"--over {expr}: the DataFrame has no rows")
+        return [str(column) for column in value.columns]
+    if isinstance(value, dict):
+        if not value:
+            raise UsageError(f"--over {expr}: the dict is empty; expected {shape}")
+        for key, values in value.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise UsageError(f"--over {expr}: the value of {key!r} is not a list; expected {shape}")
+            if len(list(values)) == 0:
+                raise UsageError(f"--over {expr}: the list for {key!r} is empty")
+        return [str(key) for key in value]
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise UsageError(f"--over {expr}: the list is empty; expected {shape}")
+        if not all(isinstance(item, dict) for item in value):
+            raise UsageError(f"--over {expr}: every item of the list must be a dict; expected {shape}")
+        return sorted({str(key) for item in value for key in item})
+    raise UsageError(f"--over {expr}: got {type(value).__name__}; expected {shape}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line for a UsageError."""
+    text = str(exc).strip().splitlines()
+    detail = text[0] if text else ""
+    if isinstance(exc, KeyError) and detail.startswith(("'", '"')):
+        detail = detail.strip("'\"")
+    return detail or type(exc).__name__
+
+
+def _split_step(target: str) -> tuple[str, int | None]:
+    """``"sweep:3"`` → ``("sweep", 3)``; ``"sweep"`` → ``("sweep", None)``."""
+    name, sep, step = target.rpartition(":")
+    if not sep:
+        return target, None
+    if not step.isdigit():
+        raise UsageError(f"{target!r}: the step after ':' must be a number")
+    return name, int(step)
+
+
+@magics_class
+class NbdistMagics(Magics):
+    """``%%submit`` and ``%nbdist``: the notebook face of :mod:`nbdist`."""
+
+    def __init__(self, shell: Any = None) -> None:
+        super().__init__(shell)
+        # The session the magics use: the default one until ``%nbdist attach`` or ``%nbdist backend``.
+        self._session: Any = None
+        self._by_backend: dict[str, Any] = {}
+        self._nbdist_parser = _build_nbdist_parser()
+
+    # -- sessions ---------------------------------------------------------------------------
+    def session(self, backend: str | None = None) -> Any:
+        """The session for ``backend`` (the current one when None); a UsageError if it cannot start."""
+        import nbdist
+
+        current = self._session or nbdist.default_session()
+        if backend is None or backend == getattr(current, "backend_name", None):
+            return current
+        if backend not in self._by_backend:
+            try:
+                self._by_backend[backend] = nbdist.Session(backend=backend)
+            except (ValueError, KeyError, ImportError, RuntimeError) as exc:
+                raise UsageError(f"--backend {backend}: {_one_line(exc)}") from None
+        return self._by_backend[backend]
+
+    @staticmethod
+    def _lookup(session: Any, name: str, what: str = "job or array") -> Any:
+        try:
+            return session.get(name)
+        except (KeyError, LookupError, ValueError):
+            known = ", ".join(sorted({str(getattr(h, "name", None) or h.id) for h in session.jobs()})[:10])
+            raise UsageError(f"no {what} named {name!r}" + (f" (known: {known})" if known else "")) from None
+
+    # -- %%submit ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--name", "-n", help="Name of the job or array (letters, digits, . _ + = -); default: an id.")
+    @argument("--array", "-a", metavar="SPEC", help="Run the body as an array: 10, 0-99, 0-99:2, 1,5,7 or 0-99%%4.")
+    @argument("--over", metavar="EXPR", help="Sweep: a dict of lists (grid), a list of dicts or a DataFrame, "
+              "evaluated in the notebook; values reach the body as {{param}} (shell-quoted) and as $param.")
+    @argument("--cores", "-c", type=int, default=1, help="Cores per step (default 1).")
+    @argument("--memory", "-m", help="Memory per step: 512M, 2G, or MB.")
+    @argument("--runtime", "-t", help="Runtime limit per step: 90s, 10m, 2h or H:MM:SS.")
+    @argument("--after", nargs="+", action="extend", default=[], metavar="NAME",
+              help="Start only after these jobs/arrays are DONE (skipped if one fails).")
+    @argument("--max-attempts", type=int, default=1, metavar="K",
+              help="Re-run a failed step up to K attempts in all (TIMEOUT/OUT_OF_MEMORY scale resources).")
+    @argument("--max-concurrent", type=int, metavar="N", help="Run at most N steps of the array at once.")
+    @argument("--python", action="store_true", help="The body is Python, run by this kernel's interpreter.")
+    @argument("--backend", "-b", metavar="B", help="Backend for this submission (default: the session's).")
+    @argument("--wait", "-w", action="store_true", help="Block until every step is finished, then show it.")
+    @argument("--out", "-o", metavar="VAR", help="Store the Job/Array handle in this notebook variable.")
+    @argument("--quiet", "-q", action="store_true", help="Show no dashboard.")
+    @cell_magic
+    def submit(self, line: str, cell: str) -> None:
+        """Run the cell body as a batch job or array; show a live dashboard.
+
+        The body is a shell script (``/bin/sh``), or Python with ``--python``. What it prints goes to
+        its log files (see the dashboard's log viewer or ``%nbdist logs NAME``), never to the notebook.
+        Array steps see ``$ARRAY_STEP_ID`` and ``$JOB_ID``.
+
+        Examples::
+
+            %%submit --name hello
+            echo "hello from $(hostname)"
+
+            %%submit --name squares --array 0-9 --cores 1 --memory 512M --runtime 5m
+            echo $(( ARRAY_STEP_ID * ARRAY_STEP_ID ))
+
+            %%submit --name sweep --over "{'lr': [0.1, 0.01], 'depth': [2, 4]}" --out sweep
+            python train.py --lr {{lr}} --depth {{depth}}
+
+            %%submit --name report --after sweep --python --wait
+            import platform; print(platform.python_version())
+        """
+        args = self._parse(self.submit, line)
+        request = self._check_submit(args, cell)
+        session = self.session(args.backend)
+        after = [self._lookup(session, name, "job or array for --after") for name in args.after]
+        try:
+            if request["steps"] is None and request["over"] is None:
+                handle = session.submit(request["command"], after=after, **request["options"])
+            else:
+                handle = session.array(
+                    request["command"], steps=request["steps"], over=request["over"],
+                    max_concurrent=request["max_concurrent"], after=after, **request["options"],
+                )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(_one_line(exc)) from None
+        if args.out:
+            self.shell.user_ns[args.out] = handle
+        if args.wait:
+            handle.wait()
+        if not args.quiet:
+            from .widget import show
+
+            display(show(handle, session=session))
+
+    def _parse(self, magic: Any, line: str) -> Any:
+        try:
+            return parse_argstring(magic, line)
+        except ValueError as exc:  # unbalanced quotes from the line splitter
+            raise UsageError(_one_line(exc)) from None
+
+    def _check_submit(self, args: Any, cell: str) -> dict[str, Any]:
+        """Every check on a ``%%submit`` line and body; returns the API arguments."""
+        if not cell or not cell.strip():
+            raise UsageError("%%submit needs a body: the shell script (or Python with --python) to run")
+        if args.array is not None and args.over is not None:
+            raise UsageError("use --array or --over, not both (--over already makes one step per parameter set)")
+        if args.name is not None and not _NAME_RE.match(args.name):
+            raise UsageError(f"--name {args.name!r}: use 1-100 letters, digits, '.', '_', '+', '=' or '-'")
+        if args.cores < 1:
+            raise UsageError(f"--cores {args.cores}: must be at least 1")
+        if args.max_attempts < 1:
+            raise UsageError(f"--max-attempts {args.max_attempts}: must be at least 1")
+        if args.max_concurrent is not None and args.max_concurrent < 1:
+            raise UsageError(f"--max-concurrent {args.max_concurrent}: must be at least 1")
+        if args.max_concurrent is not None and args.array is None and args.over is None:
+            raise UsageError("--max-concurrent applies to arrays: add --array or --over")
+        if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
+            raise UsageError(f"--out {args.out!r}: not a Python variable name")
+        for option, parser in (("memory", parse_memory), ("runtime", parse_runtime)):
+            value = getattr(args, option)
+            if value is not None:
+                try:
+                    parser(value)
+                except ValueError as exc:
+                    raise UsageError(f"--{option}: {_one_line(exc)}") from None
+        steps, max_concurrent = (None, args.max_concurrent)
+        if args.array is not None:
+            steps, limit = parse_array_spec(args.array)
+            if limit is not None and max_concurrent is not None and limit != max_concurrent:
+                raise UsageError("--array %N and --max-concurrent disagree; give one of them")
+            max_concurrent = limit or max_concurrent
+        over = None
+        if args.over is not None:
+            over = self._eval_over(args.over)
+            _check_over(over, args.over)
+        elif steps is None and _PLACEHOLDER_RE.search(cell):
+            found = _PLACEHOLDER_RE.search(cell).group(0)  # type: ignore[union-attr]
+            raise UsageError(f"the body uses {found} but there is no --array or --over to fill it")
+        command = cell
+        if args.python:
+            # The kernel's own interpreter, so the job sees the packages of this notebook's environment.
+            command = f"{shlex.quote(sys.executable)} -c {shlex.quote(cell)}"
+        if steps is not None or over is not None:
+            from .sweep import expand
+
+            try:  # the core's own check of placeholders against parameters; nothing is run
+                expand(command, steps=steps, over=over)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(_one_line(exc)) from None
+        options: dict[str, Any] = {"name": args.name, "cores": args.cores, "max_attempts": args.max_attempts}
+        if args.memory is not None:
+            options["memory"] = args.memory
+        if args.runtime is not None:
+            options["runtime"] = args.runtime
+        return {"command": command, "steps": steps, "over": over, "max_concurrent": max_concurrent,
+                "options": options}
+
+    def _eval_over(self, expr: str) -> Any:
+        expr = expr.strip()
+        if not expr:
+            raise UsageError("--over needs an expression, e.g. --over grid or --over \"{'x': [1, 2]}\"")
+        try:
+            return eval(expr, self.shell.user_ns)  # noqa: S307 - the user's own notebook namespace
+        except Exception as exc:  # anything the expression raises is the user's error, shown in one line
+            raise UsageError(f"--over {expr}: {type(exc).__name__}: {_one_line(exc)}") from None
+
+    # -- %nbdist ----------------------------------------------------------------------------
+    @line_magic
+    def nbdist(self, line: str) -> None:
+        """Inspect and control jobs and arrays.
+
+        Sub-commands::
+
+            %nbdist status [NAME]             every job and array (or one, as a table)
+            %nbdist show NAME                 the live dashboard of a job or array
+            %nbdist logs NAME[:STEP] [--err] [--tail N]
+                                              a step's stdout (stderr with --err)
+            %nbdist kill NAME[:STEP]          kill a job, an array, or one step of it
+            %nbdist retry NAME [--scale F]    re-run failed steps (resources × F for TIMEOUT/OUT_OF_MEMORY)
+            %nbdist wait [NAME ...] [--timeout S]
+                                              block until finished (every job when no NAME)
+            %nbdist attach [ROOT]             reconnect to the jobs of an earlier kernel (default .nbdist)
+            %nbdist backend [NAME] [--parallelism N]
+                                              show or switch the backend of the magics' session
+
+        Examples::
+
+            %nbdist status
+            %nbdist logs squares:3 --tail 20
+            %nbdist retry sweep --scale 2
+        """
+        try:
+            args = self._nbdist_parser.parse_argstring(line)
+        except ValueError as exc:
+            raise UsageError(_one_line(exc)) from None
+        getattr(self, f"_cmd_{args.command}")(args)
+
+    def _cmd_status(self, args: Any) -> None:
+        from . import render
+
+        session = self.session()
+        if args.name:
+            snapshot = session.snapshot(self._lookup(session, args.name))
+            display({"text/plain": render.snapshot_text(snapshot), "text/html": render.snapshot_html(snapshot)},
+                    raw=True)
+            return
+        handles = list(session.jobs())
+        snapshots = [session.snapshot(handle, page_size=1, tail_lines=0) for handle in handles]
+        display({"text/plain": _status_text(snapshots), "text/html": _status_html(snapshots)}, raw=True)
+
+    def _cmd_show(self, args: Any) -> None:
+        from .widget import show
+
+        session = self.session()
+        display(show(self._lookup(session, args.name), session=session))
+
+    def _cmd_logs(self, args: Any) -> None:
+        if args.tail is not None and args.tail < 1:
+            raise UsageError(f"--tail {args.tail}: must be at least 1")
+        job = self._target(args.target, need_step=True)
+        text = (job.stderr if args.err else job.stdout)(tail=args.tail)
+        if isinstance(text, (list, tuple)):
+            text = "\n".join(text)
+        sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+
+    def _cmd_kill(self, args: Any) -> None:
+        self._target(args.target).cancel()
+
+    def _cmd_retry(self, args: Any) -> None:
+        if args.scale is not None and not args.scale > 0:
+            raise UsageError(f"--scale {args.scale}: must be positive")
+        handle = self._target(args.target)
+        try:
+            if _is_array(handle):
+                handle.retry_failed(**({"scale": args.scale} if args.scale is not None else {}))
+            else:
+                handle.retry()
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(f"retry {args.target}: {_one_line(exc)}") from None
+
+    def _cmd_wait(self, args: Any) -> None:
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError(f"--timeout {args.timeout}: must be positive")
+        session = self.session()
+        handles = [self._lookup(session, name) for name in args.names] if args.names else list(session.jobs())
+        for handle in handles:
+            try:
+                handle.wait(timeout=args.timeout)
+            except TimeoutError:
+                raise UsageError(f"wait: {getattr(handle, 'name', None) or handle.id} still running after "
+                                 f"{args.timeout:g}s") from None
+
+    def _cmd_attach(self, args: Any) -> None:
+        import nbdist
+
+        try:
+            self._session = nbdist.attach(args.root)
+        except (ValueError, OSError, KeyError) as exc:
+            raise UsageError(f"attach {args.root}: {_one_line(exc)}") from None
+        self._cmd_status(_Namespace(name=None))
+
+    def _cmd_backend(self, args: Any) -> None:
+        import nbdist
+
+        if args.parallelism is not None and args.parallelism < 1:
+            raise UsageError(f"--parallelism {args.parallelism}: must be at least 1")
+        if args.name is None:
+            if args.parallelism is not None:
+                raise UsageError("--parallelism needs a backend name, e.g. %nbdist backend multiprocess --parallelism 4")
+            sys.stdout.write(f"{self.session().backend_name}\n")
+            return
+        options = {} if args.parallelism is None else {"parallelism": args.parallelism}
+        try:
+            self._session = nbdist.Session(backend=args.name, **options)
+        except (ValueError, KeyError, ImportError, RuntimeError) as exc:
+            raise UsageError(f"backend {args.name}: {_one_line(exc)}") from None
+
+    def _target(self, target: str, need_step: bool = False) -> Any:
+        """The job, array or array step named by ``NAME[:STEP]``."""
+        from .widget import step_job
+
+        name, step = _split_step(target)
+        handle = self._lookup(self.session(), name)
+        if step is None:
+            if need_step and _is_array(handle):
+                raise UsageError(f"{name!r} is an array: name a step, e.g. {name}:0")
+            return handle
+        try:
+            return step_job(handle, step)
+        except KeyError:
+            raise UsageError(f"{name!r} has no step {step}") from None
+
+
+def _is_array(handle: Any) -> bool:
+    """True for an ``Array`` handle (it has ``retry_failed``; a ``Job`` has ``retry``)."""
+    return hasattr(handle, "retry_failed")
+
+
+class _Namespace:
+    """A tiny stand-in for an argparse namespace when one sub-command calls another."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+def _build_nbdist_parser() -> MagicArgumentParser:
+    """The ``%nbdist`` sub-command parser (argparse errors become UsageError)."""
+    parser = MagicArgumentParser(prog="%nbdist")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    status = commands.add_parser("status", help="jobs and arrays and their counts")
+    status.add_argument("name", nargs="?")
+    commands.add_parser("show", help="the dashboard of a job or array").add_argument("name")
+    logs = commands.add_parser("logs", help="a step's log")
+    logs.add_argument("target", metavar="NAME[:STEP]")
+    logs.add_argument("--err", action="store_true")
+    logs.add_argument("--tail", type=int)
+    commands.add_parser("kill", help="kill a job, array or step").add_argument("target", metavar="NAME[:STEP]")
+    retry = commands.add_parser("retry", help="re-run failed steps")
+    retry.add_argument("target", metavar="NAME[:STEP]")
+    retry.add_argument("--scale", type=float)
+    wait = commands.add_parser("wait", help="block until finished")
+    wait.add_argument("names", nargs="*", metavar="NAME")
+    wait.add_argument("--timeout", type=float)
+    commands.add_parser("attach", help="reconnect to a registry").add_argument("root", nargs="?", default=".nbdist")
+    backend = commands.add_parser("backend", help="show or switch the backend")
+    backend.add_argument("name", nargs="?")
+    backend.add_argument("--parallelism", type=int)
+    return parser
+
+
+def _status_text(snapshots: list[Any]) -> str:
+    from .render import nonzero_counts
+
+    if not snapshots:
+        return "no jobs yet: submit one with %%submit"
+    lines = []
+    for snap in snapshots:
+        counts = "  ".join(f"{name} {n}" for name, n in nonzero_counts(snap.counts))
+        lines.append(f"{snap.kind:5} {str(snap.name or snap.id):24} {snap.total:>7}  {counts}")
+    return "\n".join(lines)
+
+
+def _status_html(snapshots: list[Any]) -> str:
+    import html
+
+    from .render import nonzero_counts, state_color
+
+    if not snapshots:
+        return "<i>no jobs yet: submit one with <code>%%submit</code></i>"
+    rows = []
+    for snap in snapshots:
+        counts = " ".join(
+            f'<span style="color:{state_color(name)}">{html.escape(name)} {n}</span>'
+            for name, n in nonzero_counts(snap.counts)
+        )
+        rows.append(f"<tr><td>{html.escape(str(snap.kind))}</td><td>{html.escape(str(snap.name or snap.id))}</td>"
+                    f'<td style="text-align:right">{snap.total}</td><td>{counts}</td></tr>')
+    return ('<table class="nbdist-status"><thead><tr><th>kind</th><th>name</th><th>steps</th><th>states</th></tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbdist``: register ``%%submit`` and ``%nbdist``."""
+    ipython.register_magics(NbdistMagics)

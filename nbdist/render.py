@@ -1,0 +1,268 @@
+"""Text and HTML drawings of a session snapshot (the dashboard's fallback for saved notebooks).
+
+These functions only draw: the numbers come from ``session.snapshot(...)``. Every string that comes
+from a user or a task (names, log lines, messages) is escaped with :func:`html.escape` before it
+reaches HTML, and colours are JupyterLab CSS variables with fallbacks, so the same markup reads well
+in JupyterLab (light or dark), in classic Notebook, on GitHub and in VS Code.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Iterable, Sequence
+
+__all__ = [
+    "state_name",
+    "state_color",
+    "nonzero_counts",
+    "format_seconds",
+    "format_mb",
+    "row_cells",
+    "row_label",
+    "column_header",
+    "tail_text",
+    "snapshot_text",
+    "snapshot_html",
+    "pre_html",
+    "header_html",
+    "failures_html",
+    "ROW_COLUMNS",
+]
+
+# One place for each state's colour: JupyterLab variables first, plain colours as fallbacks.
+_OK = "var(--jp-success-color1, #388e3c)"
+_BAD = "var(--jp-error-color1, #d32f2f)"
+_WARN = "var(--jp-warn-color1, #f57c00)"
+_RUN = "var(--jp-brand-color1, #1976d2)"
+_IDLE = "var(--jp-ui-font-color2, #757575)"
+_STATE_COLORS = {
+    "PENDING": _IDLE,
+    "QUEUED": _IDLE,
+    "RUNNING": _RUN,
+    "DONE": _OK,
+    "FAILED": _BAD,
+    "TIMEOUT": _BAD,
+    "OUT_OF_MEMORY": _BAD,
+    "LOST": _BAD,
+    "KILLED": _WARN,
+    "SKIPPED": _WARN,
+}
+_STATE_ORDER = tuple(_STATE_COLORS)
+
+# Column titles and widths of the step table, shared by the text repr and the widget's row labels.
+ROW_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("step", 6),
+    ("state", 13),
+    ("exit", 5),
+    ("runtime", 9),
+    ("max RSS", 8),
+    ("try", 4),
+)
+_MONO = "var(--jp-code-font-family, monospace)"
+_FONT_SIZE = "var(--jp-code-font-size, 12px)"
+
+
+def state_name(state: Any) -> str:
+    """``State.DONE`` or ``"done"`` → ``"DONE"``; the one spelling every view shows."""
+    value = getattr(state, "value", state)
+    return str(value).upper()
+
+
+def state_color(state: Any) -> str:
+    """CSS colour (a JupyterLab variable with a fallback) for a state."""
+    return _STATE_COLORS.get(state_name(state), _IDLE)
+
+
+def nonzero_counts(counts: dict[Any, int]) -> list[tuple[str, int]]:
+    """``[(state, n), ...]`` in lifecycle order, dropping zeros."""
+    named = {state_name(key): int(value) for key, value in counts.items()}
+    ordered = [name for name in _STATE_ORDER if name in named]
+    ordered += sorted(name for name in named if name not in _STATE_ORDER)
+    return [(name, named[name]) for name in ordered if named[name]]
+
+
+def format_seconds(seconds: float | None) -> str:
+    """Short duration: ``0.12s``, ``12.3s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def format_mb(megabytes: float | None) -> str:
+    """``3.2M``, ``1.5G``; ``-`` when unknown."""
+    if megabytes is None:
+        return "-"
+    if megabytes >= 1024:
+        return f"{megabytes / 1024:.1f}G"
+    return f"{megabytes:.1f}M"
+
+
+def row_cells(row: Any) -> tuple[str, ...]:
+    """The displayed cells of one ``StepRow``, in :data:`ROW_COLUMNS` order."""
+    return (
+        "-" if row.step is None else str(row.step),
+        state_name(row.state),
+        "-" if row.exit_code is None else str(row.exit_code),
+        format_seconds(row.runtime_s),
+        format_mb(row.max_rss_mb),
+        "-" if row.attempt is None else str(row.attempt),
+    )
+
+
+def _fixed_width(cells: Sequence[str]) -> str:
+    """Cells right-aligned to the column widths (a monospace table line)."""
+    return " ".join(cell.rjust(width) for cell, (_, width) in zip(cells, ROW_COLUMNS))
+
+
+def row_label(row: Any) -> str:
+    """One fixed-width line for a step (used by the widget's selectable row list)."""
+    line = _fixed_width(row_cells(row))
+    message = getattr(row, "message", None)
+    return f"{line}  {message}" if message else line
+
+
+def column_header() -> str:
+    """The fixed-width title line matching :func:`row_label`."""
+    return _fixed_width([title for title, _ in ROW_COLUMNS])
+
+
+def tail_text(tail: str | Iterable[str] | None) -> str:
+    """A log tail as one string, whether the snapshot gives a string or a list of lines."""
+    if tail is None:
+        return ""
+    if isinstance(tail, str):
+        return tail
+    return "\n".join(line.rstrip("\n") for line in tail)
+
+
+def _title(snapshot: Any) -> str:
+    kind = getattr(snapshot, "kind", "job")
+    name = snapshot.name or snapshot.id
+    return f"{kind} {name}"
+
+
+def _summary(snapshot: Any) -> str:
+    noun = "step" if snapshot.total == 1 else "steps"
+    percent = int(round(100 * (snapshot.done_fraction or 0.0)))
+    return (
+        f"{snapshot.total} {noun} · {percent}% done · elapsed {format_seconds(snapshot.elapsed_s)}"
+    )
+
+
+def snapshot_text(snapshot: Any, *, max_rows: int | None = None) -> str:
+    """Plain-text drawing: title, counts, one page of the step table, failure groups."""
+    lines = [f"{_title(snapshot)} (id {snapshot.id}, {snapshot.backend}): {_summary(snapshot)}"]
+    counts = nonzero_counts(snapshot.counts)
+    lines.append("  " + ("  ".join(f"{name} {n}" for name, n in counts) or "no steps"))
+    rows = list(snapshot.rows)
+    shown = rows if max_rows is None else rows[:max_rows]
+    if shown:
+        lines.append("  " + column_header())
+        lines.extend("  " + row_label(row) for row in shown)
+    hidden = len(rows) - len(shown)
+    if hidden > 0 or snapshot.pages > 1:
+        lines.append(f"  page {snapshot.page + 1}/{max(snapshot.pages, 1)}" + (f", {hidden} more rows" if hidden > 0 else ""))
+    for last_line, steps in snapshot.failure_groups:
+        lines.append(f"  failed ×{len(steps)} (steps {_step_list(steps)}): {last_line}")
+    return "\n".join(lines)
+
+
+def _step_list(steps: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(str(step) for step in steps[:limit])
+    return shown + (f", … {len(steps) - limit} more" if len(steps) > limit else "")
+
+
+def _badge(name: str, count: int) -> str:
+    return (
+        f'<span style="color:{state_color(name)};font-weight:600;margin-right:0.8em">'
+        f"{html.escape(name)} {count}</span>"
+    )
+
+
+def header_html(snapshot: Any) -> str:
+    """Title line and per-state counts, escaped."""
+    title = html.escape(_title(snapshot))
+    meta = html.escape(f"id {snapshot.id} · {snapshot.backend} · {_summary(snapshot)}")
+    badges = "".join(_badge(name, n) for name, n in nonzero_counts(snapshot.counts)) or "no steps"
+    return (
+        f'<div class="nbdist-header" style="font-family:var(--jp-ui-font-family, sans-serif);'
+        f'color:var(--jp-ui-font-color1, inherit)">'
+        f'<b>{title}</b> <span style="color:var(--jp-ui-font-color2, #757575)">{meta}</span>'
+        f"<div>{badges}</div></div>"
+    )
+
+
+def pre_html(text: str, *, empty: str = "(empty)") -> str:
+    """Log text in an escaped, scrollable ``<pre>``; never interpreted as HTML."""
+    body = html.escape(text) if text else f'<i style="color:var(--jp-ui-font-color2, #757575)">{html.escape(empty)}</i>'
+    return (
+        f'<pre class="nbdist-log" style="margin:0;max-height:16em;overflow:auto;white-space:pre-wrap;'
+        f"font-family:{_MONO};font-size:{_FONT_SIZE};background:var(--jp-layout-color2, #f5f5f5);"
+        f'color:var(--jp-content-font-color1, inherit);padding:4px">{body}</pre>'
+    )
+
+
+def failures_html(groups: Sequence[tuple[str, Sequence[int]]]) -> str:
+    """Failed steps grouped by their last stderr line, escaped; empty string when nothing failed."""
+    if not groups:
+        return ""
+    items = "".join(
+        f'<li><b style="color:{_BAD}">×{len(steps)}</b> '
+        f'<code style="font-family:{_MONO}">{html.escape(str(last_line))}</code>'
+        f' <span style="color:var(--jp-ui-font-color2, #757575)">steps {html.escape(_step_list(list(steps)))}</span></li>'
+        for last_line, steps in groups
+    )
+    return f'<div class="nbdist-failures"><b>Failures by last stderr line</b><ul style="margin:2px 0">{items}</ul></div>'
+
+
+def _table_html(rows: Sequence[Any]) -> str:
+    head = "".join(
+        f'<th style="text-align:right;padding:0 6px">{html.escape(title)}</th>' for title, _ in ROW_COLUMNS
+    )
+    head += '<th style="text-align:left;padding:0 6px">message</th>'
+    body = []
+    for row in rows:
+        cells = row_cells(row)
+        tds = "".join(
+            f'<td style="text-align:right;padding:0 6px{";color:" + state_color(cell) if i == 1 else ""}">'
+            f"{html.escape(cell)}</td>"
+            for i, cell in enumerate(cells)
+        )
+        message = html.escape(str(getattr(row, "message", "") or ""))
+        body.append(f'<tr>{tds}<td style="text-align:left;padding:0 6px">{message}</td></tr>')
+    return (
+        f'<table class="nbdist-steps" style="border-collapse:collapse;font-family:{_MONO};font-size:{_FONT_SIZE}">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def snapshot_html(snapshot: Any, *, max_rows: int | None = None) -> str:
+    """HTML drawing for saved notebooks: header, progress, one page of steps, failures, log tails."""
+    percent = int(round(100 * (snapshot.done_fraction or 0.0)))
+    rows = list(snapshot.rows)[:max_rows] if max_rows is not None else list(snapshot.rows)
+    parts = [
+        '<div class="nbdist-snapshot">',
+        header_html(snapshot),
+        f'<div style="background:var(--jp-layout-color3, #ddd);height:6px;width:100%;margin:4px 0">'
+        f'<div style="background:{_OK};height:6px;width:{percent}%"></div></div>',
+        _table_html(rows) if rows else "",
+    ]
+    if snapshot.pages > 1:
+        parts.append(f"<div>page {snapshot.page + 1}/{snapshot.pages}</div>")
+    parts.append(failures_html(snapshot.failure_groups))
+    log_step = getattr(snapshot, "log_step", None)
+    for label, tail in (("stdout", snapshot.stdout_tail), ("stderr", snapshot.stderr_tail)):
+        text = tail_text(tail)
+        if text:
+            step = "" if log_step is None else f" of step {log_step}"
+            parts.append(f"<div><b>{html.escape(label + step)}</b>{pre_html(text)}</div>")
+    parts.append("</div>")
+    return "".join(parts)

@@ -1,0 +1,354 @@
+"""The live dashboard of a job or array (ipywidgets 8, imported only when a dashboard is built).
+
+The dashboard draws ``session.snapshot(...)`` and nothing else: counts, one page of steps, the log
+tails of one step, failures grouped by their last stderr line. Its buttons call the public API
+(``Job.cancel``, ``Array.cancel``, ``Array.retry_failed``, ``Job.retry``).
+
+Refreshing::
+
+    _Refresher thread (one per kernel) ──every REFRESH_SECONDS──► Dashboard.refresh()
+        └── session.snapshot(page, filter, log step) ──► set only the trait values that changed
+
+The thread serves every live dashboard and exits when all of them show only terminal steps (a
+button that retries failed steps brings it back). All text from users and tasks is HTML-escaped
+(:mod:`nbdist.render`), and the display bundle carries ``text/plain`` and ``text/html`` drawings of
+the snapshot next to the widget, so saved notebooks, GitHub, VS Code and nbval show the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from . import render
+
+__all__ = ["Dashboard", "show", "step_job", "REFRESH_SECONDS", "refresher_running"]
+
+log = logging.getLogger(__name__)
+
+# Seconds between refreshes: 4 Hz feels live for a progress bar and log tail while one refresh of a
+# 10k-step array (≈ a few ms) keeps the kernel's cost around 1-2 % of one core.
+REFRESH_SECONDS = 0.25
+# After this many consecutive refresh errors a dashboard stops refreshing (its session is gone).
+MAX_REFRESH_ERRORS = 5
+# States a "retry failed" button applies to: terminal and not DONE.
+_RETRYABLE = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED")
+_ALL = ""  # the filter value meaning "every state"
+
+
+def step_job(handle: Any, step: int | None) -> Any:
+    """The ``Job`` of one step of an ``Array`` (or the job itself); ``KeyError`` if there is no such step."""
+    finder = getattr(handle, "step", None)
+    if callable(finder):
+        return finder(step)
+    if not hasattr(handle, "retry_failed"):  # a single Job: its only step is itself
+        return handle
+    for job in handle:
+        if getattr(job, "step", None) == step:
+            return job
+    raise KeyError(step)
+
+
+class _Refresher:
+    """One daemon thread refreshing every live dashboard, a few times a second."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dashboards: set[Dashboard] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, dashboard: "Dashboard") -> None:
+        with self._lock:
+            self._dashboards.add(dashboard)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="nbdist-dashboard", daemon=True)
+                self._thread.start()
+
+    def discard(self, dashboard: "Dashboard") -> None:
+        with self._lock:
+            self._dashboards.discard(dashboard)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(REFRESH_SECONDS)
+            with self._lock:
+                dashboards = list(self._dashboards)
+                if not dashboards:
+                    self._thread = None
+                    return
+            for dashboard in dashboards:
+                if dashboard.tick():
+                    self.discard(dashboard)
+
+
+_REFRESHER = _Refresher()
+
+
+def refresher_running() -> bool:
+    """True while the dashboards' refresher thread is alive (it stops when all steps are terminal)."""
+    return _REFRESHER.running
+
+
+class Dashboard:
+    """Live view of one job or array: header, progress, paged/filtered steps, logs, failures, buttons.
+
+    Parameters
+    ----------
+    handle : Job or Array
+        What to show.
+    session : Session, optional
+        The session that owns ``handle`` (default: the handle's own, else the default session).
+    page_size : int
+        Steps per page of the table.
+    tail_lines : int
+        Lines of the selected step's stdout/stderr to show.
+    """
+
+    def __init__(self, handle: Any, *, session: Any = None, page_size: int = 50, tail_lines: int = 40) -> None:
+        import nbdist
+
+        self.handle = handle
+        self.session = session or getattr(handle, "session", None) or nbdist.default_session()
+        self.page_size = page_size
+        self.tail_lines = tail_lines
+        self.page = 0
+        self.filter_state: str | None = None
+        self.selected: tuple[int, ...] = ()
+        self.status = ""
+        self.refreshes = 0
+        self.last_refresh_cpu_s = 0.0
+        self._errors = 0
+        self._syncing = False
+        self._lock = threading.RLock()
+        self.snapshot = self._take(log_step=None)
+        self.snapshot = self._take()
+        self._build()
+        self._apply(self.snapshot)
+        if not self.snapshot.all_terminal:
+            _REFRESHER.add(self)
+
+    # -- data ---------------------------------------------------------------------------------
+    @property
+    def log_step(self) -> int | None:
+        """The step whose logs are shown: the first selected one, else a running, failed or first step."""
+        if self.selected:
+            return self.selected[0]
+        rows = list(self.snapshot.rows) if hasattr(self, "snapshot") else []
+        for wanted in (("RUNNING",), _RETRYABLE):
+            for row in rows:
+                if render.state_name(row.state) in wanted:
+                    return row.step
+        return rows[0].step if rows else None
+
+    def _take(self, **override: Any) -> Any:
+        kwargs = dict(state=self.filter_state, page=self.page, page_size=self.page_size,
+                      log_step=self.log_step, tail_lines=self.tail_lines)
+        kwargs.update(override)
+        return self.session.snapshot(self.handle, **kwargs)
+
+    def refresh(self) -> Any:
+        """Take a new snapshot and push what changed to the browser; returns the snapshot."""
+        with self._lock:
+            start = time.thread_time()
+            snapshot = self._take()
+            if snapshot.pages and self.page >= snapshot.pages:  # the filter shrank the table
+                self.page = snapshot.pages - 1
+                snapshot = self._take()
+            self.snapshot = snapshot
+            self._apply(snapshot)
+            self.refreshes += 1
+            self.last_refresh_cpu_s = time.thread_time() - start
+            return snapshot
+
+    def tick(self) -> bool:
+        """One refresh from the refresher thread; True when this dashboard needs no more refreshes."""
+        try:
+            snapshot = self.refresh()
+        except Exception:  # a refresh must never kill the thread that serves every dashboard
+            self._errors += 1
+            log.warning("nbdist dashboard refresh failed (%d in a row)", self._errors, exc_info=True)
+            return self._errors >= MAX_REFRESH_ERRORS
+        self._errors = 0
+        return bool(snapshot.all_terminal)
+
+    # -- widgets ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        import ipywidgets as w
+
+        self.header = w.HTML()
+        self.progress = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="60%"))
+        self.percent = w.Label()
+        options = [("all states", _ALL)] + [(name, name) for name in render._STATE_COLORS]
+        self.filter = w.Dropdown(options=options, value=_ALL, description="show", layout=w.Layout(width="14em"))
+        self.prev_button = w.Button(description="◀", tooltip="previous page", layout=w.Layout(width="3em"))
+        self.next_button = w.Button(description="▶", tooltip="next page", layout=w.Layout(width="3em"))
+        self.page_label = w.Label()
+        self.columns = w.HTML(f'<pre style="margin:0 0 0 4px;font-family:var(--jp-code-font-family, monospace);'
+                              f'font-size:var(--jp-code-font-size, 12px)">{render.column_header()}</pre>')
+        self.rows = w.SelectMultiple(options=[], rows=min(self.page_size, 10), layout=w.Layout(width="100%"))
+        self.rows.add_class("nbdist-rows")
+        self.kill_button = w.Button(description="Kill selected", icon="stop", button_style="warning", disabled=True)
+        self.kill_all_button = w.Button(description="Kill all", icon="times", button_style="danger")
+        self.retry_button = w.Button(description="Retry failed", icon="redo")
+        self.status_label = w.Label()
+        self.failures = w.HTML()
+        self.stdout = w.HTML()
+        self.stderr = w.HTML()
+        self.logs = w.Tab(children=[self.stdout, self.stderr], titles=("stdout", "stderr"))
+        # Monospace rows so the step table's columns line up (the <style> is scoped by the class).
+        style = w.HTML("<style>.nbdist-rows select{font-family:var(--jp-code-font-family, monospace);"
+                       "font-size:var(--jp-code-font-size, 12px)}</style>")
+        self.widget = w.VBox([
+            style, self.header, w.HBox([self.progress, self.percent]),
+            w.HBox([self.filter, self.prev_button, self.page_label, self.next_button]),
+            self.columns, self.rows,
+            w.HBox([self.kill_button, self.kill_all_button, self.retry_button, self.status_label]),
+            self.failures, self.logs,
+        ])
+        self.widget.add_class("nbdist-dashboard")
+        self.rows.observe(self._on_select, names="value")
+        self.filter.observe(self._on_filter, names="value")
+        self.prev_button.on_click(lambda _: self._turn(-1))
+        self.next_button.on_click(lambda _: self._turn(+1))
+        self.kill_button.on_click(lambda _: self._act(self.kill_selected))
+        self.kill_all_button.on_click(lambda _: self._act(self.kill_all))
+        self.retry_button.on_click(lambda _: self._act(self.retry_failed))
+
+    @staticmethod
+    def _set(widget: Any, name: str, value: Any) -> None:
+        """Assign a trait only when its value changed, so a refresh sends only differences."""
+        if getattr(widget, name) != value:
+            setattr(widget, name, value)
+
+    def _apply(self, snap: Any) -> None:
+        """Draw one snapshot into the widgets."""
+        counts = {name: n for name, n in render.nonzero_counts(snap.counts)}
+        failed = any(counts.get(name) for name in _RETRYABLE)
+        self._set(self.header, "value", render.header_html(snap))
+        self._set(self.progress, "value", float(snap.done_fraction or 0.0))
+        style = ("danger" if failed else "success") if snap.all_terminal else ("warning" if failed else "info")
+        self._set(self.progress, "bar_style", style)
+        self._set(self.percent, "value", f"{int(round(100 * (snap.done_fraction or 0.0)))}%")
+        self._set(self.page_label, "value", f"page {snap.page + 1}/{max(snap.pages, 1)}")
+        self._set(self.prev_button, "disabled", snap.page <= 0)
+        self._set(self.next_button, "disabled", snap.page >= snap.pages - 1)
+        self._set(self.kill_all_button, "disabled", bool(snap.all_terminal))
+        self._set(self.retry_button, "disabled", not failed)
+        self._set(self.status_label, "value", self.status)
+        self._set(self.failures, "value", render.failures_html(snap.failure_groups))
+        self._draw_rows(snap.rows)
+        step = "" if snap.log_step is None else f" · step {snap.log_step}"
+        self._set(self.logs, "titles", (f"stdout{step}", f"stderr{step}"))
+        self._set(self.stdout, "value", render.pre_html(render.tail_text(snap.stdout_tail)))
+        self._set(self.stderr, "value", render.pre_html(render.tail_text(snap.stderr_tail)))
+
+    def _draw_rows(self, rows: Any) -> None:
+        labels = tuple(render.row_label(row) for row in rows)
+        steps = tuple(row.step for row in rows)
+        if labels == self.rows._options_labels and steps == self.rows._options_values:
+            return
+        keep = tuple(i for i, step in enumerate(steps) if step in self.selected)
+        self._syncing = True  # new options reset the selection; restore it without reacting to it
+        try:
+            with self.rows.hold_sync():
+                self.rows.options = list(zip(labels, steps))
+                if keep:
+                    self.rows.index = keep
+        finally:
+            self._syncing = False
+        self._set(self.kill_button, "disabled", not self.selected)
+
+    # -- events -------------------------------------------------------------------------------
+    def _on_select(self, change: Any) -> None:
+        if self._syncing:
+            return
+        self.selected = tuple(change["new"])
+        self._set(self.kill_button, "disabled", not self.selected)
+        self.refresh()
+
+    def _on_filter(self, change: Any) -> None:
+        self.filter_state = change["new"] or None
+        self.page = 0
+        self.refresh()
+
+    def _turn(self, delta: int) -> None:
+        self.page = max(0, min(self.page + delta, max(self.snapshot.pages - 1, 0)))
+        self.refresh()
+
+    def _act(self, action: Any) -> None:
+        """Run a button's action; show its outcome or error in the status label, never raise."""
+        try:
+            self.status = action()
+        except Exception as exc:  # shown to the user in the dashboard; the kernel must not see a traceback
+            log.warning("nbdist dashboard action failed", exc_info=True)
+            self.status = f"error: {exc}"
+        self.refresh()
+        if not self.snapshot.all_terminal:
+            _REFRESHER.add(self)
+
+    # -- actions (public so that code and tests can press the buttons) ----------------------
+    def kill_selected(self) -> str:
+        """Kill the selected steps."""
+        steps = self.selected
+        for step in steps:
+            step_job(self.handle, step).cancel()
+        return f"killed step{'s' if len(steps) != 1 else ''} {', '.join(map(str, steps))}"
+
+    def kill_all(self) -> str:
+        """Kill every unfinished step."""
+        self.handle.cancel()
+        return "killed all unfinished steps"
+
+    def retry_failed(self) -> str:
+        """Re-run failed steps (Array.retry_failed; Job.retry for a single job)."""
+        if hasattr(self.handle, "retry_failed"):
+            self.handle.retry_failed()
+        else:
+            self.handle.retry()
+        return "retrying failed steps"
+
+    def close(self) -> None:
+        """Stop refreshing and close the widgets."""
+        _REFRESHER.discard(self)
+        self.widget.close_all() if hasattr(self.widget, "close_all") else self.widget.close()
+
+    # -- display ------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = render.snapshot_text(self.snapshot)
+        bundle["text/html"] = render.snapshot_html(self.snapshot)
+        return bundle
+
+    def __repr__(self) -> str:
+        return render.snapshot_text(self.snapshot)
+
+
+class _StaticView:
+    """Text and HTML drawing of one snapshot, for kernels without ipywidgets."""
+
+    def __init__(self, snapshot: Any) -> None:
+        self.snapshot = snapshot
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {"text/plain": render.snapshot_text(self.snapshot), "text/html": render.snapshot_html(self.snapshot)}
+
+
+def show(handle: Any, *, session: Any = None, **options: Any) -> Any:
+    """The dashboard of a job or array (displayed when it is a cell's result or passed to ``display``).
+
+    Without ipywidgets installed, a static text/HTML drawing of the current snapshot is returned.
+    """
+    try:
+        import ipywidgets  # noqa: F401 - only checking that it is there
+    except ImportError:
+        import nbdist
+
+        owner = session or getattr(handle, "session", None) or nbdist.default_session()
+        return _StaticView(owner.snapshot(handle))
+    return Dashboard(handle, session=session, **options)
