@@ -29,9 +29,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import secrets
+import select
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,7 +39,8 @@ from typing import Any, Iterable
 
 from .cluster_protocol import TaskInstanceStatus as S
 from .resources import Resources, log_stem
-from .runner import Outcome, RunningTask, TaskSpec, become_subreaper, exit_message
+from .consumer import Consumer, PickableTask, receive_message, send_message
+from .runner import Outcome, TaskSpec, exit_message
 
 __all__ = [
     "PickableTask",
@@ -53,7 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Seconds between SIGTERM and SIGKILL when a task is terminated on request: long enough for a
 # task to flush and clean up, short enough that "kill" feels immediate.
@@ -61,8 +60,10 @@ KILL_GRACE_SECONDS = 2.0
 # stop() must return within a second, so its grace is short.
 STOP_GRACE_SECONDS = 0.2
 STOP_DEADLINE_SECONDS = 0.8
-
-_LIVE = (S.QUEUED, S.RUNNING)
+# A job whose last step ran shorter than SHORT_TASK_SECONDS is "short". How many tasks of a job of short tasks a consumer may hold beyond the running one. Deep queues
+# amortise messages; they are refilled at half depth. Long tasks get one, so no consumer hoards work.
+PREFETCH_SHORT = 8
+SHORT_TASK_SECONDS = 0.05
 
 
 class RemoteExitInfoNotAvailable(KeyError):
@@ -80,212 +81,11 @@ def new_job_id_prefix() -> str:
     return text + secrets.choice(digits) + secrets.choice(digits)
 
 
-class PickableTask:
-    """Object passed from the distributor to a consumer: one task to run.
-
-    ``array_step_id`` is an int for array steps and None otherwise.
-    """
-
-    __slots__ = ("distributor_id", "command", "task_type", "array_step_id", "spec")
-
-    def __init__(
-        self,
-        distributor_id: str,
-        command: str,
-        task_type: str = "array",
-        array_step_id: int | None = None,
-        spec: TaskSpec | None = None,
-    ) -> None:
-        self.distributor_id = distributor_id
-        self.command = command
-        self.task_type = task_type
-        self.array_step_id = array_step_id
-        self.spec = spec or TaskSpec(distributor_id, command, os.devnull, os.devnull)
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec = state
-
-    def __repr__(self) -> str:
-        return f"PickableTask({self.distributor_id!r}, {self.command!r}, {self.task_type!r})"
-
-
-class Consumer:
-    """A process that runs the tasks the distributor hands it, one at a time.
-
-    Jobmon's consumer is a ``multiprocessing.Process``. Ours is a fresh interpreter started with
-    ``subprocess``: forking a kernel (threads, an event loop, sockets) is unsafe, and
-    multiprocessing's ``spawn`` re-imports ``__main__`` and leaves a resource-tracker process behind.
-    The object keeps the ``Process`` methods the distributor needs (``start``, ``join``, ``kill``…).
-
-    Parameters
-    ----------
-    task_queue
-        Receiving end of this consumer's own pipe: ``("run", PickableTask)``, ``("kill", id, grace)``
-        and ``("stop", grace)`` messages.
-    response_queue
-        Sending end of a pipe to the distributor: lists of ``("started", id, pid)``,
-        ``("done", id, Outcome)`` and ``("error", id, message)`` events.
-    """
-
-    def __init__(
-        self,
-        task_queue: multiprocessing.connection.Connection,
-        response_queue: multiprocessing.connection.Connection,
-    ) -> None:
-        self.task_queue = task_queue
-        self.response_queue = response_queue
-        self._popen: subprocess.Popen[bytes] | None = None
-        self.sentinel = -1
-
-    def start(self) -> None:
-        """Start the consumer's interpreter; it reads tasks from ``task_queue``."""
-        fds = (self.task_queue.fileno(), self.response_queue.fileno())
-        code = f"from nbdist.multiprocess import Consumer; Consumer.serve({fds[0]}, {fds[1]})"
-        env = dict(os.environ)
-        # The child must import this very nbdist, installed or not.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
-        self._popen = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=fds, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-        )
-        self.sentinel = os.pidfd_open(self._popen.pid)
-
-    @property
-    def pid(self) -> int | None:
-        return self._popen.pid if self._popen else None
-
-    @property
-    def exitcode(self) -> int | None:
-        """Exit code, ``-signal`` if killed by a signal, None while running (as ``Process.exitcode``)."""
-        return self._popen.poll() if self._popen else None
-
-    def is_alive(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._popen is None:
-            return
-        try:
-            self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def kill(self) -> None:
-        if self.is_alive():
-            assert self._popen is not None
-            self._popen.kill()
-
-    def close(self) -> None:
-        if self.sentinel >= 0:
-            os.close(self.sentinel)
-            self.sentinel = -1
-
-    @classmethod
-    def serve(cls, task_fd: int, response_fd: int) -> None:
-        """The consumer process's main: run tasks until told to stop or the distributor goes away."""
-        consumer = cls(
-            multiprocessing.connection.Connection(task_fd, writable=False),
-            multiprocessing.connection.Connection(response_fd, readable=False),
-        )
-        consumer.run()
-
-    def run(self) -> None:
-        """Wait for work, then execute it."""
-        # Ctrl-C in a terminal reaches the whole foreground group: the distributor decides, not us.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        become_subreaper()
-        _ConsumerLoop(self.task_queue, self.response_queue).run()
-
-
-class _ConsumerLoop:
-    """The consumer's state: its local queue, the running task, events not yet sent."""
-
-    def __init__(self, inbox: multiprocessing.connection.Connection, outbox: multiprocessing.connection.Connection):
-        self.inbox = inbox
-        self.outbox = outbox
-        self.base_env = dict(os.environ)
-        self.local: deque[PickableTask] = deque()
-        self.events: list[tuple[Any, ...]] = []
-        self.current: tuple[PickableTask, RunningTask] | None = None
-        self.stopping = False
-
-    def run(self) -> None:
-        try:
-            while not self.stopping:
-                if not self.local:
-                    self._flush()
-                    self._handle(self.inbox.recv())
-                    continue
-                while self.inbox.poll():
-                    self._handle(self.inbox.recv())
-                if self.stopping or not self.local:
-                    continue
-                self._run_one(self.local.popleft())
-            self._flush()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            pass  # the distributor is gone: nobody to report to
-
-    def _run_one(self, task: PickableTask) -> None:
-        try:
-            running = RunningTask(task.spec, self.base_env)
-        except OSError as exc:
-            self.events.append(("error", task.distributor_id, f"could not start: {exc}"))
-            return
-        self.events.append(("started", task.distributor_id, running.pid))
-        self._flush()
-        self.current = (task, running)
-        try:
-            outcome = running.wait(self.inbox.fileno(), self._on_message)
-        finally:
-            self.current = None
-        self.events.append(("done", task.distributor_id, outcome))
-
-    def _on_message(self) -> None:
-        while self.inbox.poll():
-            try:
-                message = self.inbox.recv()
-            except EOFError:
-                self._kill_current("distributor went away", STOP_GRACE_SECONDS)
-                self.stopping = True
-                return
-            self._handle(message)
-
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "run":
-            self.local.append(message[1])
-        elif kind == "kill":
-            _, distributor_id, grace = message
-            if self.current and self.current[0].distributor_id == distributor_id:
-                self._kill_current("killed on request", grace)
-                return
-            for task in self.local:
-                if task.distributor_id == distributor_id:
-                    self.local.remove(task)
-                    self.events.append(("done", distributor_id, Outcome(S.KILL_SELF, "cancelled before it started")))
-                    return
-        elif kind == "stop":
-            self.stopping = True
-            self.local.clear()
-            self._kill_current("killed: the distributor stopped", message[1])
-
-    def _kill_current(self, reason: str, grace: float) -> None:
-        if self.current is not None:
-            self.current[1].kill(S.KILL_SELF, reason, grace)
-
-    def _flush(self) -> None:
-        if self.events:
-            self.outbox.send(self.events)
-            self.events = []
-
-
 class _Record:
     """The distributor's view of one task."""
 
     __slots__ = (
-        "distributor_id", "name", "command", "resources", "job_id", "array_step_id", "state", "message",
+        "distributor_id", "name", "stem", "command", "resources", "job_id", "array_step_id", "state", "message",
         "exit_code", "signal", "usage", "pid", "consumer", "submitted", "started", "ended",
     )
 
@@ -293,6 +93,7 @@ class _Record:
                  array_step_id: int | None) -> None:
         self.distributor_id = distributor_id
         self.name = name
+        self.stem = log_stem(name)
         self.command = command
         self.resources = resources
         self.job_id = job_id
@@ -310,7 +111,7 @@ class _Record:
 
     def log_path(self, kind: str, log_dir: str) -> str:
         folder = (self.resources.stdout_dir if kind == "o" else self.resources.stderr_dir) or log_dir
-        return os.path.join(folder, f"{log_stem(self.name)}.{kind}{self.distributor_id}")
+        return f"{folder}/{self.stem}.{kind}{self.distributor_id}"
 
     def finish(self, status: str, message: str, exit_code: int | None = None, signum: int | None = None,
                usage: dict[str, Any] | None = None) -> None:
@@ -376,6 +177,8 @@ class MultiprocessDistributor:
         # Arrays with max_concurrent: steps in flight per job id, and steps held back until one ends.
         self._in_flight: dict[str, int] = {}
         self._held: dict[str, deque[_Record]] = {}
+        # Jobs whose last finished step was short: their steps are prefetched deeper.
+        self._short_jobs: set[str] = set()
         self._consumers: list[_ConsumerSlot] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -420,7 +223,7 @@ class MultiprocessDistributor:
             self._held.clear()
             for slot in self._consumers:
                 try:
-                    slot.task_writer.send(("stop", STOP_GRACE_SECONDS))
+                    send_message(slot.task_writer, ("stop", STOP_GRACE_SECONDS))
                 except OSError:
                     pass
         for slot in list(self._consumers):
@@ -566,7 +369,7 @@ class MultiprocessDistributor:
                     self._finish(record, S.KILL_SELF, "cancelled before it started")
                 else:
                     try:
-                        record.consumer.task_writer.send(("kill", distributor_id, self.kill_grace))
+                        send_message(record.consumer.task_writer, ("kill", distributor_id, self.kill_grace))
                     except OSError:
                         pass  # the consumer died; its sentinel handler reports the task
 
@@ -574,6 +377,7 @@ class MultiprocessDistributor:
     def _dispatch(self) -> None:
         """Hand queued tasks to consumers while slots allow (FIFO; called with the lock held)."""
         pending = self._pending
+        batches: dict[_ConsumerSlot, list[PickableTask]] = {}
         while pending and not self._stopping:
             record = pending[0]
             if record.state != S.QUEUED:
@@ -583,75 +387,98 @@ class MultiprocessDistributor:
             if limit is not None and self._in_flight.get(record.job_id, 0) >= limit:
                 self._held.setdefault(record.job_id, deque()).append(pending.popleft())
                 continue
-            slot = self._pick_consumer(record.resources.cores)
+            slot = self._pick_consumer(record, batches)
             if slot is None:
-                return
+                break
             pending.popleft()
-            self._send_task(slot, record)
+            batches.setdefault(slot, []).append(self._assign(slot, record))
+        for slot, tasks in batches.items():
+            send_message(slot.task_writer, ("run", tasks))
 
-    def _pick_consumer(self, cores: int) -> _ConsumerSlot | None:
+    def _pick_consumer(self, record: _Record, batches: dict[_ConsumerSlot, list[PickableTask]]) -> _ConsumerSlot | None:
+        """An idle consumer if the task's cores are free; else, for 1-core tasks, one to prefetch onto."""
+        cores = record.resources.cores
         in_use = sum(slot.slots_in_use() for slot in self._consumers)
-        idle = None
-        prefetch = None
-        for slot in self._consumers:
-            if not slot.reader_open:
-                continue
+        usable = [slot for slot in self._consumers if slot.reader_open]
+        for slot in usable:
             if not slot.assigned:
-                idle = idle or slot
-            elif len(slot.assigned) == 1 and slot.assigned[0].resources.cores == 1 and prefetch is None:
-                prefetch = slot
-        if idle is not None and in_use + cores <= self.parallelism:
-            return idle
-        if cores == 1:
-            return prefetch
-        return None
+                return slot if in_use + cores <= self.parallelism else None
+        if cores != 1:
+            return None
+        depth = PREFETCH_SHORT if record.job_id in self._short_jobs else 1
+        best = None
+        for slot in usable:
+            queued = len(slot.assigned) - 1
+            if slot.assigned[0].resources.cores != 1 or queued >= depth:
+                continue
+            if queued > depth // 2 and slot not in batches:  # refill at half depth, in one message
+                continue
+            if best is None or len(slot.assigned) < len(best.assigned):
+                best = slot
+        return best
 
-    def _send_task(self, slot: _ConsumerSlot, record: _Record) -> None:
+    def _assign(self, slot: _ConsumerSlot, record: _Record) -> PickableTask:
         env = {"JOB_ID": record.job_id, "NBDIST_DISTRIBUTOR_ID": record.distributor_id}
         if record.array_step_id is not None:
             env["ARRAY_STEP_ID"] = str(record.array_step_id)
-        env.update(record.resources.env)
         resources = record.resources
+        env.update(resources.env)
         spec = TaskSpec(record.distributor_id, record.command, record.log_path("o", self.log_dir),
                         record.log_path("e", self.log_dir), env, resources.cwd, resources.runtime_s,
                         resources.memory_mb)
-        task_type = "array" if record.array_step_id is not None else "job"
         record.consumer = slot
         slot.assigned.append(record)
         if resources.max_concurrent is not None:
             self._in_flight[record.job_id] = self._in_flight.get(record.job_id, 0) + 1
-        slot.task_writer.send(("run", PickableTask(record.distributor_id, record.command, task_type,
-                                                   record.array_step_id, spec)))
+        task_type = "array" if record.array_step_id is not None else "job"
+        return PickableTask(record.distributor_id, record.command, task_type, record.array_step_id, spec)
 
     def _dispatch_loop(self) -> None:
+        poller = select.poll()
+        watched: dict[int, tuple[str, _ConsumerSlot | None]] = {}
+        wake_fd = self._wake_reader.fileno()
         while True:
+            # (Re)build the poll set only when consumers came or went: polling is per task, hot.
             with self._lock:
-                slots = list(self._consumers)
-            waitables: list[Any] = [self._wake_reader]
-            waitables += [slot.event_reader for slot in slots if slot.reader_open]
-            waitables += [slot.process.sentinel for slot in slots]
-            ready = multiprocessing.connection.wait(waitables)
+                wanted = {wake_fd: ("wake", None)}
+                for slot in self._consumers:
+                    if slot.reader_open:
+                        wanted[slot.event_reader.fileno()] = ("events", slot)
+                    wanted[slot.process.sentinel] = ("exit", slot)
+            if wanted != watched:
+                for fd in watched:
+                    poller.unregister(fd)
+                for fd in wanted:
+                    poller.register(fd, select.POLLIN)
+                watched = wanted
+            ready = [watched[fd] for fd, _ in poller.poll()]
             with self._lock:
-                if self._wake_reader in ready:
-                    while self._wake_reader.poll():
+                for kind, slot in ready:
+                    if kind == "wake":
                         self._wake_reader.recv()
-                for slot in slots:
-                    if slot.reader_open and slot.event_reader in ready:
+                    elif kind == "events" and slot is not None and slot.reader_open:
                         self._read_events(slot)
-                for slot in slots:
-                    if slot.process.sentinel in ready and slot in self._consumers:
+                for kind, slot in ready:
+                    if kind == "exit" and slot in self._consumers:
                         self._consumer_died(slot)
                 if self._stopping and not any(s.process.is_alive() for s in self._consumers):
                     return
                 self._dispatch()
 
     def _read_events(self, slot: _ConsumerSlot) -> None:
+        """Apply one message of events (the poll loop comes back if more are waiting)."""
         try:
-            while slot.event_reader.poll():
-                for event in slot.event_reader.recv():
-                    self._apply_event(slot, event)
+            events = receive_message(slot.event_reader)
         except (EOFError, OSError):
             slot.reader_open = False
+            return
+        for event in events:
+            self._apply_event(slot, event)
+
+    def _drain_events(self, slot: _ConsumerSlot) -> None:
+        """Apply every message a (dead) consumer left in its pipe."""
+        while slot.reader_open and slot.event_reader.poll():
+            self._read_events(slot)
 
     def _apply_event(self, slot: _ConsumerSlot, event: tuple[Any, ...]) -> None:
         kind, distributor_id, payload = event
@@ -668,6 +495,10 @@ class MultiprocessDistributor:
             self._finish(record, S.NO_DISTRIBUTOR_ID, payload)
         else:
             outcome: Outcome = payload
+            if outcome.usage.get("wall_s", 1.0) < SHORT_TASK_SECONDS:
+                self._short_jobs.add(record.job_id)
+            else:
+                self._short_jobs.discard(record.job_id)
             self._finish(record, outcome.status, outcome.message, outcome.exit_code, outcome.signal, outcome.usage)
 
     def _finish(self, record: _Record, status: str, message: str, exit_code: int | None = None,
@@ -691,15 +522,17 @@ class MultiprocessDistributor:
 
     def _consumer_died(self, slot: _ConsumerSlot) -> None:
         """Report the dead consumer's running task lost, requeue its prefetched one, replace it."""
-        if slot.reader_open:
-            self._read_events(slot)
+        self._drain_events(slot)
         slot.process.join(0)
         code = slot.process.exitcode
         how = exit_message(code, -code) if code is not None and code < 0 else f"exit code {code}"
         self._consumers.remove(slot)
+        # Events are batched, so the last ones may never have arrived: a task whose log file exists
+        # had started (it is lost, and killed if still running); one without never started.
+        lost = [r for r in slot.assigned if r.state == S.RUNNING or os.path.exists(r.log_path("o", self.log_dir))]
+        _kill_lost_tasks(lost)
         for record in list(slot.assigned):
-            if record.state == S.RUNNING:
-                _kill_orphaned_group(record)
+            if record in lost:
                 self._finish(record, S.UNKNOWN_ERROR, f"lost: its consumer process died ({how})")
             else:  # prefetched, never started: back to the front of the queue
                 if record.resources.max_concurrent is not None:
@@ -721,8 +554,7 @@ class MultiprocessDistributor:
             tree = psutil.Process(slot.process.pid).children(recursive=True)
         except psutil.Error:
             tree = []
-        for record in slot.assigned:
-            _kill_orphaned_group(record)
+        _kill_lost_tasks(list(slot.assigned))
         for proc in tree:
             try:
                 proc.kill()
@@ -744,19 +576,24 @@ class MultiprocessDistributor:
                 pass
 
 
-def _kill_orphaned_group(record: _Record) -> None:
-    """SIGKILL the process group of a task whose consumer is gone (it led its own group)."""
+def _kill_lost_tasks(records: list[_Record]) -> None:
+    """SIGKILL every process of tasks whose consumer is gone, found by the id in their environment.
+
+    Their pids may not have reached us, and their daemons may have left the task's group, but every
+    descendant inherits ``NBDIST_DISTRIBUTOR_ID``. Scanning all processes is slow-ish; it only
+    happens when a consumer dies.
+    """
     import psutil
 
-    if record.pid is None:
+    if not records:
         return
-    try:
-        proc = psutil.Process(record.pid)
-        if os.getpgid(record.pid) != record.pid or proc.create_time() < record.submitted - 1:
-            return  # the pid was reused by another process: not ours to kill
-        os.killpg(record.pid, signal.SIGKILL)
-    except (psutil.Error, ProcessLookupError, PermissionError):
-        pass
+    ids = {record.distributor_id for record in records}
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("NBDIST_DISTRIBUTOR_ID") in ids:
+                proc.kill()
+        except psutil.Error:
+            pass
 
 
 class MultiprocessWorkerNode:

@@ -340,3 +340,26 @@ def test_a_killed_consumer_loses_only_its_task(tmp_path):
         started = time.monotonic()
         distributor.stop()
         assert time.monotonic() - started < 1.0
+
+
+def test_no_step_runs_twice_when_a_consumer_dies_mid_array(tmp_path):
+    distributor = MultiprocessDistributor("dup", parallelism=2, log_dir=str(tmp_path / "logs"))
+    distributor.start()
+    runs = tmp_path / "runs"
+    try:
+        ids = distributor.submit_array_to_batch_distributor(f"echo $ARRAY_STEP_ID >> {runs}", "dup", {}, 400)
+        deadline = time.monotonic() + 10
+        while not runs.exists() or len(runs.read_text().split()) < 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        os.kill(distributor._consumers[0].process.pid, signal.SIGKILL)
+        wait_finished(distributor, ids.values(), timeout=30)
+    finally:
+        distributor.stop()
+    ran = runs.read_text().split()
+    assert len(ran) == len(set(ran)), "a step ran twice"
+    letters = {step: distributor.get_remote_exit_info(i)[0] for step, i in ids.items()}
+    assert set(letters.values()) <= {"D", "U"}
+    lost = [step for step, letter in letters.items() if letter == "U"]
+    assert 1 <= len(lost) <= 10
+    assert {str(step) for step, letter in letters.items() if letter == "D"} <= set(ran)
