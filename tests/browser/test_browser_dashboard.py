@@ -1,0 +1,215 @@
+"""The dashboard in a real JupyterLab, driven by a real headless Chromium (Playwright, no browser download).
+
+One JupyterLab per test session on a free loopback port, in a temporary folder holding a copy of
+``notebooks/quickstart.ipynb``. The test runs every cell, then checks what a user sees: the
+dashboards render as widgets, a live progress bar reaches 100 %, a step's stdout appears in the log
+viewer, HTML printed by a step is shown as text (no dialog, no image element), and the "Kill
+selected" button kills a running step (its process is gone, its row says KILLED).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+from conftest import ALLOWED_SURVIVORS, pid_alive
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Generous: both shared cores may be busy with other suites (a cold run measured 13-45 s).
+LAB_START_TIMEOUT_S = 90
+UI_TIMEOUT_MS = 90_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _requirements() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if not os.path.exists(CHROMIUM):
+        return f"chromium not found at {CHROMIUM} (apt-get install -y chromium; never `playwright install`)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright for Python is not installed (pip install -e '.[test]')"
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        return "jupyterlab is not installed (pip install -e '.[test]')"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A JupyterLab server on a free loopback port, serving a temporary copy of the quickstart."""
+    missing = _requirements()
+    if missing:
+        pytest.skip(missing)
+    base = tmp_path_factory.mktemp("lab")
+    work = base / "work"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", work / "quickstart.ipynb")
+    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
+                                                                          "checkForUpdates": False}))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+               IPYTHONDIR=str(base / "ipython"), JUPYTER_PLATFORM_DIRS="1")
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+               f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+               f"--LabApp.workspaces_dir={base / 'ws'}", f"--LabApp.user_settings_dir={base / 'settings'}",
+               "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+               "--expose-app-in-browser"]
+    log_file = open(base / "lab.log", "wb")
+    server = subprocess.Popen(command, cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    ALLOWED_SURVIVORS.add(server.pid)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + LAB_START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"JupyterLab did not start; see {base / 'lab.log'}:\n"
+                                   + (base / "lab.log").read_text()[-2000:])
+            time.sleep(0.3)
+        yield {"url": url, "token": token, "work": work, "pid": server.pid}
+    finally:
+        _stop(server)
+        log_file.close()
+        ALLOWED_SURVIVORS.discard(server.pid)
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (JupyterLab shuts its kernels down), then SIGKILL whatever of its tree is left."""
+    try:
+        tree = psutil.Process(server.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture()
+def page(lab: dict[str, Any]) -> Iterator[Any]:
+    """A Chromium page; every JavaScript dialog it opens is recorded (and dismissed)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.dialogs = []  # type: ignore[attr-defined]
+            page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+            yield page
+        finally:
+            browser.close()
+
+
+def _dashboards(page: Any) -> Any:
+    return page.locator(".jp-OutputArea-output .nbdist-dashboard")
+
+
+def _dashboard_of(page: Any, cell_index: int) -> Any:
+    """The dashboard in the output of the notebook's cell number ``cell_index``."""
+    return page.locator(".jp-Notebook .jp-Cell").nth(cell_index).locator(".nbdist-dashboard")
+
+
+def _cell_index(page: Any, marker: str) -> int:
+    """Index of the first cell whose source contains ``marker``."""
+    sources = page.evaluate(
+        "() => window.jupyterapp.shell.currentWidget.content.model.sharedModel.cells.map(c => c.getSource())")
+    for index, source in enumerate(sources):
+        if marker in source:
+            return index
+    raise AssertionError(f"no cell contains {marker!r}")
+
+
+def test_quickstart_dashboard_in_chromium(lab: dict[str, Any], page: Any) -> None:
+    page.goto(f"{lab['url']}/lab/tree/quickstart.ipynb?token={lab['token']}&reset")
+    # The kernel must exist before cells run, or Run opens a "Select Kernel" dialog.
+    page.get_by_text(re.compile(r"Python 3 \(ipykernel\)\s*\|\s*Idle")).first.wait_for()
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+    # Every %%submit/%nbdist show cell renders a real widget (the text fallback has no such class).
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-OutputArea-output .nbdist-dashboard').length >= 4",
+        timeout=UI_TIMEOUT_MS)
+
+    # The live dashboard of the job that runs for a few seconds: refreshed from the kernel's thread to 100 %.
+    live = _dashboard_of(page, _cell_index(page, "--name countdown"))
+    bar = live.locator(".widget-hprogress .progress-bar")
+    page.wait_for_function("(el) => el.style.width === '100%'", arg=bar.element_handle(), timeout=UI_TIMEOUT_MS)
+    live.get_by_text(re.compile(r"DONE 1")).first.wait_for()
+    # ... and its log viewer shows what the step printed, including its last line.
+    live.locator("pre.nbdist-log").filter(has_text="liftoff").first.wait_for()
+
+    # HTML printed by a step is text: shown literally, no element made from it, no script run.
+    html_demo = _dashboard_of(page, _cell_index(page, "--name html-demo"))
+    html_demo.locator("pre.nbdist-log").filter(has_text="<img src=x onerror=alert(1)>").first.wait_for()
+    assert page.locator(".jp-OutputArea-output img[src='x']").count() == 0
+    assert page.dialogs == [], f"a step's output opened a dialog: {page.dialogs}"
+
+    # Kill from the dashboard: a new cell starts a long step that prints its pid.
+    page.evaluate("""() => {
+        const app = window.jupyterapp;
+        const notebook = app.shell.currentWidget.content;
+        notebook.activeCellIndex = notebook.widgets.length - 1;
+        return app.commands.execute('notebook:insert-cell-below').then(() => {
+            notebook.activeCell.model.sharedModel.setSource(
+                '%%submit --name sleeper\\necho "pid $$"; exec sleep 300');
+            return app.commands.execute('notebook:run-cell');
+        });
+    }""")
+    sleeper = _dashboard_of(page, _cell_index(page, "--name sleeper"))
+    sleeper.locator("pre.nbdist-log").filter(has_text="pid ").first.wait_for()
+    pid = int(re.search(r"pid (\d+)", sleeper.locator("pre.nbdist-log").first.inner_text()).group(1))
+    assert pid_alive(pid)
+    rows = sleeper.locator(".nbdist-rows select")
+    rows.select_option(index=0)
+    kill = sleeper.get_by_role("button", name="Kill selected")
+    page.wait_for_function("(el) => !el.disabled", arg=kill.element_handle())
+    kill.click()
+    sleeper.locator(".nbdist-rows option").filter(has_text="KILLED").first.wait_for()
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(pid), f"the killed step's process {pid} still runs"
+    assert page.dialogs == []

@@ -1,0 +1,291 @@
+"""Dashboard widget: traits, escaping, paging, filtering, buttons, refresher, display bundle.
+
+Unit tests draw snapshots from a small in-memory session (``FakeSession``: the snapshot contract of
+the core, nothing else), so every trait can be asserted exactly; ``test_dashboard_with_real_session``
+runs the same dashboard over real processes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from ipywidgets import Widget  # noqa: E402
+
+from nbdist import widget as widget_module  # noqa: E402
+from nbdist.widget import Dashboard  # noqa: E402
+
+STATES = ("PENDING", "QUEUED", "RUNNING", "DONE", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED")
+TERMINAL = {"DONE", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED"}
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@dataclass
+class Row:
+    step: int
+    distributor_id: str
+    state: str
+    exit_code: int | None
+    runtime_s: float | None
+    max_rss_mb: float | None
+    attempt: int
+    message: str = ""
+
+
+@dataclass
+class Snap:
+    id: str
+    name: str
+    backend: str
+    kind: str
+    counts: dict[str, int]
+    total: int
+    done_fraction: float
+    elapsed_s: float
+    all_terminal: bool
+    rows: list[Row]
+    page: int
+    pages: int
+    filter_state: str | None
+    log_step: int | None
+    stdout_tail: str
+    stderr_tail: str
+    failure_groups: list[tuple[str, list[int]]]
+
+
+@dataclass
+class FakeJob:
+    step: int
+    cancelled: int = 0
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+@dataclass
+class FakeArray:
+    """A handle: what the dashboard's buttons call."""
+
+    jobs: list[FakeJob]
+    name: str = "sweep"
+    cancelled: int = 0
+    retried: int = 0
+
+    def __iter__(self) -> Any:
+        return iter(self.jobs)
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+    def retry_failed(self, scale: Any = None) -> None:
+        self.retried += 1
+
+
+@dataclass
+class FakeSession:
+    """Snapshots of an array whose step states the test sets directly."""
+
+    states: list[str]
+    name: str = "sweep"
+    logs: dict[int, tuple[str, str]] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def snapshot(self, handle: Any, *, state: str | None = None, page: int = 0, page_size: int = 50,
+                 log_step: int | None = None, tail_lines: int = 20) -> Snap:
+        self.calls.append(dict(state=state, page=page, page_size=page_size, log_step=log_step))
+        counts = {name: 0 for name in STATES}
+        for value in self.states:
+            counts[value] += 1
+        chosen = [i for i, value in enumerate(self.states) if state is None or value == state]
+        pages = max(1, -(-len(chosen) // page_size))
+        rows = [Row(i, f"1_{i}", self.states[i], 1 if self.states[i] == "FAILED" else None, 0.5, 3.0, 1)
+                for i in chosen[page * page_size:(page + 1) * page_size]]
+        out, err = self.logs.get(log_step, ("", "")) if log_step is not None else ("", "")
+        failed = [i for i, value in enumerate(self.states) if value == "FAILED"]
+        total = len(self.states)
+        finished = sum(counts[name] for name in TERMINAL)
+        return Snap("abc123", self.name, "multiprocess", "array", counts, total, finished / total, 1.0,
+                    finished == total, rows, page, pages, state, log_step, out, err,
+                    [("ValueError: boom", failed)] if failed else [])
+
+
+@pytest.fixture()
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Widget, dict[str, Any]]]:
+    """Every state message a widget sends to the front end."""
+    messages: list[tuple[Widget, dict[str, Any]]] = []
+    original = Widget._send
+
+    def record(self: Widget, msg: dict[str, Any], buffers: Any = None) -> None:
+        messages.append((self, msg))
+        original(self, msg, buffers)
+
+    monkeypatch.setattr(Widget, "_send", record)
+    return messages
+
+
+def make(states: list[str], **kw: Any) -> tuple[Dashboard, FakeSession, FakeArray]:
+    session = FakeSession(list(states), **kw)
+    handle = FakeArray([FakeJob(i) for i in range(len(states))])
+    dashboard = Dashboard(handle, session=session)
+    return dashboard, session, handle
+
+
+def test_names_and_logs_are_escaped() -> None:
+    dashboard, session, _ = make(["RUNNING"], name="<b>evil</b>", logs={0: (XSS + "\nok", "<script>x</script>")})
+    dashboard.refresh()
+    assert "&lt;b&gt;evil&lt;/b&gt;" in dashboard.header.value and "<b>evil" not in dashboard.header.value
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dashboard.stdout.value and "<img" not in dashboard.stdout.value
+    assert "&lt;script&gt;" in dashboard.stderr.value and "<script>" not in dashboard.stderr.value
+    bundle = dashboard._repr_mimebundle_()
+    assert "<img" not in bundle["text/html"] and "&lt;img" in bundle["text/html"]
+    assert "<b>evil" not in bundle["text/html"]
+    dashboard.close()
+
+
+def test_paging_10k_steps() -> None:
+    dashboard, session, _ = make(["DONE"] * 10_000)
+    assert len(dashboard.rows.options) == 50
+    assert dashboard.page_label.value == "page 1/200"
+    assert dashboard.prev_button.disabled and not dashboard.next_button.disabled
+    dashboard.next_button.click()
+    assert dashboard.page == 1 and dashboard.rows.options[0][1] == 50
+    assert session.calls[-1]["page"] == 1
+    for _ in range(300):  # clamps at the last page
+        dashboard.next_button.click()
+    assert dashboard.page_label.value == "page 200/200" and dashboard.next_button.disabled
+    assert dashboard.rows.options[-1][1] == 9_999
+    dashboard.prev_button.click()
+    assert dashboard.page == 198
+    dashboard.close()
+
+
+def test_filter_by_state_resets_page() -> None:
+    states = ["DONE"] * 120 + ["FAILED"] * 3 + ["RUNNING"] * 2
+    dashboard, session, _ = make(states)
+    dashboard.next_button.click()
+    dashboard.filter.value = "FAILED"
+    assert session.calls[-1]["state"] == "FAILED" and dashboard.page == 0
+    assert [value for _, value in dashboard.rows.options] == [120, 121, 122]
+    assert all("FAILED" in label for label, _ in dashboard.rows.options)
+    dashboard.filter.value = ""
+    assert session.calls[-1]["state"] is None and len(dashboard.rows.options) == 50
+    dashboard.close()
+
+
+def test_header_progress_failures() -> None:
+    dashboard, _, _ = make(["DONE"] * 3 + ["FAILED"])
+    assert dashboard.progress.value == 1.0 and dashboard.percent.value == "100%"
+    assert dashboard.progress.bar_style == "danger"
+    assert "DONE 3" in dashboard.header.value and "FAILED 1" in dashboard.header.value
+    assert "ValueError: boom" in dashboard.failures.value and "×1" in dashboard.failures.value
+    assert dashboard.kill_all_button.disabled and not dashboard.retry_button.disabled
+
+
+def test_log_viewer_follows_running_then_selected_step() -> None:
+    dashboard, session, _ = make(["DONE", "RUNNING", "QUEUED"], logs={1: ("one", ""), 2: ("two", "")})
+    assert dashboard.snapshot.log_step == 1 and "one" in dashboard.stdout.value
+    assert dashboard.logs.titles == ("stdout · step 1", "stderr · step 1")
+    dashboard.rows.value = (2,)
+    assert session.calls[-1]["log_step"] == 2 and "two" in dashboard.stdout.value
+    # The selection survives refreshes that change the row labels.
+    session.states[2] = "RUNNING"
+    dashboard.refresh()
+    assert dashboard.rows.value == (2,) and "RUNNING" in dashboard.rows.label[0]
+    dashboard.close()
+
+
+def test_buttons_call_the_api() -> None:
+    dashboard, session, handle = make(["RUNNING", "RUNNING", "FAILED"])
+    assert dashboard.kill_button.disabled
+    dashboard.rows.value = (0, 1)
+    assert not dashboard.kill_button.disabled
+    dashboard.kill_button.click()
+    assert [job.cancelled for job in handle.jobs] == [1, 1, 0]
+    assert dashboard.status_label.value == "killed steps 0, 1"
+    dashboard.kill_all_button.click()
+    assert handle.cancelled == 1
+    dashboard.retry_button.click()
+    assert handle.retried == 1 and dashboard.status_label.value == "retrying failed steps"
+    dashboard.close()
+
+
+def test_button_error_is_shown_not_raised() -> None:
+    dashboard, _, handle = make(["RUNNING"])
+
+    def broken() -> None:
+        raise RuntimeError("backend gone")
+
+    handle.cancel = broken  # type: ignore[method-assign]
+    dashboard.kill_all_button.click()
+    assert dashboard.status_label.value == "error: backend gone"
+    dashboard.close()
+
+
+def test_refresh_sends_only_changes(sent: list[tuple[Widget, dict[str, Any]]]) -> None:
+    dashboard, session, _ = make(["RUNNING"] * 100)
+    sent.clear()
+    dashboard.refresh()
+    assert sent == [], "a refresh with nothing new must send nothing"
+    session.states[0] = "DONE"
+    dashboard.refresh()
+    changed = {key for _, msg in sent for key in msg.get("state", {})}
+    assert changed <= {"value", "bar_style", "_options_labels", "options", "index", "titles"}
+    assert "value" in changed
+    dashboard.close()
+
+
+def test_bundle_has_widget_text_and_html() -> None:
+    dashboard, _, _ = make(["DONE", "DONE"])
+    bundle = dashboard._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == dashboard.widget.model_id
+    assert bundle["text/plain"].startswith("array sweep (id abc123, multiprocess): 2 steps · 100% done")
+    assert "DONE 2" in bundle["text/plain"]
+    assert '<table class="nbdist-steps"' in bundle["text/html"]
+    assert "var(--jp-success-color1, #388e3c)" in bundle["text/html"]
+
+
+def test_refresher_stops_when_all_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(widget_module, "REFRESH_SECONDS", 0.02)
+    dashboard, session, _ = make(["RUNNING", "QUEUED"])
+    assert widget_module.refresher_running()
+    before = dashboard.refreshes
+    time.sleep(0.3)
+    assert dashboard.refreshes > before
+    session.states[:] = ["DONE", "FAILED"]
+    deadline = time.monotonic() + 5
+    while widget_module.refresher_running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not widget_module.refresher_running()
+    assert dashboard.progress.value == 1.0 and "FAILED 1" in dashboard.header.value
+    dashboard.close()
+
+
+def test_one_refresher_thread_for_many_dashboards(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(widget_module, "REFRESH_SECONDS", 0.02)
+    dashboards = [make(["RUNNING"])[0] for _ in range(5)]
+    names = [thread.name for thread in threading.enumerate() if thread.name == "nbdist-dashboard"]
+    assert names == ["nbdist-dashboard"]
+    for dashboard in dashboards:
+        dashboard.close()
+
+
+def test_refresh_cost_10k_steps(sent: list[tuple[Widget, dict[str, Any]]]) -> None:
+    """The widget's own share of a refresh of a 10k-step array (the snapshot here is a fake)."""
+    import json
+
+    dashboard, session, _ = make(["RUNNING"] * 10_000, logs={0: ("x" * 2000, "")})
+    for step in range(0, 10_000, 7):
+        session.states[step] = "DONE"
+    sent.clear()
+    dashboard.refresh()
+    size = sum(len(json.dumps(msg)) for _, msg in sent)
+    assert size <= 20_000, size
+    assert dashboard.last_refresh_cpu_s < 0.05
+    dashboard.close()
