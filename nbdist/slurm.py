@@ -1,0 +1,679 @@
+"""The Slurm backend: runs tasks as Slurm batch jobs, driven through the Slurm CLI.
+
+Data flow::
+
+    submit ──► sbatch --parsable [--array=0-N%K]   (ONE call per job or per whole array)
+                   │
+                   ▼  batch script: exec nbdist-worker --name … -- COMMAND
+    compute node:  nbdist-worker ──► /bin/sh -c COMMAND   {stdout}/{name}.o{id}, {stderr}/{name}.e{id}
+                   │                                      {stdout}/{name}.x{id}  (exit code, signal, usage)
+                   ▼
+    poller thread: squeue -h -t all -r --jobs=J1,J2,… -O …   (ONE call per interval for every live job)
+                   + read the .x file of each job that just ended; terminal states are cached
+
+The task's own logs are written by ``nbdist-worker``, so they land exactly where :meth:`log_paths`
+says; sbatch's ``--output`` only catches the wrapper's own messages, in ``{stdout}/{name}.s{id}``.
+
+Exit codes need no slurmdbd: the worker's ``.x`` file is the primary source; Slurm's state is the
+fallback and wins where only Slurm knows what happened (``TIMEOUT`` → ``Z``, ``OUT_OF_MEMORY`` → ``Z``,
+``CANCELLED`` → ``K``, ``NODE_FAIL`` → ``U``).
+
+``squeue --json`` is not used for polling: on Slurm 22.05 it ignores every filter (``--jobs``,
+``--user``, ``-t``) and returns every job of every user, which on a shared cluster is megabytes per
+poll. The formatted output honours ``--jobs`` and expands pending array steps with ``-r``.
+
+Slurm jobs outlive the Python session by design: :meth:`SlurmDistributor.stop` only stops polling
+(``stop(cancel=True)`` also cancels this distributor's live jobs), and a new distributor can keep
+tracking jobs of an earlier one with :meth:`SlurmDistributor.adopt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from typing import Any, Iterable
+
+from .cluster_protocol import TaskInstanceStatus as S
+from .multiprocess import MultiprocessWorkerNode, RemoteExitInfoNotAvailable
+from .resources import Resources, format_memory, log_stem
+from .runner import exit_message
+from .worker import current_distributor_id, exit_info_path, read_exit_info
+
+__all__ = ["SlurmDistributor", "SlurmWorkerNode", "SlurmUnavailable"]
+
+logger = logging.getLogger(__name__)
+
+# Default first poll interval and the ceiling of its back-off: short enough that a task that ends
+# shows up quickly, long enough that a session watching 1000 jobs costs the controller one cheap
+# call every few seconds. The interval grows by BACKOFF_FACTOR after each poll that saw no change.
+POLL_INTERVAL_S = 1.0
+MAX_POLL_INTERVAL_S = 15.0
+BACKOFF_FACTOR = 1.5
+# A job that ended (COMPLETED/FAILED) wrote its exit info before it ended; on a network file system
+# the file may show up a little later, so wait this long for it before trusting Slurm's state alone.
+EXIT_INFO_GRACE_S = 5.0
+# A job squeue no longer lists (and that left no exit info) is declared lost after this many polls:
+# one miss may be a controller that just restarted.
+MISSING_POLLS_BEFORE_LOST = 3
+CLI_TIMEOUT_S = 60.0
+
+_SQUEUE_FIELDS = ("JobArrayID", "State", "Reason", "StartTime", "EndTime", "exit_code", "TimeLimit")
+_SQUEUE_FORMAT = ",".join(f"{field}:|" for field in _SQUEUE_FIELDS)
+
+_PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+_RUNNING_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
+                   "STAGE_OUT", "RESIZING"}
+# Slurm states after which the task is over and only Slurm knows why: (status, message).
+_SLURM_VERDICTS = {
+    "CANCELLED": (S.KILL_SELF, "cancelled (scancel)"),
+    "TIMEOUT": (S.RESOURCE_ERROR, "runtime limit{limit} exceeded (Slurm TIMEOUT)"),
+    "DEADLINE": (S.RESOURCE_ERROR, "deadline reached before it could finish (Slurm DEADLINE)"),
+    "OUT_OF_MEMORY": (S.RESOURCE_ERROR, "memory limit{memory} exceeded (Slurm OUT_OF_MEMORY)"),
+    "NODE_FAIL": (S.UNKNOWN_ERROR, "lost: its node failed (Slurm NODE_FAIL)"),
+    "BOOT_FAIL": (S.UNKNOWN_ERROR, "lost: its node failed to boot (Slurm BOOT_FAIL)"),
+    "PREEMPTED": (S.UNKNOWN_ERROR, "lost: preempted by a higher-priority job (Slurm PREEMPTED)"),
+    "REVOKED": (S.UNKNOWN_ERROR, "lost: revoked by another cluster (Slurm REVOKED)"),
+}
+_EXIT_STATES = {"COMPLETED", "FAILED", "SPECIAL_EXIT"}
+# Pending reasons after which the job will not start without someone acting on it.
+_HOPELESS_REASONS = {
+    "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit", "PartitionConfig", "PartitionDown",
+    "PartitionInactive", "DependencyNeverSatisfied", "InvalidAccount", "InvalidQOS", "AccountNotAllowed",
+    "QOSNotAllowed", "JobHeldAdmin", "JobHeldUser", "ReqNodeNotAvail", "NodeDown", "InactiveLimit",
+    "launch_failed_requeued_held", "BurstBufferOperation", "FrontEndDown",
+}
+_JOB_ID_RE = re.compile(r"^\d+(?:_\d+)?$")
+# Identity variables of the submitting process (say a kernel that itself runs as a Slurm job) must
+# not leak into the job: the worker reads its id from them.
+_IDENTITY_VARS = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "SLURM_JOBID", "JOB_ID",
+                  "ARRAY_STEP_ID", "NBDIST_DISTRIBUTOR_ID")
+# The batch script sets the same identity variables the multiprocess backend gives its tasks.
+_SCRIPT_PROLOGUE = """\
+#!/bin/sh
+if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
+    JOB_ID=$SLURM_ARRAY_JOB_ID ARRAY_STEP_ID=$SLURM_ARRAY_TASK_ID
+    NBDIST_DISTRIBUTOR_ID=${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID
+    export ARRAY_STEP_ID
+else
+    JOB_ID=$SLURM_JOB_ID NBDIST_DISTRIBUTOR_ID=$SLURM_JOB_ID
+fi
+export JOB_ID NBDIST_DISTRIBUTOR_ID
+"""
+
+
+class SlurmUnavailable(RuntimeError):
+    """The Slurm CLI is missing or the controller does not answer."""
+
+
+def _epoch(text: str) -> float | None:
+    """Seconds since the epoch from squeue's ``2026-11-25T13:16:23`` (local time), None if unset."""
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _error_text(stderr: str) -> str:
+    """sbatch's message without its ``sbatch: error:`` prefixes, on one line."""
+    lines = [re.sub(r"^\w+: (error|fatal): ", "", line).strip() for line in stderr.splitlines()]
+    return "; ".join(line for line in lines if line) or "no message"
+
+
+class _Record:
+    """The distributor's view of one Slurm job or array step."""
+
+    __slots__ = ("distributor_id", "name", "resources", "job_id", "array_step_id", "state", "message",
+                 "exit_code", "signal", "usage", "submitted", "started", "ended", "slurm_state", "queue_error",
+                 "missing_polls", "ended_seen_at", "stdout_dir", "stderr_dir", "cancel_requested")
+
+    def __init__(self, distributor_id: str, name: str, resources: Resources, log_dir: str) -> None:
+        self.distributor_id = distributor_id
+        self.name = name
+        self.resources = resources
+        self.job_id, _, step = distributor_id.partition("_")
+        self.array_step_id = int(step) if step else None
+        self.state = S.QUEUED
+        self.message = "queued"
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.usage: dict[str, Any] = {}
+        self.submitted = time.time()
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.slurm_state: str | None = None
+        self.queue_error: str | None = None
+        self.missing_polls = 0
+        self.ended_seen_at: float | None = None
+        self.cancel_requested = False
+        self.stdout_dir = os.path.abspath(resources.stdout_dir or log_dir)
+        self.stderr_dir = os.path.abspath(resources.stderr_dir or resources.stdout_dir or log_dir)
+
+    def log_path(self, kind: str) -> str:
+        folder = self.stdout_dir if kind in "osx" else self.stderr_dir
+        return os.path.join(folder, f"{log_stem(self.name)}.{kind}{self.distributor_id}")
+
+    def exit_info(self) -> dict[str, Any] | None:
+        return read_exit_info(exit_info_path(self.stdout_dir, self.name, self.distributor_id))
+
+    def report(self) -> dict[str, Any]:
+        return {"status": self.state, "message": self.message, "exit_code": self.exit_code, "signal": self.signal,
+                "usage": dict(self.usage), "pid": None, "submitted": self.submitted, "started": self.started,
+                "ended": self.ended}
+
+
+class SlurmDistributor:
+    """Runs tasks as Slurm batch jobs; one ``sbatch`` per job or array, one ``squeue`` per poll.
+
+    Parameters
+    ----------
+    cluster_name
+        The name of the cluster.
+    partition
+        Default partition (``requested_resources["queue"]`` overrides it; None: Slurm's default).
+    log_dir
+        Default folder for ``{name}.o{id}`` / ``.e{id}`` / ``.x{id}`` when a task names none. It must be
+        visible from the compute nodes and stable across kernel restarts (for :meth:`adopt`), so the
+        default is ``~/.nbdist/slurm-logs/{cluster_name}``.
+    poll_interval
+        Seconds between two ``squeue`` calls right after something changed.
+    max_poll_interval
+        Ceiling of the back-off while nothing changes.
+    sbatch_args
+        Extra ``sbatch`` options for every job (e.g. ``["--account=abc"]``), passed as argv.
+    """
+
+    def __init__(self, cluster_name: str = "slurm", partition: str | None = None, log_dir: str | None = None,
+                 poll_interval: float = POLL_INTERVAL_S, max_poll_interval: float = MAX_POLL_INTERVAL_S,
+                 sbatch_args: Iterable[str] = (), *args: Any, **kwargs: Any) -> None:
+        if poll_interval <= 0 or max_poll_interval < poll_interval:
+            raise ValueError("poll_interval must be positive and at most max_poll_interval")
+        self._cluster_name = cluster_name
+        self.partition = partition
+        self.log_dir = os.path.abspath(
+            log_dir or os.path.join(os.path.expanduser("~"), ".nbdist", "slurm-logs", log_stem(cluster_name)))
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.sbatch_args = [str(arg) for arg in sbatch_args]
+        self.started = False
+        self._lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._live: dict[str, _Record] = {}
+        self._interval = poll_interval
+        self._next_poll = 0.0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._poll_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- protocol properties
+    @property
+    def worker_node_entry_point(self) -> str:
+        """``nbdist-worker`` of this Python environment (next to ``sys.executable``, so a venv works)."""
+        candidate = os.path.join(os.path.dirname(sys.executable), "nbdist-worker")
+        if os.access(candidate, os.X_OK):
+            return candidate
+        return shutil.which("nbdist-worker") or candidate
+
+    @property
+    def cluster_name(self) -> str:
+        """Return the name of the cluster."""
+        return self._cluster_name
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the poller thread (one ``squeue`` per interval while jobs are live)."""
+        with self._lock:
+            if self.started:
+                return
+            self._stopping.clear()
+            self.started = True
+            self._thread = threading.Thread(target=self._poll_loop, name="nbdist-slurm-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self, cancel: bool = False) -> None:
+        """Stop polling. Jobs keep running on Slurm unless ``cancel=True`` (then they are scancel'ed).
+
+        Parameters
+        ----------
+        cancel
+            Also cancel every job of this distributor that is still queued or running.
+        """
+        if cancel:
+            with self._lock:
+                live = list(self._live)
+            self.terminate_task_instances(live)
+        with self._lock:
+            if not self.started:
+                return
+            self.started = False
+            self._stopping.set()
+            self._wake.set()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(CLI_TIMEOUT_S)
+
+    def __enter__(self) -> "SlurmDistributor":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- submission
+    def submit_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any]) -> str:
+        """Submit one batch job with ``sbatch``; return its Slurm job id.
+
+        Raises
+        ------
+        ValueError
+            Malformed resources, or sbatch rejected the job (its message is included).
+        SlurmUnavailable
+            sbatch is missing or the controller does not answer.
+        """
+        resources = self._check(command, requested_resources)
+        job_id = self._sbatch(command, name, resources, array_length=None)
+        self._register([_Record(job_id, name, resources, self.log_dir)])
+        return job_id
+
+    def submit_array_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
+                                          array_length: int) -> dict[int, str]:
+        """Submit ``array_length`` steps with ONE ``sbatch --array=0-N[%K]``; return ``{step: "JOBID_step"}``.
+
+        ``requested_resources["max_concurrent"]`` becomes ``%K``. Steps see ``JOB_ID`` and
+        ``ARRAY_STEP_ID`` (as well as Slurm's own variables).
+        """
+        if isinstance(array_length, bool) or not isinstance(array_length, int) or array_length < 1:
+            raise ValueError(f"array_length must be a positive integer, not {array_length!r}")
+        resources = self._check(command, requested_resources)
+        job_id = self._sbatch(command, name, resources, array_length=array_length)
+        records = [_Record(f"{job_id}_{step}", name, resources, self.log_dir) for step in range(array_length)]
+        self._register(records)
+        return {step: record.distributor_id for step, record in enumerate(records)}
+
+    def adopt(self, distributor_id: str, name: str, requested_resources: dict[str, Any]) -> None:
+        """Track a job submitted by an earlier session (e.g. before a kernel restart).
+
+        No CLI call is made here: the next poll finds the job in ``squeue`` or, once Slurm has
+        forgotten it, its exit info next to its logs.
+
+        Parameters
+        ----------
+        distributor_id
+            ``"JOBID"`` or ``"JOBID_STEP"`` as returned by the submit methods.
+        name, requested_resources
+            As given at submission (they locate the log and exit-info files).
+        """
+        distributor_id = str(distributor_id)
+        if not _JOB_ID_RE.match(distributor_id):
+            raise ValueError(f"not a Slurm job id: {distributor_id!r} (expected JOBID or JOBID_STEP)")
+        resources = Resources.parse(requested_resources)
+        with self._lock:
+            if distributor_id in self._records:
+                return
+            record = _Record(distributor_id, name, resources, self.log_dir)
+            record.message = "adopted: waiting for the next poll"
+        self._register([record])
+
+    def _check(self, command: str, requested_resources: dict[str, Any] | None) -> Resources:
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError("command must be a non-empty string")
+        resources = Resources.parse(requested_resources)
+        for dependency in resources.after:
+            if not _JOB_ID_RE.match(dependency):
+                raise ValueError(f"after: {dependency!r} is not a Slurm distributor id (JOBID or JOBID_STEP)")
+        for folder in {resources.stdout_dir or self.log_dir, resources.stderr_dir or self.log_dir}:
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"cannot create the log folder {folder!r}: {exc}") from exc
+        return resources
+
+    def _sbatch_argv(self, name: str, resources: Resources, array_length: int | None) -> list[str]:
+        stdout_dir = os.path.abspath(resources.stdout_dir or self.log_dir)
+        # sbatch expands %-patterns in --output; a literal % in the folder must be doubled.
+        wrapper_log = os.path.join(stdout_dir.replace("%", "%%"), log_stem(name))
+        argv = ["sbatch", "--parsable", f"--job-name={log_stem(name)}", "--export=ALL", "--kill-on-invalid-dep=yes",
+                f"--cpus-per-task={resources.cores}"]
+        if array_length is not None:
+            concurrency = f"%{resources.max_concurrent}" if resources.max_concurrent else ""
+            argv += [f"--array=0-{array_length - 1}{concurrency}", f"--output={wrapper_log}.s%A_%a"]
+        else:
+            argv.append(f"--output={wrapper_log}.s%j")
+        if resources.memory_mb is not None:
+            argv.append(f"--mem={math.ceil(resources.memory_mb)}M")
+        if resources.runtime_s is not None:
+            # Slurm limits are whole minutes; round up so the task gets at least what it asked for.
+            argv.append(f"--time={math.ceil(resources.runtime_s / 60)}")
+        partition = resources.queue or self.partition
+        if partition:
+            argv.append(f"--partition={partition}")
+        if resources.after:
+            argv.append("--dependency=afterok:" + ":".join(resources.after))
+        if resources.cwd:
+            argv.append(f"--chdir={resources.cwd}")
+        return argv + self.sbatch_args
+
+    def _script(self, command: str, name: str, resources: Resources) -> str:
+        stdout_dir = os.path.abspath(resources.stdout_dir or self.log_dir)
+        stderr_dir = os.path.abspath(resources.stderr_dir or resources.stdout_dir or self.log_dir)
+        worker = [self.worker_node_entry_point, f"--name={name}", f"--stdout-dir={stdout_dir}",
+                  f"--stderr-dir={stderr_dir}"]
+        if resources.memory_mb is not None:
+            # The worker samples the task's RSS every 0.1 s and reports "memory limit exceeded";
+            # Slurm's own check (every second, without cgroups) stays as the backstop.
+            worker.append(f"--memory={math.ceil(resources.memory_mb)}M")
+        # Everything substituted is shell-quoted; the script ends on one exec line so sbatch finds
+        # no #SBATCH directive inside the user's command.
+        return _SCRIPT_PROLOGUE + "exec " + " ".join(shlex.quote(word) for word in [*worker, "--", command]) + "\n"
+
+    def _sbatch(self, command: str, name: str, resources: Resources, array_length: int | None) -> str:
+        argv = self._sbatch_argv(name, resources, array_length)
+        env = {key: value for key, value in os.environ.items() if key not in _IDENTITY_VARS}
+        # The task's variables travel in sbatch's own environment (--export=ALL): never through a shell.
+        env.update(resources.env)
+        result = _run_cli(argv, input_text=self._script(command, name, resources), env=env)
+        if result.returncode != 0:
+            message = _error_text(result.stderr)
+            if _controller_down(message):
+                raise SlurmUnavailable(f"sbatch could not reach the Slurm controller: {message}")
+            raise ValueError(f"sbatch rejected {name!r}: {message}")
+        job_id = result.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SlurmUnavailable(f"sbatch returned no job id (stdout {result.stdout!r}, stderr {result.stderr!r})")
+        logger.debug("submitted %s as Slurm job %s", name, job_id)
+        return job_id
+
+    def _register(self, records: list[_Record]) -> None:
+        with self._lock:
+            for record in records:
+                self._records[record.distributor_id] = record
+                self._live[record.distributor_id] = record
+            self._interval = self.poll_interval
+            # Poll one interval after the first of a burst of submissions: later ones share that poll.
+            now = time.monotonic()
+            self._next_poll = min(self._next_poll if self._next_poll > now else math.inf, now + self.poll_interval)
+        self._wake.set()
+
+    # ----------------------------------------------------------------- queries
+    def get_submitted_or_running(self, distributor_ids: list[str] | None = None) -> set[str]:
+        """Ids (among ``distributor_ids``, or all) that are queued or running."""
+        self._refresh_if_unattended()
+        with self._lock:
+            if distributor_ids is None:
+                return set(self._live)
+            return {i for i in distributor_ids if i in self._live}
+
+    def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        """Queued jobs that Slurm will not start without help (held, bad partition, failed dependency…)."""
+        self._refresh_if_unattended()
+        with self._lock:
+            return {i: self._records[i].queue_error for i in distributor_ids  # type: ignore[misc]
+                    if i in self._live and self._records[i].queue_error}
+
+    def get_remote_exit_info(self, distributor_id: str) -> tuple[str, str]:
+        """``(status, message)``: ``D`` exit 0, ``E`` exit code, ``K`` cancelled, ``Z`` over a limit, ``U`` lost."""
+        self._refresh_if_unattended()
+        record = self._get(distributor_id)
+        return record.state, record.message
+
+    def get_usage_stats(self, distributor_id: str) -> dict[str, Any]:
+        """Wall seconds, CPU seconds and max RSS (MB) of a finished task, as its worker measured them."""
+        self._refresh_if_unattended()
+        return dict(self._get(distributor_id).usage)
+
+    def get_task_reports(self, distributor_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Status, message, exit code, signal, usage and times of many tasks, without a CLI call per task."""
+        self._refresh_if_unattended()
+        with self._lock:
+            return {i: self._records[i].report() for i in distributor_ids if i in self._records}
+
+    def log_paths(self, distributor_id: str) -> tuple[str, str]:
+        """``(stdout, stderr)`` file paths of a task, as ``nbdist-worker`` writes them."""
+        record = self._get(distributor_id)
+        return record.log_path("o"), record.log_path("e")
+
+    def _get(self, distributor_id: str) -> _Record:
+        with self._lock:
+            record = self._records.get(distributor_id)
+        if record is None:
+            raise RemoteExitInfoNotAvailable(f"unknown distributor id {distributor_id!r} (submit or adopt it first)")
+        return record
+
+    # ----------------------------------------------------------------- termination
+    def terminate_task_instances(self, distributor_ids: list[str]) -> None:
+        """``scancel`` the live tasks among ``distributor_ids`` (one call); queued ones never start."""
+        with self._lock:
+            targets = [self._live[i] for i in distributor_ids if i in self._live]
+            for record in targets:
+                record.cancel_requested = True
+        if not targets:
+            return
+        argv = ["scancel", *_compress_ids(targets)]
+        result = _run_cli(argv)
+        if result.returncode != 0:
+            logger.warning("%s: %s", " ".join(argv), _error_text(result.stderr))
+        with self._lock:
+            self._interval = self.poll_interval
+            self._next_poll = time.monotonic()
+        self._wake.set()
+
+    # ----------------------------------------------------------------- polling
+    def poll(self) -> bool:
+        """Ask Slurm about every live job now (ONE ``squeue`` call); True if anything changed."""
+        with self._poll_lock:
+            with self._lock:
+                live = list(self._live.values())
+            if not live:
+                return False
+            job_ids = sorted({record.job_id for record in live}, key=int)
+            argv = ["squeue", "--noheader", "--states=all", "--array", f"--jobs={','.join(job_ids)}",
+                    f"--Format={_SQUEUE_FORMAT}"]
+            result = _run_cli(argv, env=_squeue_env())
+            if result.returncode != 0 and "Invalid job id" not in result.stderr:
+                raise SlurmUnavailable(f"squeue failed: {_error_text(result.stderr)}")
+            rows = _parse_squeue(result.stdout if result.returncode == 0 else "")
+            with self._lock:
+                return any([self._update(record, rows.get(record.distributor_id)) for record in live])
+
+    def _poll_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                delay = self._next_poll - time.monotonic()
+                idle = not self._live
+            if idle or delay > 0:
+                self._wake.wait(None if idle else delay)
+                self._wake.clear()
+                continue
+            self._poll_and_schedule()
+
+    def _poll_and_schedule(self) -> None:
+        try:
+            changed = self.poll()
+        except (SlurmUnavailable, OSError) as exc:
+            # A controller restart or a network blip: keep the states we have and try again later.
+            logger.warning("polling Slurm failed (will retry): %s", exc)
+            changed = False
+        with self._lock:
+            self._interval = self.poll_interval if changed else min(self._interval * BACKOFF_FACTOR,
+                                                                    self.max_poll_interval)
+            self._next_poll = time.monotonic() + self._interval
+
+    def _refresh_if_unattended(self) -> None:
+        """Without the poller thread (not started, or stopped), queries poll on the same schedule."""
+        if self.started:
+            return
+        with self._lock:
+            due = self._live and time.monotonic() >= self._next_poll
+        if due:
+            self._poll_and_schedule()
+
+    def _update(self, record: _Record, row: dict[str, str] | None) -> bool:
+        """Apply one squeue row (None: not listed) to a live record; True if its state changed."""
+        before = (record.state, record.message, record.queue_error)
+        if row is None:
+            info = record.exit_info()
+            if info is not None:
+                self._finish_from_info(record, info)
+            elif record.cancel_requested and record.started is None:
+                # Slurm 22.05 forgets a pending array step at once when it is cancelled.
+                self._finish(record, S.KILL_SELF, "cancelled before it started")
+            else:
+                record.missing_polls += 1
+                if record.missing_polls < MISSING_POLLS_BEFORE_LOST:
+                    pass
+                elif record.slurm_state in _PENDING_STATES:
+                    self._finish(record, S.KILL_SELF, "cancelled before it started (outside this session)")
+                else:
+                    self._finish(record, S.UNKNOWN_ERROR, "lost: Slurm no longer knows the job and it left no exit "
+                                 f"info (wrapper log: {record.log_path('s')})")
+            return (record.state, record.message, record.queue_error) != before
+        record.missing_polls = 0
+        state, reason = row["State"], row["Reason"]
+        record.slurm_state = state
+        if state in _PENDING_STATES:
+            record.state = S.QUEUED
+            record.message = "pending" if reason in ("None", "") else f"pending ({reason})"
+            record.queue_error = f"Slurm will not start it: {reason}" if reason in _HOPELESS_REASONS else None
+        elif state in _RUNNING_STATES:
+            record.state = S.RUNNING
+            record.message = "running" if state == "RUNNING" else state.lower()
+            record.queue_error = None
+            record.started = record.started or _epoch(row["StartTime"])
+        else:
+            self._ended(record, state, reason, row)
+        return (record.state, record.message, record.queue_error) != before
+
+    def _ended(self, record: _Record, state: str, reason: str, row: dict[str, str]) -> None:
+        record.started = record.started or _epoch(row["StartTime"])
+        info = record.exit_info()
+        if state in _EXIT_STATES:
+            if info is not None:
+                self._finish_from_info(record, info)
+                return
+            now = time.monotonic()
+            record.ended_seen_at = record.ended_seen_at or now
+            if record.started and now - record.ended_seen_at < EXIT_INFO_GRACE_S:
+                record.state, record.message = S.RUNNING, "ending (waiting for its exit info)"
+                return
+            wait_status = int(row["exit_code"]) if row["exit_code"].isdigit() else 0
+            code, signum = (wait_status >> 8) & 0xFF, wait_status & 0x7F
+            status = S.DONE if state == "COMPLETED" and not signum else S.ERROR
+            self._finish(record, status, f"{exit_message(code, signum)} (no exit info from nbdist-worker; "
+                         f"see {record.log_path('s')})", code if not signum else None, signum or None)
+            record.ended = _epoch(row["EndTime"]) or record.ended
+            return
+        status, template = _SLURM_VERDICTS.get(state, (S.UNKNOWN_ERROR, f"ended in Slurm state {state}"))
+        if info is not None and info.get("status") == S.RESOURCE_ERROR:
+            self._finish_from_info(record, info)  # the worker caught the limit first and says which
+            return
+        memory = record.resources.memory_mb
+        message = template.format(
+            limit=f" of {row['TimeLimit']}" if row.get("TimeLimit") not in (None, "", "UNLIMITED") else "",
+            memory=f" of {format_memory(memory)}" if memory else "")
+        if state == "CANCELLED" and reason == "DependencyNeverSatisfied":
+            message = "cancelled by Slurm: a job it depends on did not succeed (DependencyNeverSatisfied)"
+        if info is not None:
+            self._finish_from_info(record, info)
+            record.state, record.message = status, message
+        else:
+            self._finish(record, status, message)
+            record.ended = _epoch(row["EndTime"]) or record.ended
+
+    def _finish_from_info(self, record: _Record, info: dict[str, Any]) -> None:
+        self._finish(record, info.get("status") or S.UNKNOWN_ERROR, info.get("message") or "",
+                     info.get("exit_code"), info.get("signal"), info.get("usage"))
+        record.started = info.get("started") or record.started
+        record.ended = info.get("ended") or record.ended
+
+    def _finish(self, record: _Record, status: str, message: str, exit_code: int | None = None,
+                signum: int | None = None, usage: dict[str, Any] | None = None) -> None:
+        record.state, record.message = status, message
+        record.exit_code, record.signal = exit_code, signum
+        record.usage = dict(usage or {})
+        record.queue_error = None
+        record.ended = time.time()
+        self._live.pop(record.distributor_id, None)
+
+
+def _parse_squeue(text: str) -> dict[str, dict[str, str]]:
+    """``{distributor_id: {field: value}}`` from ``squeue --Format=…:|`` lines."""
+    rows: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        values = line.split("|")
+        if len(values) < len(_SQUEUE_FIELDS):
+            continue
+        row = {field: value.strip() for field, value in zip(_SQUEUE_FIELDS, values)}
+        rows[row["JobArrayID"]] = row
+    return rows
+
+
+def _compress_ids(records: list[_Record]) -> list[str]:
+    """scancel arguments: plain job ids, and each array's steps as ``JOBID_[0-9,12]`` (short for 1000 steps)."""
+    plain: list[str] = []
+    steps: dict[str, list[int]] = {}
+    for record in records:
+        if record.array_step_id is None:
+            plain.append(record.job_id)
+        else:
+            steps.setdefault(record.job_id, []).append(record.array_step_id)
+    for job_id, found in steps.items():
+        numbers = sorted(set(found))
+        ranges: list[str] = []
+        start = previous = numbers[0]
+        for number in [*numbers[1:], None]:
+            if number is not None and number == previous + 1:
+                previous = number
+                continue
+            ranges.append(str(start) if start == previous else f"{start}-{previous}")
+            if number is not None:
+                start = previous = number
+        plain.append(f"{job_id}_[{','.join(ranges)}]")
+    return plain
+
+
+def _squeue_env() -> dict[str, str]:
+    """The environment for squeue: user settings that would change its output format are dropped."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SQUEUE_")}
+    env["SLURM_TIME_FORMAT"] = "standard"
+    return env
+
+
+def _controller_down(message: str) -> bool:
+    return any(text in message for text in ("Unable to contact slurm controller", "Socket timed out",
+                                            "Connection refused", "Zero Bytes were transmitted"))
+
+
+def _run_cli(argv: list[str], input_text: str | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one Slurm command (argv, never a shell); missing tools become :class:`SlurmUnavailable`."""
+    try:
+        return subprocess.run(argv, input=input_text, env=env, capture_output=True, text=True,
+                              timeout=CLI_TIMEOUT_S, stdin=None if input_text is not None else subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise SlurmUnavailable(f"{argv[0]} not found on PATH: is the Slurm client installed?") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmUnavailable(f"{argv[0]} did not answer within {CLI_TIMEOUT_S:.0f} s") from exc
+
+
+class SlurmWorkerNode(MultiprocessWorkerNode):
+    """What a task running as a Slurm job knows about itself (from Slurm's environment)."""
+
+    @property
+    def distributor_id(self) -> str | None:
+        """``JOBID`` for a job, ``ARRAYJOBID_TASKID`` for an array step, None outside a job."""
+        return current_distributor_id()
+
+    @property
+    def array_step_id(self) -> int | None:
+        """``SLURM_ARRAY_TASK_ID`` as an int, None for a plain job."""
+        step = os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("ARRAY_STEP_ID")
+        return int(step) if step not in (None, "") else None

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# A real single-node Slurm on loopback for nbdist's tests: munge + slurmctld + slurmd, all state in one folder.
+#
+#   scripts/slurm-local.sh start         install (root + apt) if missing, start the daemons, wait for an idle node
+#   scripts/slurm-local.sh env           print the `export SLURM_CONF=...` lines clients need (eval them)
+#   scripts/slurm-local.sh status        print the node state; exit 0 only when the cluster answers
+#   scripts/slurm-local.sh restart-ctld  stop and start slurmctld alone (tests: the controller restarts mid-array)
+#   scripts/slurm-local.sh stop          cancel every job, shut the daemons down, leave no process behind
+#
+# State lives in ${NBDIST_SLURM_DIR:-/tmp/nbdist-slurm}. `start` is idempotent. Facts behind the choices:
+# ../shared/notes/slurm-single-node.md (Slurm 22.05 on Debian 12, no systemd, no cgroups, no slurmdbd).
+set -euo pipefail
+
+B="${NBDIST_SLURM_DIR:-/tmp/nbdist-slurm}"
+CONF="$B/slurm.conf"
+# Advertised CPUs: more than the machine has, so a 20-step array runs at once and the tests stay fast.
+CPUS="${NBDIST_SLURM_CPUS:-16}"
+PACKAGES=(slurmctld slurmd slurm-client munge)
+
+die() { echo "slurm-local: $*" >&2; exit 1; }
+log() { echo "slurm-local: $*" >&2; }
+
+# The pid in a pid file, only if that process runs and is the expected program (pids get reused).
+pid_of() {
+    local file="$1" comm="$2" pid
+    [ -r "$file" ] || return 1
+    pid="$(tr -dc 0-9 <"$file")"
+    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$comm" ] || return 1
+    echo "$pid"
+}
+
+# Wait up to $2 tenths of a second for the program of pid file $1 (comm $3) to be gone.
+wait_gone() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        pid_of "$1" "$3" >/dev/null || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# SIGTERM, then SIGKILL, the program named by a pid file; only ever our own pids.
+kill_pidfile() {
+    local file="$1" comm="$2" pid
+    pid="$(pid_of "$file" "$comm")" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_gone "$file" 50 "$comm" || { log "$comm ($pid) ignored SIGTERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
+    wait_gone "$file" 20 "$comm" || die "$comm ($pid) is still running"
+}
+
+ensure_installed() {
+    local missing=()
+    for tool in slurmctld slurmd sbatch munged mungekey; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ "${#missing[@]}" = 0 ] && return 0
+    [ "$(id -u)" = 0 ] || die "Slurm is not installed (${missing[*]} missing) and installing it needs root"
+    command -v apt-get >/dev/null || die "Slurm is not installed (${missing[*]} missing) and there is no apt-get"
+    log "installing ${PACKAGES[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 "${PACKAGES[@]}" >/dev/null ||
+        { apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null &&
+            apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 "${PACKAGES[@]}" >/dev/null; } ||
+        die "apt-get could not install ${PACKAGES[*]}"
+}
+
+write_conf() {
+    local host hardware memory
+    host="$(uname -n)"
+    hardware="$(slurmd -C | head -n 1)"
+    memory="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hardware")"
+    [ -n "$memory" ] || die "cannot read RealMemory from 'slurmd -C': $hardware"
+    cat >"$CONF.tmp" <<EOF
+# Written by scripts/slurm-local.sh; regenerated on every start.
+ClusterName=nbdist
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=6817
+SlurmdPort=6818
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$B/munge/munge.socket
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$B/state/ctld
+SlurmdSpoolDir=$B/state/d
+SlurmctldPidFile=$B/run/slurmctld.pid
+SlurmdPidFile=$B/run/slurmd.pid
+SlurmctldLogFile=$B/log/slurmctld.log
+SlurmdLogFile=$B/log/slurmd.log
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobContainerType=job_container/none
+MpiDefault=none
+SwitchType=switch/none
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+# Without a default every job takes the whole node's memory, so only one would run at a time.
+DefMemPerCPU=1024
+# Impossible requests are rejected by sbatch instead of pending forever.
+EnforcePartLimits=ALL
+AccountingStorageType=accounting_storage/none
+# No cgroups here: memory (--mem) is enforced by polling the job's RSS every second.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
+JobCompType=jobcomp/filetxt
+JobCompLoc=$B/log/jobcomp.txt
+MinJobAge=300
+ReturnToService=2
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=5
+OverTimeLimit=0
+SlurmdParameters=config_overrides
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$memory State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+    mv "$CONF.tmp" "$CONF"
+}
+
+start_munge() {
+    pid_of "$B/run/munged.pid" munged >/dev/null && return 0
+    install -d -o munge -g munge -m 0755 "$B/munge"
+    [ -s "$B/munge/munge.key" ] || runuser -u munge -- mungekey --create --keyfile="$B/munge/munge.key"
+    chown munge:munge "$B/run" "$B/log"
+    rm -f "$B/munge/munge.socket" "$B/munge/munge.socket.lock"
+    runuser -u munge -- munged --socket="$B/munge/munge.socket" --key-file="$B/munge/munge.key" \
+        --log-file="$B/log/munged.log" --pid-file="$B/run/munged.pid" --seed-file="$B/munge/munged.seed" ||
+        die "munged did not start (see $B/log/munged.log)"
+}
+
+start_ctld() {
+    pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null && return 0
+    # -i: a state file left by an earlier run that does not parse must not stop the controller.
+    SLURM_CONF="$CONF" slurmctld -i || die "slurmctld did not start (see $B/log/slurmctld.log)"
+}
+
+# Wait until the node reports idle (or mixed/allocated: jobs kept running across a controller restart).
+wait_ready() {
+    local i state=""
+    for ((i = 0; i < 300; i++)); do
+        state="$(SLURM_CONF="$CONF" sinfo -h -N -o %T 2>/dev/null | head -n 1 || true)"
+        case "$state" in idle | mixed | allocated | completing) return 0 ;; esac
+        sleep 0.1
+    done
+    die "the node did not become idle within 30 s (state: '${state:-no answer}'; see $B/log/)"
+}
+
+cmd_start() {
+    ensure_installed
+    [ "$(id -u)" = 0 ] || die "the local Slurm runs its daemons as root (this script runs as $(id -un))"
+    install -d -m 0755 "$B" "$B/run" "$B/log" "$B/state" "$B/state/ctld" "$B/state/d"
+    if pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null && pid_of "$B/run/slurmd.pid" slurmd >/dev/null &&
+        pid_of "$B/run/munged.pid" munged >/dev/null; then
+        wait_ready
+        return 0
+    fi
+    # A running controller keeps the configuration it read; otherwise write it afresh.
+    pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null || write_conf
+    start_munge
+    start_ctld
+    pid_of "$B/run/slurmd.pid" slurmd >/dev/null || SLURM_CONF="$CONF" slurmd ||
+        die "slurmd did not start (see $B/log/slurmd.log)"
+    wait_ready
+    log "up: $(SLURM_CONF="$CONF" sinfo -h -o '%P %D %c CPUs %T') (SLURM_CONF=$CONF)"
+}
+
+cmd_env() {
+    printf 'export SLURM_CONF=%q\n' "$CONF"
+    printf 'export NBDIST_SLURM_DIR=%q\n' "$B"
+}
+
+cmd_status() {
+    local ok=0
+    for daemon in munged slurmctld slurmd; do
+        if pid="$(pid_of "$B/run/$daemon.pid" "$daemon")"; then echo "$daemon: running (pid $pid)"; else
+            echo "$daemon: not running"
+            ok=1
+        fi
+    done
+    [ -f "$CONF" ] && SLURM_CONF="$CONF" sinfo -N -o '%N %P %c %m %T' 2>/dev/null || ok=1
+    return "$ok"
+}
+
+cmd_restart_ctld() {
+    local pid
+    if pid="$(pid_of "$B/run/slurmctld.pid" slurmctld)"; then
+        SLURM_CONF="$CONF" scontrol shutdown slurmctld 2>/dev/null || kill -TERM "$pid"
+        wait_gone "$B/run/slurmctld.pid" 100 slurmctld || kill_pidfile "$B/run/slurmctld.pid" slurmctld
+    fi
+    start_ctld
+    wait_ready
+}
+
+cmd_stop() {
+    local jobs
+    if [ -f "$CONF" ] && pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null; then
+        jobs="$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ' || true)"
+        # shellcheck disable=SC2086  # one job id per word
+        [ -z "${jobs// /}" ] || SLURM_CONF="$CONF" scancel $jobs 2>/dev/null || true
+        SLURM_CONF="$CONF" scontrol shutdown 2>/dev/null || true
+    fi
+    wait_gone "$B/run/slurmctld.pid" 100 slurmctld || kill_pidfile "$B/run/slurmctld.pid" slurmctld
+    if ! wait_gone "$B/run/slurmd.pid" 100 slurmd; then
+        # The controller was down, so nobody told slurmd to stop.
+        kill_pidfile "$B/run/slurmd.pid" slurmd
+    fi
+    kill_pidfile "$B/run/munged.pid" munged
+    log "stopped"
+}
+
+case "${1:-}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+env) cmd_env ;;
+status) cmd_status ;;
+restart-ctld) cmd_restart_ctld ;;
+*) die "usage: $0 start|stop|env|status|restart-ctld" ;;
+esac
