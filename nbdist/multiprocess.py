@@ -182,7 +182,6 @@ class MultiprocessDistributor:
         self._consumers: list[_ConsumerSlot] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
 
     # ----------------------------------------------------------------- protocol properties
     @property
@@ -201,6 +200,7 @@ class MultiprocessDistributor:
         with self._lock:
             if self.started:
                 return
+            self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
             self._consumers = [_ConsumerSlot(index) for index in range(self.parallelism)]
             self._stopping = False
             self.started = True
@@ -245,6 +245,8 @@ class MultiprocessDistributor:
                 slot.event_reader.close()
                 slot.process.close()
             self._consumers = []
+            self._wake_reader.close()
+            self._wake_writer.close()
             self.started = False
 
     def __enter__(self) -> "MultiprocessDistributor":
@@ -542,6 +544,7 @@ class MultiprocessDistributor:
         slot.assigned.clear()
         slot.task_writer.close()
         slot.event_reader.close()
+        slot.process.close()
         if not self._stopping:
             logger.warning("consumer %s died (%s); starting a new one", slot.process.pid, how)
             self._consumers.append(_ConsumerSlot(slot.index))
