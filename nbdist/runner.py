@@ -131,9 +131,9 @@ class RunningTask:
         self.spec = spec
         env = dict(base_env if base_env is not None else os.environ)
         env.update(spec.env)
-        out_fd = os.open(spec.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        out_fd = _open_log(spec.stdout_path)
         try:
-            err_fd = os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            err_fd = _open_log(spec.stderr_path)
         except OSError:
             os.close(out_fd)
             raise
@@ -275,6 +275,16 @@ class RunningTask:
         else:
             status_letter, message = S.ERROR, exit_message(code, signum)
         return Outcome(status_letter, message, code, signum, usage)
+
+
+def _open_log(path: str) -> int:
+    """Open a log file for the task; a log folder removed mid-run is made again."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return os.open(path, flags, 0o644)
 
 
 def _quote(text: str) -> str:

@@ -1,0 +1,109 @@
+"""Faults on this machine, for real: log folders removed or read-only, a full disk, huge output, listeners."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nbdist.multiprocess import MultiprocessDistributor
+from test_multiprocess import wait_finished, wait_running
+
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def dist(tmp_path):
+    distributor = MultiprocessDistributor("faults", parallelism=2, log_dir=str(tmp_path / "logs"))
+    distributor.start()
+    yield distributor
+    distributor.stop()
+
+
+def test_log_folder_removed_mid_run(dist, tmp_path):
+    logs = tmp_path / "run-logs"
+    resources = {"stdout": str(logs), "stderr": str(logs)}
+    running = dist.submit_to_batch_distributor("sleep 0.5; echo survived", "long", resources)
+    wait_running(dist, running)
+    shutil.rmtree(logs)
+    later = dist.submit_array_to_batch_distributor("echo step $ARRAY_STEP_ID", "later", resources, 5)
+    wait_finished(dist, [running, *later.values()])
+    assert dist.get_remote_exit_info(running)[0] == "D"  # its open files outlived the folder
+    for step, distributor_id in later.items():
+        assert dist.get_remote_exit_info(distributor_id)[0] == "D"
+        assert Path(dist.log_paths(distributor_id)[0]).read_text() == f"step {step}\n"
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if IS_ROOT:  # root writes through chmod: a read-only bind mount is what stops it
+        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    yield folder
+    if IS_ROOT:
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)
+
+
+def test_read_only_log_folder_gives_queueing_errors_and_loses_nothing(dist, read_only_folder):
+    resources = {"stdout": str(read_only_folder), "stderr": str(read_only_folder)}
+    ids = dist.submit_array_to_batch_distributor("echo hi", "ro", resources, 4)
+    fine = dist.submit_to_batch_distributor("echo fine", "fine", {})
+    wait_finished(dist, [*ids.values(), fine])
+    errors = dist.get_queueing_errors(list(ids.values()))
+    assert set(errors) == set(ids.values())
+    assert all("could not start" in message and ("Read-only" in message or "Permission" in message) for message in errors.values())
+    assert dist.get_remote_exit_info(fine)[0] == "D"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
+def test_full_disk(dist, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        resources = {"stdout": str(small), "stderr": str(tmp_path)}  # stderr must have room for the error
+        filler = dist.submit_to_batch_distributor("head -c 1000000 /dev/zero", "filler", resources)
+        wait_finished(dist, [filler])
+        status, message = dist.get_remote_exit_info(filler)
+        assert status == "E", message
+        assert "No space left" in Path(dist.log_paths(filler)[1]).read_text()
+        after = dist.submit_to_batch_distributor("echo after", "after", {})
+        wait_finished(dist, [after])
+        assert dist.get_remote_exit_info(after)[0] == "D"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_100_mb_of_stdout_goes_to_the_file_not_to_memory(dist):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    job = dist.submit_to_batch_distributor("head -c 100000000 /dev/zero", "big", {})
+    wait_finished(dist, [job], timeout=60)
+    assert dist.get_remote_exit_info(job)[0] == "D"
+    assert os.path.getsize(dist.log_paths(job)[0]) == 100_000_000
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KB
+
+
+def test_no_network_listener(dist):
+    ids = dist.submit_array_to_batch_distributor("sleep 0.3", "net", {}, 4)
+    time.sleep(0.2)
+    tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    sockets = []
+    for proc in tree:
+        try:
+            sockets += [c for c in proc.net_connections(kind="inet")]
+        except psutil.Error:
+            pass
+    assert not [c for c in sockets if c.status == psutil.CONN_LISTEN]
+    wait_finished(dist, ids.values())
