@@ -363,3 +363,30 @@ def test_no_step_runs_twice_when_a_consumer_dies_mid_array(tmp_path):
     lost = [step for step, letter in letters.items() if letter == "U"]
     assert 1 <= len(lost) <= 10
     assert {str(step) for step, letter in letters.items() if letter == "D"} <= set(ran)
+
+
+def test_tasks_die_with_the_process_that_owns_the_distributor(tmp_path):
+    owner_code = f"""
+import sys, time
+from nbdist.multiprocess import MultiprocessDistributor
+d = MultiprocessDistributor("owner", parallelism=2, log_dir={str(tmp_path)!r})
+d.start()
+ids = [d.submit_to_batch_distributor("sleep 60", f"s{{i}}", {{}}) for i in range(3)]
+while sum(r["status"] == "R" for r in d.get_task_reports(ids).values()) < 2:
+    time.sleep(0.01)
+print(" ".join(str(r["pid"]) for r in d.get_task_reports(ids).values() if r["pid"]), flush=True)
+time.sleep(60)
+"""
+    import subprocess
+
+    owner = subprocess.Popen([PY, "-c", owner_code], stdout=subprocess.PIPE, text=True)
+    task_pids = [int(pid) for pid in owner.stdout.readline().split()]
+    consumers = [p.pid for p in psutil.Process(owner.pid).children()]
+    assert len(task_pids) == 2 and len(consumers) == 2
+    owner.kill()
+    owner.wait()
+    owner.stdout.close()
+    deadline = time.monotonic() + 3
+    while any(pid_alive(pid) for pid in task_pids + consumers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [pid for pid in task_pids + consumers if pid_alive(pid)]
