@@ -437,12 +437,13 @@ class MultiprocessDistributor:
 
     def _dispatch_loop(self) -> None:
         poller = select.poll()
-        watched: dict[int, tuple[str, _ConsumerSlot | None]] = {}
+        Watched = dict[int, tuple[str, "_ConsumerSlot | None"]]
+        watched: Watched = {}
         wake_fd = self._wake_reader.fileno()
         while True:
             # (Re)build the poll set only when consumers came or went: polling is per task, hot.
             with self._lock:
-                wanted = {wake_fd: ("wake", None)}
+                wanted: Watched = {wake_fd: ("wake", None)}
                 for slot in self._consumers:
                     if slot.reader_open:
                         wanted[slot.event_reader.fileno()] = ("events", slot)
@@ -455,14 +456,14 @@ class MultiprocessDistributor:
                 watched = wanted
             ready = [watched[fd] for fd, _ in poller.poll()]
             with self._lock:
-                for kind, slot in ready:
+                for kind, source in ready:
                     if kind == "wake":
                         self._wake_reader.recv()
-                    elif kind == "events" and slot is not None and slot.reader_open:
-                        self._read_events(slot)
-                for kind, slot in ready:
-                    if kind == "exit" and slot in self._consumers:
-                        self._consumer_died(slot)
+                    elif kind == "events" and source is not None and source.reader_open:
+                        self._read_events(source)
+                for kind, source in ready:
+                    if kind == "exit" and source is not None and source in self._consumers:
+                        self._consumer_died(source)
                 if self._stopping and not any(s.process.is_alive() for s in self._consumers):
                     return
                 self._dispatch()
