@@ -1,0 +1,72 @@
+"""The registry of backends: built-ins plus plugins of the ``nbdist.backends`` entry-point group.
+
+A plugin declares, in its ``pyproject.toml``::
+
+    [project.entry-points."nbdist.backends"]
+    mycluster = "mypackage.module:MyDistributor"
+
+and ``nbdist.Session(backend="mycluster")`` then uses it. The class must implement
+:class:`nbdist.cluster_protocol.ClusterDistributor`; ``get_task_reports`` and ``log_paths`` are used
+when present. A plugin that fails to load is logged and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib import metadata
+from typing import Any
+
+__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "available_backends", "load_backend"]
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_BACKENDS: dict[str, str] = {
+    "multiprocess": "nbdist.multiprocess:MultiprocessDistributor",
+    "slurm": "nbdist.slurm:SlurmDistributor",
+}
+ENTRY_POINT_GROUP = "nbdist.backends"
+
+
+def _plugins() -> dict[str, metadata.EntryPoint]:
+    try:
+        points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception as exc:  # a broken distribution's metadata must not break nbdist
+        logger.warning("cannot read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+        return {}
+    return {point.name: point for point in points}
+
+
+def available_backends() -> list[str]:
+    """Names of the built-in backends and of the installed plugins."""
+    return sorted(set(BUILTIN_BACKENDS) | set(_plugins()))
+
+
+def _import(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def load_backend(name: str) -> type:
+    """The distributor class registered under ``name``.
+
+    Raises
+    ------
+    ValueError
+        When no backend of that name exists, or it cannot be imported (the message says why).
+    """
+    if name in BUILTIN_BACKENDS:
+        try:
+            return _import(BUILTIN_BACKENDS[name])
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"backend {name!r} is not usable here: {exc}") from exc
+    plugins = _plugins()
+    point = plugins.get(name)
+    if point is None:
+        raise ValueError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
+    try:
+        return point.load()
+    except Exception as exc:
+        logger.warning("backend plugin %r (%s) failed to load: %s", name, point.value, exc)
+        raise ValueError(f"backend plugin {name!r} failed to load: {exc}") from exc

@@ -1,0 +1,253 @@
+"""The persistent registry: one SQLite file under the session root, shared by kernels and the CLI.
+
+Tables::
+
+    sessions (id, pid, host, started, create_time, backend, closed)
+    jobs     (id, name, kind, command, backend, session_id, created, n_steps, steps, initial_state,
+              did_base, dids, spec, params, log_dir, script_dir, after, ended)
+    steps    (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s,
+              max_rss_mb, usage, started, ended)            -- a row once a step leaves its initial state
+    attempts (job_id, idx, attempt, distributor_id, state, exit_code, message, usage, stdout, stderr,
+              resources, started, ended)                    -- one row per finished attempt
+    requests (id, session_id, job_id, action, arg, created) -- kill/retry asked by another process
+
+A fresh array costs one ``jobs`` row whatever its length: its steps are described by the job row
+until they change, so ``array(steps=100_000)`` does not write 100,000 rows. Writes from the poller
+are batched: one transaction per poll.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from typing import Any, Iterable, Sequence
+
+__all__ = ["Registry", "StepWrite", "AttemptWrite"]
+
+# How long a writer waits for another process's transaction before giving up: long enough for a
+# poll of a big array in another kernel, short enough that a stuck lock is reported.
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, pid INTEGER, host TEXT, started REAL, create_time REAL, backend TEXT, closed REAL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, kind TEXT NOT NULL, command TEXT NOT NULL,
+    backend TEXT NOT NULL, session_id TEXT, created REAL, n_steps INTEGER, steps TEXT, initial_state TEXT,
+    did_base TEXT, dids TEXT, spec TEXT, params TEXT, log_dir TEXT, script_dir TEXT, after TEXT, ended REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id INTEGER, idx INTEGER, step INTEGER, state TEXT, distributor_id TEXT, attempt INTEGER,
+    exit_code INTEGER, message TEXT, runtime_s REAL, max_rss_mb REAL, usage TEXT, started REAL, ended REAL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER, idx INTEGER, attempt INTEGER, distributor_id TEXT, state TEXT, exit_code INTEGER,
+    message TEXT, usage TEXT, stdout TEXT, stderr TEXT, resources TEXT, started REAL, ended REAL,
+    PRIMARY KEY (job_id, idx, attempt)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, job_id INTEGER, action TEXT, arg TEXT, created REAL
+);
+"""
+
+# (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s, max_rss_mb, usage,
+#  started, ended)
+StepWrite = tuple
+# (job_id, idx, attempt, distributor_id, state, exit_code, message, usage, stdout, stderr, resources,
+#  started, ended)
+AttemptWrite = tuple
+
+
+class Registry:
+    """The SQLite registry under ``root`` (``{root}/registry.db``), safe to share between processes.
+
+    Parameters
+    ----------
+    root
+        The folder of the registry (created).
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.path = os.path.join(self.root, "registry.db")
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL is durable across a killed process (only a power loss may drop the last commit).
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def transaction(self) -> "_Transaction":
+        """``with registry.transaction():`` — one ``BEGIN IMMEDIATE … COMMIT`` (rolled back on error)."""
+        return _Transaction(self)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ sessions
+    def add_session(self, session_id: str, backend: str) -> None:
+        """Record a session owned by this process."""
+        import psutil
+
+        create_time = psutil.Process().create_time()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO sessions (id, pid, host, started, create_time, backend, closed) VALUES (?,?,?,?,?,?,NULL)",
+                (session_id, os.getpid(), socket.gethostname(), time.time(), create_time, backend),
+            )
+
+    def close_session(self, session_id: str) -> None:
+        """Mark a session closed."""
+        with self.transaction():
+            self._db.execute("UPDATE sessions SET closed = ? WHERE id = ?", (time.time(), session_id))
+
+    def sessions(self) -> dict[str, dict[str, Any]]:
+        """Every session, by id."""
+        rows = self.query("SELECT id, pid, host, started, create_time, backend, closed FROM sessions")
+        keys = ("id", "pid", "host", "started", "create_time", "backend", "closed")
+        return {row[0]: dict(zip(keys, row)) for row in rows}
+
+    # ------------------------------------------------------------------ jobs and steps
+    def add_job(self, fields: dict[str, Any]) -> int:
+        """Insert a job row; return its id."""
+        names = sorted(fields)
+        values = [_encode(fields[name]) for name in names]
+        with self.transaction():
+            cursor = self._db.execute(
+                f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values
+            )
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def delete_job(self, job_id: int) -> None:
+        """Remove a job that could not be submitted."""
+        with self.transaction():
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        """Change columns of a job row."""
+        names = sorted(fields)
+        with self.transaction():
+            self._db.execute(
+                f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?",
+                [_encode(fields[name]) for name in names] + [job_id],
+            )
+
+    def write(self, steps: Sequence[StepWrite], attempts: Sequence[AttemptWrite],
+              job_updates: Iterable[tuple[int, dict[str, Any]]] = ()) -> None:
+        """Write a poll's changes in one transaction."""
+        if not steps and not attempts and not job_updates:
+            return
+        with self.transaction():
+            if steps:
+                self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", steps)
+            if attempts:
+                self._db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", attempts)
+            for job_id, fields in job_updates:
+                names = sorted(fields)
+                self._db.execute(
+                    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?",
+                    [_encode(fields[name]) for name in names] + [job_id],
+                )
+
+    def jobs(self, job_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """Job rows (all, or those of ``job_ids``), oldest first, JSON columns decoded."""
+        columns = ("id", "name", "kind", "command", "backend", "session_id", "created", "n_steps", "steps",
+                   "initial_state", "did_base", "dids", "spec", "params", "log_dir", "script_dir", "after", "ended")
+        sql = f"SELECT {', '.join(columns)} FROM jobs"
+        args: list[Any] = []
+        if job_ids is not None:
+            ids = list(job_ids)
+            if not ids:
+                return []
+            sql += f" WHERE id IN ({', '.join('?' * len(ids))})"
+            args = ids
+        rows = self.query(sql + " ORDER BY id", args)
+        decoded = []
+        for row in rows:
+            item = dict(zip(columns, row))
+            for key in ("steps", "dids", "spec", "params", "after"):
+                if item[key] is not None:
+                    item[key] = json.loads(item[key])
+            decoded.append(item)
+        return decoded
+
+    def step_rows(self, job_id: int) -> list[tuple]:
+        """The ``steps`` rows of a job (those written so far)."""
+        return self.query("SELECT * FROM steps WHERE job_id = ? ORDER BY idx", (job_id,))
+
+    def attempt_rows(self, job_id: int, idx: int) -> list[tuple]:
+        """The finished attempts of one step, oldest first."""
+        return self.query("SELECT * FROM attempts WHERE job_id = ? AND idx = ? ORDER BY attempt", (job_id, idx))
+
+    # ------------------------------------------------------------------ requests from other processes
+    def claim_job(self, job_id: int, old_session: str | None, new_session: str) -> bool:
+        """Move a job to ``new_session`` if it still belongs to ``old_session`` (one winner among racers)."""
+        with self.transaction():
+            cursor = self._db.execute(
+                "UPDATE jobs SET session_id = ? WHERE id = ? AND session_id IS ?", (new_session, job_id, old_session)
+            )
+            return cursor.rowcount == 1
+
+    def add_request(self, session_id: str, job_id: int, action: str, arg: Any = None) -> None:
+        """Ask the session that owns a job to ``kill`` or ``retry`` it."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO requests (session_id, job_id, action, arg, created) VALUES (?,?,?,?,?)",
+                (session_id, job_id, action, _encode(arg), time.time()),
+            )
+
+    def take_requests(self, session_id: str) -> list[tuple[int, str, Any]]:
+        """Remove and return the requests addressed to a session: ``[(job_id, action, arg), ...]``."""
+        with self.transaction():
+            rows = self._db.execute(
+                "SELECT id, job_id, action, arg FROM requests WHERE session_id = ? ORDER BY id", (session_id,)
+            ).fetchall()
+            if rows:
+                self._db.execute("DELETE FROM requests WHERE session_id = ? AND id <= ?", (session_id, rows[-1][0]))
+        return [(job_id, action, json.loads(arg) if arg else None) for _, job_id, action, arg in rows]
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        """Run a read query."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+
+class _Transaction:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.registry._lock.acquire()
+        try:
+            self.registry._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.registry._lock.release()
+            raise
+        return self.registry._db
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        try:
+            self.registry._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self.registry._lock.release()
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return value

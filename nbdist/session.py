@@ -1,0 +1,900 @@
+"""The Session: the one core behind ``nbdist.submit``/``array``, the magics, the widget and the CLI.
+
+Data flow::
+
+    submit/array ──► JobRecord (columns) ──► backend.submit_*   (or PENDING until dependencies are DONE)
+                          ▲                        │
+                          │  poller thread: one get_task_reports(all live ids) per poll
+                          └────────────────────────┘
+                          │  one registry transaction per poll (changed steps, finished attempts)
+                          ▼
+                    Job/Array handles (Futures resolved here), snapshots for the views
+
+Everything that changes a record happens under ``Session._lock``; Futures are resolved after the
+lock is released, so a done-callback may call back into the session. Dependencies are gated here,
+not in the backend: a dependent job reaches the backend only when its dependencies are DONE.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import re
+import shlex
+import socket
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, Iterable, Mapping, Sequence
+
+from .backends import load_backend
+from .jobs import Array, Attempt, Job, JobRecord, LogPaths, _Handle
+from .registry import Registry
+from .resources import Resources, parse_memory, parse_runtime
+from .session_load import claim_orphans, load_record, refresh_foreign
+from .snapshot import Snapshot, build_snapshot
+from .state import RETRYABLE_STATES, State
+from .sweep import INDEX_EXPR, STEP_ENV, Sweep, expand, placeholders, write_manifest, write_scripts
+
+__all__ = ["Session", "UnknownJob", "DEFAULT_SCALES"]
+
+logger = logging.getLogger(__name__)
+
+# Poll interval bounds: a short interval notices ends quickly (wait() latency); when nothing changes
+# the poller backs off towards the long one. A poll never takes more than 1/POLL_COST_FACTOR of the time.
+POLL_MIN_SECONDS = 0.02
+POLL_MAX_SECONDS = 0.5
+POLL_COST_FACTOR = 10
+# How often requests from other processes (CLI kill/retry) and other kernels' jobs are read.
+REGISTRY_CHECK_SECONDS = 0.5
+DEFAULT_SCALES = {"runtime": 1.5, "memory": 1.5}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
+
+
+class UnknownJob(KeyError):
+    """No job or array has this name or id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown job"
+
+
+class Session:
+    """Submit jobs and arrays to one backend, track them, and remember them in a registry.
+
+    Parameters
+    ----------
+    backend
+        ``"multiprocess"`` (this machine), ``"slurm"``, or a plugin of the ``nbdist.backends``
+        entry-point group.
+    parallelism
+        Cores used at once by the multiprocess backend (default: all of this machine's).
+    root
+        Folder of the registry (``registry.db``), the logs (``logs/{name}/``) and per-step scripts.
+    **backend_options
+        Passed to the backend's constructor.
+
+    Examples
+    --------
+    >>> with Session(parallelism=2) as session:                      # doctest: +SKIP
+    ...     job = session.submit("echo hello", name="hello")
+    ...     sweep = session.array("train --lr {{lr}}", over={"lr": [0.1, 0.01]}, after=[job])
+    ...     sweep.wait()
+    """
+
+    def __init__(self, backend: str = "multiprocess", parallelism: int | None = None, root: str = ".nbdist",
+                 **backend_options: Any) -> None:
+        if parallelism is not None and (isinstance(parallelism, bool) or not isinstance(parallelism, int)
+                                        or parallelism < 1):
+            raise ValueError(f"parallelism must be a positive integer, not {parallelism!r}")
+        self.backend_name = backend
+        self._backend_classes: dict[str, type] = {backend: load_backend(backend)}
+        self.parallelism = parallelism
+        self.root = os.path.abspath(root)
+        self._backend_options = backend_options
+        self._backends: dict[str, Any] = {}
+        self.registry = Registry(self.root)
+        self.id = uuid.uuid4().hex[:16]
+        self.registry.add_session(self.id, backend)
+        self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._records: dict[int, JobRecord] = {}
+        self._live: dict[str, dict[str, tuple[JobRecord, int]]] = {}
+        self._dirty: set[tuple[JobRecord, int]] = set()
+        self._attempt_rows: list[tuple] = []
+        self._job_updates: dict[int, dict[str, Any]] = {}
+        self._to_resolve: list[_Handle] = []
+        self._deps_to_check: list[JobRecord] = []
+        self._wake_event = threading.Event()
+        self._stop_event = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._last_registry_check = 0.0
+        self._closed = False
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # ================================================================== public API
+    def submit(self, command: str, *, name: str | None = None, cores: int = 1, memory: str | int | None = None,
+               runtime: str | int | None = None, after: Any = (), max_attempts: int = 1,
+               env: Mapping[str, str] | None = None, cwd: str | None = None,
+               resource_scales: Mapping[str, float] | None = None) -> Job:
+        """Run one shell command as a job.
+
+        Parameters
+        ----------
+        command
+            A shell command line or script (run with ``/bin/sh -c``).
+        name
+            Letters, digits and ``._+=-`` (default: the command's first word). Names may repeat;
+            ``get(name)`` finds the newest.
+        cores, memory, runtime
+            Resources: ``memory`` like ``"512M"``/``"2G"``, ``runtime`` like ``"90s"``/``"10m"``.
+        after
+            Jobs, arrays, step jobs, names or ids that must end DONE first; until then the job is
+            PENDING, and it becomes SKIPPED (with the reason) if one of them fails.
+        max_attempts
+            Run a failed attempt again up to this many attempts in all; after TIMEOUT the runtime,
+            after OUT_OF_MEMORY the memory is scaled by ``resource_scales`` (default ×1.5 each).
+        env, cwd
+            Extra environment variables and the working directory.
+
+        Returns
+        -------
+        Job
+            A handle (a ``concurrent.futures.Future``; awaitable).
+        """
+        rec = self._create("job", command, name, None, dict(cores=cores, memory=memory, runtime=runtime),
+                           after, max_attempts, env, cwd, resource_scales)
+        return self._job_handle(rec)
+
+    def array(self, command: str, *, steps: int | Iterable[int] | None = None, over: Any = None,
+              name: str | None = None, max_concurrent: int | None = None, cores: int = 1,
+              memory: str | int | None = None, runtime: str | int | None = None, after: Any = (),
+              max_attempts: int = 1, env: Mapping[str, str] | None = None, cwd: str | None = None,
+              resource_scales: Mapping[str, float] | None = None) -> Array:
+        """Run a command once per step: ``steps=`` (a count or step ids) or ``over=`` (parameters).
+
+        Parameters
+        ----------
+        command
+            The shell command; ``{{name}}`` is replaced by the step's (shell-quoted) parameter value
+            and ``{{step}}`` by the step id. Parameters and ``NBDIST_STEP`` are also exported as
+            environment variables.
+        steps
+            ``10``, ``range(...)`` or any iterable of unique ints.
+        over
+            A dict of lists (every combination: a grid), a list of dicts (one step each) or a
+            pandas DataFrame (one step per row). A manifest of step → parameters is written to
+            ``{root}/logs/{name}/manifest-{id}.json``.
+        max_concurrent
+            At most this many steps run at once.
+
+        Other parameters are those of :meth:`submit`.
+
+        Raises
+        ------
+        ValueError
+            For an unknown placeholder, an unused parameter or a malformed ``steps``/``over``,
+            before anything is submitted.
+        """
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError("command must be a non-empty string")
+        sweep = expand(command, steps, over)
+        options = dict(cores=cores, memory=memory, runtime=runtime, max_concurrent=max_concurrent)
+        rec = self._create("array", command, name, sweep, options, after, max_attempts, env, cwd, resource_scales)
+        return self._array_handle(rec)
+
+    def jobs(self) -> list[Job | Array]:
+        """Every job and array this session knows (after ``attach``, earlier kernels' too), oldest first."""
+        with self._lock:
+            records = sorted(self._records.values(), key=lambda rec: rec.id)
+        return [self._handle(rec) for rec in records]
+
+    def get(self, name_or_id: Any) -> Job | Array:
+        """A job or array by name (the newest of that name), id, or ``"name:step"`` for one step."""
+        if isinstance(name_or_id, (Job, Array)):
+            return name_or_id
+        key = str(name_or_id).strip()
+        with self._lock:
+            rec = self._find(key)
+            if rec is not None:
+                return self._handle(rec)
+        if ":" in key:
+            base, _, step = key.rpartition(":")
+            parent = self.get(base)
+            if not isinstance(parent, Array):
+                raise UnknownJob(f"{base!r} is a job, not an array: it has no step {step}")
+            try:
+                return parent.step(int(step))
+            except (ValueError, KeyError):
+                raise UnknownJob(f"array {base!r} has no step {step!r}") from None
+        with self._lock:
+            names = sorted({rec.name for rec in self._records.values()})
+        hint = f"known: {', '.join(names[-20:])}" if names else "no jobs yet (nbdist.attach() finds earlier ones)"
+        raise UnknownJob(f"no job or array named {key!r}; {hint}")
+
+    def snapshot(self, handle: Any, *, state: State | str | None = None, page: int = 0, page_size: int = 50,
+                 log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
+        """Everything a view draws about a job or array (see :class:`nbdist.Snapshot`).
+
+        Parameters
+        ----------
+        handle
+            A Job, Array, name or id. A step Job gives its array's snapshot with its logs.
+        state
+            Only rows of steps in this state.
+        page, page_size
+            Which rows.
+        log_step
+            The step whose log tails to include (default: the first failed, else the first running).
+        tail_lines
+            Lines of each log tail.
+        """
+        item = self.get(handle)
+        if isinstance(item, Job) and item.step is not None and log_step is None:
+            log_step = item.step
+        with self._lock:
+            return build_snapshot(item._rec, state=state, page=page, page_size=page_size, log_step=log_step,
+                                  tail_lines=tail_lines)
+
+    def close(self) -> None:
+        """Stop polling and stop the backends: local tasks are killed (KILLED), none is left running."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_event.set()
+        self._wake_event.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(5)
+        with self._lock:
+            for rec in self._records.values():
+                if rec.owned and rec.by_state[State.PENDING]:
+                    for index in sorted(rec.by_state[State.PENDING]):
+                        self._set(rec, index, State.KILLED, "cancelled: its session closed before it started")
+            backends = list(self._backends.items())
+        for name, backend in backends:
+            try:
+                backend.stop()
+            except Exception:
+                logger.exception("stopping backend %s failed", name)
+        # Local tasks were just killed: record how they ended. A persistent backend's tasks (Slurm)
+        # keep running and stay QUEUED/RUNNING in the registry for the next attach to adopt.
+        for name, backend in backends:
+            if not self._persistent(name):
+                self._poll_backend(name, backend)
+        self._finish_poll()
+        try:
+            self.registry.close_session(self.id)
+        finally:
+            self.registry.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.backend_name} root={self.root!r} jobs={len(self._records)}>"
+
+    # ================================================================== creation
+    def _create(self, kind: str, command: str, name: str | None, sweep: Sweep | None, options: dict[str, Any],
+                after: Any, max_attempts: int, env: Mapping[str, str] | None, cwd: str | None,
+                scales: Mapping[str, float] | None) -> JobRecord:
+        if self._closed:
+            raise RuntimeError("this session is closed")
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError("command must be a non-empty string")
+        name = self._check_name(name, command)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be a positive integer, not {max_attempts!r}")
+        factors = dict(DEFAULT_SCALES)
+        for key, value in (scales or {}).items():
+            if key not in DEFAULT_SCALES or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"resource_scales: {key!r}: {value!r}; expected runtime/memory → positive factor")
+            factors[key] = float(value)
+        if kind == "job" and placeholders(command):
+            raise ValueError(f"{{{{...}}}} placeholders need an array: use array(..., over=...) ({command[:60]!r})")
+        resources = {key: value for key, value in options.items() if value is not None}
+        check = dict(resources, env=dict(env or {}), cwd=cwd)
+        max_cores = (self.parallelism or os.cpu_count() or 1) if self.backend_name == "multiprocess" else None
+        parsed = Resources.parse(check, max_cores=max_cores)  # bad values raise before anything exists
+        with self._lock:
+            deps = self._resolve_after(after, name)
+        created = time.time()
+        log_dir = os.path.join(self.root, "logs", name)
+        steps_field = None
+        if sweep is not None:
+            steps = sweep.steps
+            steps_field = {"range": [steps.start, steps.stop, steps.step]} if isinstance(steps, range) else list(steps)
+        n = 1 if sweep is None else len(sweep)
+        job_id = self.registry.add_job(dict(
+            name=name, kind=kind, command=command, backend=self.backend_name, session_id=self.id, created=created,
+            n_steps=n, steps=steps_field, initial_state=State.PENDING.value, log_dir=log_dir,
+            spec=dict(resources=resources, env=parsed.env, cwd=cwd, max_attempts=max_attempts, scales=factors),
+            params=None if sweep is None else sweep.params, after=[[d.id, i] for d, i in deps],
+        ))
+        rec = JobRecord(job_id, name, kind, command, self.backend_name, n, None if sweep is None else sweep.steps,
+                        State.PENDING, created)
+        rec.sweep, rec.resources, rec.env, rec.cwd = sweep, resources, parsed.env, cwd
+        rec.max_attempts, rec.scales, rec.log_dir, rec.session_id = max_attempts, factors, log_dir, self.id
+        rec.after = deps
+        try:
+            os.makedirs(log_dir, exist_ok=True)
+            if sweep is not None and (sweep.needs_scripts or sweep.params is not None):
+                rec.script_dir = os.path.join(self.root, "scripts", str(job_id))
+                write_scripts(rec.script_dir, command, sweep)
+                self._job_updates[job_id] = {"script_dir": rec.script_dir}
+            if sweep is not None and sweep.params is not None:
+                write_manifest(os.path.join(log_dir, f"manifest-{job_id}.json"), sweep)
+            with self._lock:
+                self._records[job_id] = rec
+                for dep, _ in deps:
+                    dep.dependents.append(rec)
+                try:
+                    self._check_deps(rec)
+                except BaseException:
+                    del self._records[job_id]
+                    for dep, _ in deps:
+                        dep.dependents.remove(rec)
+                    raise
+                resolve = self._take_resolve()
+        except BaseException:
+            self.registry.delete_job(job_id)
+            raise
+        self._ensure_poller()
+        self._wake()
+        for handle in resolve:
+            handle._resolve()
+        return rec
+
+    def _check_name(self, name: str | None, command: str) -> str:
+        if name is None:
+            for line in command.splitlines():
+                words = line.strip().split()
+                if words and not words[0].startswith("#"):
+                    word = os.path.basename(words[0])
+                    name = re.sub(r"[^A-Za-z0-9._+=-]", "_", word).lstrip("._+=-")[:40] or "job"
+                    break
+            return name or "job"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"name {name!r}: use letters, digits and ._+=- (starting with a letter or digit)")
+        return name
+
+    def _resolve_after(self, after: Any, own_name: str) -> list[tuple[JobRecord, int | None]]:
+        if after is None:
+            return []
+        if isinstance(after, (str, int, Job, Array)):
+            after = [after]
+        deps: list[tuple[JobRecord, int | None]] = []
+        for item in after:
+            if isinstance(item, str) and item == own_name and self._find(item) is None:
+                raise ValueError(f"{own_name!r} cannot run after itself (a dependency cycle)")
+            handle = item if isinstance(item, (Job, Array)) else None
+            if handle is None:
+                try:
+                    handle = self.get(item)
+                except UnknownJob as exc:
+                    raise ValueError(f"after: {exc}") from None
+            if handle._session is not self:
+                raise ValueError(f"after: {handle!r} belongs to another session; attach() to use it here")
+            index = handle._index if isinstance(handle, Job) and handle._rec.steps is not None else None
+            deps.append((handle._rec, index))
+        return deps
+
+    # ================================================================== launching
+    def _backend(self, name: str) -> Any:
+        backend = self._backends.get(name)
+        if backend is None:
+            cls = self._backend_classes.get(name) or load_backend(name)
+            self._backend_classes[name] = cls
+            kwargs: dict[str, Any] = dict(self._backend_options) if name == self.backend_name else {}
+            if name == "multiprocess":
+                kwargs.setdefault("parallelism", self.parallelism or os.cpu_count() or 1)
+                kwargs.setdefault("log_dir", os.path.join(self.root, "logs"))
+            elif self.parallelism is not None and name == self.backend_name:
+                kwargs.setdefault("parallelism", self.parallelism)
+            backend = cls(name, **kwargs)
+            backend.start()
+            self._backends[name] = backend
+        return backend
+
+    def _usable(self, name: str) -> bool:
+        """True if the backend ``name`` can be loaded here."""
+        if name not in self._backend_classes:
+            try:
+                self._backend_classes[name] = load_backend(name)
+            except ValueError as exc:
+                logger.warning("%s", exc)
+                return False
+        return True
+
+    def _persistent(self, name: str) -> bool:
+        """Tasks of this backend outlive the session (Slurm): they are adopted, not killed."""
+        return self._usable(name) and hasattr(self._backend_classes[name], "adopt")
+
+    def _requested(self, rec: JobRecord, index: int | None) -> dict[str, Any]:
+        """The backend's ``requested_resources`` for the whole record (None) or one step's attempt."""
+        resources = dict(rec.resources)
+        if index is not None:
+            resources.update(rec.step_resources.get(index, {}))
+        requested: dict[str, Any] = {"stdout": rec.log_dir, "stderr": rec.log_dir}
+        for key in ("cores", "memory", "runtime"):
+            if resources.get(key) is not None:
+                requested[key] = resources[key]
+        if index is None and rec.kind == "array" and resources.get("max_concurrent"):
+            requested["max_concurrent"] = resources["max_concurrent"]
+        env = dict(rec.env)
+        if index is not None and rec.kind == "array":
+            env["ARRAY_STEP_ID"] = str(index)  # the seed's variable, as the array step would see it
+        if env:
+            requested["env"] = env
+        if rec.cwd:
+            requested["cwd"] = rec.cwd
+        return requested
+
+    def _array_command(self, rec: JobRecord) -> str:
+        sweep = rec.sweep
+        assert sweep is not None
+        if rec.script_dir is not None:
+            return f'. {shlex.quote(rec.script_dir + "/")}"{INDEX_EXPR}".sh'
+        # Only {{step}} can appear here (no parameters): a number, so the variable needs no quoting.
+        return sweep.array_prologue() + re.sub(r"\{\{\s*step\s*\}\}", f'"${STEP_ENV}"', rec.command)
+
+    def _step_command(self, rec: JobRecord, index: int) -> str:
+        if rec.kind == "job":
+            return rec.command
+        if rec.script_dir is not None:
+            return f". {shlex.quote(os.path.join(rec.script_dir, f'{index}.sh'))}"
+        step = rec.step_id(index)
+        command = re.sub(r"\{\{\s*step\s*\}\}", f'"${STEP_ENV}"', rec.command)
+        return f"{STEP_ENV}={step}; export {STEP_ENV}\n{command}"
+
+    def _launch(self, rec: JobRecord) -> None:
+        """Submit a PENDING record to its backend (lock held)."""
+        backend = self._backend(rec.backend)
+        if rec.kind == "job":
+            dids = [backend.submit_to_batch_distributor(rec.command, rec.name, self._requested(rec, None))]
+            update: dict[str, Any] = {"dids": dids}
+        else:
+            ids = backend.submit_array_to_batch_distributor(self._array_command(rec), rec.name,
+                                                            self._requested(rec, None), rec.n)
+            dids = [ids[index] for index in range(rec.n)]
+            base = dids[0].rpartition("_")[0]
+            if all(did == f"{base}_{index}" for index, did in enumerate(dids)):
+                update = {"did_base": base}
+            else:
+                update = {"dids": dids}
+        # Straight from PENDING to QUEUED for every step: one job-row update, not a row per step.
+        rec.dids = list(dids)
+        rec.states = [State.QUEUED] * rec.n
+        rec.by_state[State.QUEUED] = rec.by_state[State.PENDING]
+        rec.by_state[State.PENDING] = set()
+        live = self._live.setdefault(rec.backend, {})
+        live.update(zip(dids, ((rec, index) for index in range(rec.n))))
+        update["initial_state"] = State.QUEUED.value
+        self._job_updates.setdefault(rec.id, {}).update(update)
+
+    def _check_deps(self, rec: JobRecord) -> None:
+        """Launch a PENDING record whose dependencies are all DONE, or skip it if one failed."""
+        if not rec.owned or len(rec.by_state[State.PENDING]) != rec.n:
+            return
+        waiting = False
+        for dep, index in rec.after:
+            if index is None:
+                failed = next((state for state in State if state.is_failure and dep.by_state[state]), None)
+                done = dep.all_done
+                label = dep.name
+            else:
+                state = dep.states[index]
+                failed = state if state.is_failure else None
+                done = state is State.DONE
+                label = f"{dep.name}:{dep.step_id(index)}"
+            if failed is not None:
+                reason = f"skipped: dependency {label} ended {failed.value}"
+                for step in range(rec.n):
+                    self._set(rec, step, State.SKIPPED, reason)
+                return
+            waiting = waiting or not done
+        if not waiting:
+            self._launch(rec)
+
+    # ================================================================== state changes (lock held)
+    def _set(self, rec: JobRecord, index: int, state: State, message: str | None = None) -> None:
+        old = rec.states[index]
+        if message is not None:
+            rec.messages[index] = message
+        self._dirty.add((rec, index))
+        if old is state:
+            return
+        rec.by_state[old].discard(index)
+        rec.by_state[state].add(index)
+        rec.states[index] = state
+        if state.is_terminal and not old.is_terminal:
+            rec.n_terminal += 1
+            handle = rec.handles.get(index)
+            if handle is not None:
+                self._to_resolve.append(handle)
+            if rec.all_terminal:
+                rec.ended = time.time()
+                self._job_updates.setdefault(rec.id, {})["ended"] = rec.ended
+                if rec.array_handle is not None:
+                    self._to_resolve.append(rec.array_handle)
+            if state.is_failure or rec.all_done or rec.steps is not None:
+                self._deps_to_check.extend(rec.dependents)
+        elif old.is_terminal and not state.is_terminal:
+            rec.n_terminal -= 1
+            rec.ended = None
+
+    def _apply(self, rec: JobRecord, index: int, did: str, report: Mapping[str, Any]) -> bool:
+        """Apply one backend report; True if the step changed."""
+        message = report.get("message") or ""
+        state = State.from_backend(report.get("status", ""), message)
+        if not state.is_terminal:
+            if state is rec.states[index]:
+                return False
+            rec.started[index] = report.get("started")
+            self._set(rec, index, state, message)
+            return True
+        self._live.get(rec.backend, {}).pop(did, None)
+        usage = dict(report.get("usage") or {})
+        rec.exit_codes[index] = report.get("exit_code")
+        rec.usage[index] = usage
+        started, ended = report.get("started"), report.get("ended")
+        rec.started[index] = started
+        wall = usage.get("wall_s")
+        rec.runtimes[index] = wall if wall is not None else (ended - started if started and ended else None)
+        rec.rss[index] = usage.get("max_rss_mb")
+        paths = rec.log_paths(index)
+        self._attempt_rows.append((
+            rec.id, index, rec.attempts[index], did, state.value, rec.exit_codes[index], message,
+            _json(usage), paths.stdout if paths else None, paths.stderr if paths else None,
+            _json(self._requested(rec, index)), started, ended,
+        ))
+        if state in RETRYABLE_STATES and rec.attempts[index] < rec.max_attempts:
+            rec.messages[index] = message
+            try:
+                self._resubmit(rec, index, state, None)
+                return True
+            except Exception as exc:  # the backend refused the retry: keep the failure, say why
+                logger.warning("retry of %s failed: %s", rec.failure_text(index), exc)
+                message = f"{message}; retry failed: {exc}"
+        self._set(rec, index, state, message)
+        return True
+
+    def _resubmit(self, rec: JobRecord, index: int, previous: State, scale: float | Mapping[str, float] | None) -> None:
+        """Start a new attempt of a finished step, its resources scaled for the way it failed."""
+        resources = dict(rec.resources)
+        resources.update(rec.step_resources.get(index, {}))
+        factors = dict(rec.scales)
+        if isinstance(scale, Mapping):
+            wanted = {key: float(value) for key, value in scale.items()}
+        else:
+            wanted = {}
+            if previous is State.TIMEOUT:
+                wanted["runtime"] = float(scale) if scale is not None else factors["runtime"]
+            elif previous is State.OUT_OF_MEMORY:
+                wanted["memory"] = float(scale) if scale is not None else factors["memory"]
+        scaled = dict(rec.step_resources.get(index, {}))
+        if wanted.get("runtime") and resources.get("runtime") is not None:
+            scaled["runtime"] = math.ceil(parse_runtime(resources["runtime"]) * wanted["runtime"])
+        if wanted.get("memory") and resources.get("memory") is not None:
+            scaled["memory"] = math.ceil(parse_memory(resources["memory"]) * wanted["memory"])
+        old_scaled = rec.step_resources.get(index)
+        rec.step_resources[index] = scaled
+        try:
+            backend = self._backend(rec.backend)
+            did = backend.submit_to_batch_distributor(self._step_command(rec, index), rec.name,
+                                                      self._requested(rec, index))
+        except BaseException:
+            if old_scaled is None:
+                rec.step_resources.pop(index, None)
+            else:
+                rec.step_resources[index] = old_scaled
+            raise
+        rec.dids[index] = did
+        rec.attempts[index] += 1
+        rec.exit_codes[index] = rec.runtimes[index] = rec.rss[index] = rec.started[index] = None
+        rec.usage.pop(index, None)
+        self._live.setdefault(rec.backend, {})[did] = (rec, index)
+        self._set(rec, index, State.QUEUED, f"attempt {rec.attempts[index]} (after {previous.value})")
+
+    def _cancel(self, rec: JobRecord, indices: Iterable[int]) -> bool:
+        with self._lock:
+            if not rec.owned:
+                return self._ask_owner(rec, "kill", list(indices))
+            any_live = False
+            kill: list[str] = []
+            for index in indices:
+                state = rec.states[index]
+                if state.is_terminal:
+                    continue
+                any_live = True
+                if state is State.PENDING:
+                    self._set(rec, index, State.KILLED, "cancelled before it started")
+                else:
+                    kill.append(rec.dids[index])  # type: ignore[arg-type]
+            if kill:
+                self._backend(rec.backend).terminate_task_instances(kill)
+            self._run_dep_checks()
+            resolve = self._take_resolve()
+        for handle in resolve:
+            handle._resolve()
+        self._wake()
+        return any_live
+
+    def _retry(self, rec: JobRecord, indices: Sequence[int], scale: float | Mapping[str, float] | None,
+               force: bool) -> None:
+        with self._lock:
+            if not rec.owned:
+                self._ask_owner(rec, "retry", list(indices))
+                return
+            for index in indices:
+                if not rec.states[index].is_terminal:
+                    raise ValueError(f"{rec.name}: step {rec.step_id(index)} is {rec.states[index].value}; "
+                                     "only finished steps can be retried (cancel() it first)")
+            if not indices:
+                return
+            if rec.dids[0] is None:  # never launched (skipped or cancelled while PENDING): wait for deps again
+                self._revive(rec)
+            else:
+                for index in indices:
+                    self._resubmit(rec, index, rec.states[index], scale)
+                for dependent in rec.dependents:
+                    if dependent.dids[0] is None and dependent.owned:
+                        self._revive(dependent)
+            handles = [rec.handles[i] for i in indices if i in rec.handles]
+            if rec.array_handle is not None:
+                handles.append(rec.array_handle)
+            for handle in handles:
+                if not handle._rec.all_terminal or handle is not rec.array_handle:
+                    handle._rearm()
+            self._run_dep_checks()
+            resolve = self._take_resolve()
+        for handle in resolve:
+            handle._resolve()
+        self._ensure_poller()
+        self._wake()
+
+    def _revive(self, rec: JobRecord) -> None:
+        """Put a never-launched record (SKIPPED/KILLED while PENDING) back to PENDING, and its dependents."""
+        for index in range(rec.n):
+            self._set(rec, index, State.PENDING, "waiting for dependencies")
+        for handle in [*rec.handles.values(), rec.array_handle]:
+            if handle is not None:
+                handle._rearm()
+        for dependent in rec.dependents:
+            if dependent.dids[0] is None and dependent.owned:
+                self._revive(dependent)
+        self._deps_to_check.append(rec)
+
+    def _ask_owner(self, rec: JobRecord, action: str, indices: list[int]) -> bool:
+        """Another live session owns this job: leave it a request in the registry."""
+        assert rec.session_id is not None
+        self.registry.add_request(rec.session_id, rec.id, action, indices)
+        return any(not rec.states[i].is_terminal for i in indices) if action == "kill" else True
+
+    def _run_dep_checks(self) -> None:
+        while self._deps_to_check:
+            rec = self._deps_to_check.pop()
+            try:
+                self._check_deps(rec)
+            except Exception as exc:
+                logger.warning("could not submit %s: %s", rec.name, exc)
+                for index in range(rec.n):
+                    self._set(rec, index, State.FAILED, f"could not submit: {exc}")
+
+    def _take_resolve(self) -> list[_Handle]:
+        resolve, self._to_resolve = self._to_resolve, []
+        return resolve
+
+    # ================================================================== polling
+    def _ensure_poller(self) -> None:
+        with self._lock:
+            if self._poller is None and not self._closed:
+                self._poller = threading.Thread(target=self._poll_loop, name=f"nbdist-poller-{self.id[:6]}",
+                                                daemon=True)
+                self._poller.start()
+
+    def _wake(self) -> None:
+        self._wake_event.set()
+
+    def _poll_loop(self) -> None:
+        interval = POLL_MIN_SECONDS
+        while not self._stop_event.is_set():
+            self._wake_event.wait(interval)
+            self._wake_event.clear()
+            if self._stop_event.is_set():
+                return
+            started = time.monotonic()
+            try:
+                changed = self.poll()
+            except Exception:
+                logger.exception("nbdist poll failed; retrying")
+                changed = False
+            cost = time.monotonic() - started
+            interval = POLL_MIN_SECONDS if changed else min(POLL_MAX_SECONDS, interval * 1.5)
+            interval = max(interval, cost * POLL_COST_FACTOR)
+
+    def poll(self) -> bool:
+        """Ask every backend about all live tasks (one call each) and apply the answers; True if anything changed."""
+        with self._lock:
+            backends = [(name, self._backends[name]) for name in self._live if self._live[name]
+                        and name in self._backends]
+        changed = False
+        for name, backend in backends:
+            changed = self._poll_backend(name, backend) or changed
+        now = time.monotonic()
+        if now - self._last_registry_check >= REGISTRY_CHECK_SECONDS:
+            self._last_registry_check = now
+            changed = self._check_registry() or changed
+        self._finish_poll()
+        return changed
+
+    def _poll_backend(self, name: str, backend: Any) -> bool:
+        with self._lock:
+            ids = list(self._live.get(name, ()))
+        if not ids:
+            return False
+        reports = _reports(backend, ids)
+        changed = False
+        with self._lock:
+            live = self._live.get(name, {})
+            for did, report in reports.items():
+                entry = live.get(did)
+                if entry is not None and entry[0].dids[entry[1]] == did:
+                    changed = self._apply(entry[0], entry[1], did, report) or changed
+            self._run_dep_checks()
+        return changed
+
+    def _check_registry(self) -> bool:
+        """Requests other processes left for this session, and progress of other kernels' jobs."""
+        changed = False
+        for job_id, action, indices in self.registry.take_requests(self.id):
+            rec = self._records.get(job_id)
+            if rec is None:
+                continue
+            chosen = list(indices) if indices else list(range(rec.n))
+            try:
+                if action == "kill":
+                    self._cancel(rec, chosen)
+                elif action == "retry":
+                    failed = [i for i in chosen if rec.states[i].is_failure]
+                    self._retry(rec, failed, None, force=True)
+            except Exception as exc:
+                logger.warning("request %s of %s failed: %s", action, rec.name, exc)
+            changed = True
+        with self._lock:
+            foreign = [rec for rec in self._records.values() if not rec.owned and not rec.all_terminal]
+            if foreign:
+                changed = refresh_foreign(self, foreign) or changed
+                self._run_dep_checks()
+        return changed
+
+    def _finish_poll(self) -> None:
+        """Write the poll's changes in one transaction, then resolve finished Futures."""
+        with self._flush_lock:
+            with self._lock:
+                dirty, self._dirty = self._dirty, set()
+                attempts, self._attempt_rows = self._attempt_rows, []
+                updates, self._job_updates = self._job_updates, {}
+                rows = [_step_row(rec, index) for rec, index in dirty if rec.owned]
+                resolve = self._take_resolve()
+            try:
+                self.registry.write(rows, attempts, updates.items())
+            except Exception:
+                logger.exception("could not write to the registry %s", self.registry.path)
+        for handle in resolve:
+            handle._resolve()
+
+    # ================================================================== handles
+    def _find(self, key: str) -> JobRecord | None:
+        if key.isdigit() and int(key) in self._records:
+            return self._records[int(key)]
+        named = [rec for rec in self._records.values() if rec.name == key]
+        return max(named, key=lambda rec: rec.id) if named else None
+
+    def _handle(self, rec: JobRecord) -> Job | Array:
+        return self._job_handle(rec) if rec.kind == "job" else self._array_handle(rec)
+
+    def _job_handle(self, rec: JobRecord) -> Job:
+        return self._step_handle(rec, 0)
+
+    def _step_handle(self, rec: JobRecord, index: int) -> Job:
+        with self._lock:
+            handle = rec.handles.get(index)
+            if handle is None:
+                handle = rec.handles[index] = Job(self, rec, index)
+                if rec.states[index].is_terminal:
+                    handle._resolve()
+            return handle
+
+    def _array_handle(self, rec: JobRecord) -> Array:
+        with self._lock:
+            if rec.array_handle is None:
+                rec.array_handle = Array(self, rec)
+                if rec.all_terminal:
+                    rec.array_handle._resolve()
+            return rec.array_handle
+
+    def _usage(self, rec: JobRecord, index: int) -> dict[str, Any]:
+        return rec.usage.get(index, {})
+
+    def _attempts(self, rec: JobRecord, index: int) -> list[Attempt]:
+        self._finish_poll()
+        attempts = []
+        for row in self.registry.attempt_rows(rec.id, index):
+            _, _, number, did, state, exit_code, message, usage, out, err, resources, _, _ = row
+            attempts.append(Attempt(number, did, State(state), exit_code, message, _unjson(usage) or {},
+                                    LogPaths(out, err) if out else None, _unjson(resources) or {}))
+        with self._lock:
+            if not attempts or attempts[-1].number < rec.attempts[index]:
+                attempts.append(Attempt(rec.attempts[index], rec.dids[index], rec.states[index],
+                                        rec.exit_codes[index], rec.messages[index], dict(rec.usage.get(index, {})),
+                                        rec.log_paths(index), self._requested(rec, index)))
+        return attempts
+
+    # ================================================================== attach
+    def _attach(self) -> None:
+        """Load every job of the registry; take over those whose session died (see session_load)."""
+        with self._lock:
+            for row in self.registry.jobs():
+                if row["id"] not in self._records:
+                    self._records[row["id"]] = load_record(self, row)
+            for rec in self._records.values():
+                rec.after = [(self._records[job_id], index) for job_id, index in getattr(rec, "after_ids", [])
+                             if job_id in self._records] or rec.after
+                for dep, _ in rec.after:
+                    if rec not in dep.dependents:
+                        dep.dependents.append(rec)
+            claim_orphans(self, self.registry.sessions())
+            self._run_dep_checks()
+        self._finish_poll()
+        if any(self._live.values()) or any(not rec.owned for rec in self._records.values()):
+            self._ensure_poller()
+
+
+def _reports(backend: Any, ids: list[str]) -> dict[str, Mapping[str, Any]]:
+    """All reports in one call; for a backend without ``get_task_reports``, the protocol's calls."""
+    if hasattr(backend, "get_task_reports"):
+        return backend.get_task_reports(ids)
+    live = backend.get_submitted_or_running(ids)
+    reports: dict[str, Mapping[str, Any]] = {}
+    for did in ids:
+        if did not in live:
+            status, message = backend.get_remote_exit_info(did)
+            reports[did] = {"status": status, "message": message}
+    return reports
+
+
+def _step_row(rec: JobRecord, index: int) -> tuple:
+    usage = rec.usage.get(index)
+    return (rec.id, index, rec.step_id(index), rec.states[index].value, rec.dids[index], rec.attempts[index],
+            rec.exit_codes[index], rec.messages[index], rec.runtimes[index], rec.rss[index],
+            _json(usage) if usage else None, rec.started[index], None)
+
+
+def _json(value: Any) -> str | None:
+    import json
+
+    return None if value is None else json.dumps(value, default=str)
+
+
+def _unjson(text: str | None) -> Any:
+    import json
+
+    return None if not text else json.loads(text)
+
+
+def _close_at_exit(ref: "weakref.ref[Session]") -> None:
+    session = ref()
+    if session is not None:
+        try:
+            session.close()
+        except Exception:  # interpreter shutdown: best effort
+            pass
+
+
+def _host() -> str:
+    return socket.gethostname()

@@ -1,0 +1,263 @@
+"""Array steps and parameter sweeps: ``steps=``, ``over=`` and ``{{param}}`` placeholders.
+
+A sweep becomes one shell script per step: the parameters as exported variables, then the command
+with every ``{{param}}`` replaced by the ``shlex.quote``-d value, so a value is always one word of
+data (``x; rm -rf ~`` or ``$(touch pwned)`` are never run). Plain ``steps=`` arrays whose command
+has no placeholder need no per-step file: the step id is computed in the shell from the backend's
+array index.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["Sweep", "expand", "parse_array_spec", "placeholders", "render", "STEP_ENV"]
+
+STEP_ENV = "NBDIST_STEP"
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Parameters become environment variables: these would break the shell or nbdist itself.
+_RESERVED = frozenset({"PATH", "HOME", "IFS", "PS4", "ENV", "BASH_ENV", "SHELL", "PWD", "OLDPWD", "USER",
+                       "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "JOB_ID", "ARRAY_STEP_ID", "step"})
+_RESERVED_PREFIXES = ("NBDIST_", "SLURM_")
+# The index of this step in the backend's array: the multiprocess backend's name, then Slurm's.
+INDEX_EXPR = "${ARRAY_STEP_ID:-${SLURM_ARRAY_TASK_ID:-0}}"
+
+
+def placeholders(command: str) -> list[str]:
+    """Names of the ``{{name}}`` placeholders of ``command``, in order of first use."""
+    names: list[str] = []
+    for match in _PLACEHOLDER.finditer(command):
+        name = match.group(1).strip()
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def render(command: str, values: Mapping[str, Any]) -> str:
+    """``command`` with each ``{{name}}`` replaced by ``shlex.quote(str(values[name]))``."""
+    return _PLACEHOLDER.sub(lambda match: shlex.quote(_text(values[match.group(1).strip()])), command)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+@dataclass
+class Sweep:
+    """The steps of an array: their ids and, for ``over=``, their parameters.
+
+    Attributes
+    ----------
+    steps
+        The user's step ids (a ``range`` when they are evenly spaced).
+    params
+        One dict per step (``over=``), or None.
+    """
+
+    steps: Sequence[int]
+    params: list[dict[str, Any]] | None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def needs_scripts(self) -> bool:
+        """True when every step needs its own script (parameters, or steps not evenly spaced)."""
+        return self.params is not None or not isinstance(self.steps, range)
+
+    def step_values(self, index: int) -> dict[str, Any]:
+        """The placeholder values of one step (its parameters and ``step``)."""
+        values: dict[str, Any] = dict(self.params[index]) if self.params is not None else {}
+        values["step"] = self.steps[index]
+        return values
+
+    def script(self, command: str, index: int) -> str:
+        """The standalone shell script of one step: exported parameters, then the rendered command."""
+        values = self.step_values(index)
+        lines = [f"{STEP_ENV}={self.steps[index]}; export {STEP_ENV}"]
+        for key, value in values.items():
+            if key != "step":
+                lines.append(f"{key}={shlex.quote(_text(value))}; export {key}")
+        lines.append(render(command, values))
+        return "\n".join(lines) + "\n"
+
+    def array_prologue(self) -> str:
+        """For evenly spaced steps: shell code that sets ``NBDIST_STEP`` from the backend's index."""
+        assert isinstance(self.steps, range)
+        start, stride = self.steps.start, self.steps.step
+        expr = INDEX_EXPR if stride == 1 else f"{INDEX_EXPR} * {stride}"
+        if start:
+            expr = f"{expr} + {start}"
+        return f"{STEP_ENV}=$(( {expr} )); export {STEP_ENV}\n"
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """``[{"index": i, "step": s, "params": {...}}, ...]`` (what is written next to the logs)."""
+        return [
+            {"index": index, "step": step, "params": self.params[index] if self.params is not None else {}}
+            for index, step in enumerate(self.steps)
+        ]
+
+
+def expand(command: str, steps: int | Iterable[int] | None = None, over: Any = None) -> Sweep:
+    """Check ``command`` against ``steps``/``over`` and return the Sweep; nothing is run.
+
+    Raises
+    ------
+    ValueError
+        For an unknown placeholder, a parameter the command never uses, steps that are not unique
+        integers, or an ``over=`` of the wrong shape. The message names the culprit.
+    """
+    if steps is not None and over is not None:
+        raise ValueError("give steps= or over=, not both")
+    if steps is None and over is None:
+        raise ValueError("an array needs steps= (a count or step ids) or over= (parameters)")
+    params = _params(over) if over is not None else None
+    step_ids = _steps(steps) if steps is not None else range(len(params or ()))
+    if len(step_ids) == 0:
+        raise ValueError("an array needs at least one step")
+    names = list(params[0]) if params else []
+    _check_names(command, names)
+    return Sweep(step_ids, params)
+
+
+def _steps(steps: int | Iterable[int]) -> Sequence[int]:
+    if isinstance(steps, bool):
+        raise ValueError(f"steps must be a count or an iterable of step ids, not {steps!r}")
+    if isinstance(steps, int):
+        if steps < 1:
+            raise ValueError(f"steps must be a positive count, not {steps}")
+        return range(steps)
+    if isinstance(steps, range):
+        return steps
+    try:
+        items = list(steps)
+    except TypeError:
+        raise ValueError(f"steps must be a count or an iterable of step ids, not {steps!r}") from None
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"step ids must be integers, not {item!r}")
+    if len(set(items)) != len(items):
+        duplicates = sorted({item for item in items if items.count(item) > 1})
+        raise ValueError(f"step ids must be unique; repeated: {duplicates[:10]}")
+    if len(items) > 1 and all(b - a == items[1] - items[0] for a, b in zip(items, items[1:])) and items[1] != items[0]:
+        return range(items[0], items[-1] + (items[1] - items[0]), items[1] - items[0])
+    if len(items) == 1:
+        return range(items[0], items[0] + 1)
+    return items
+
+
+def _params(over: Any) -> list[dict[str, Any]]:
+    if hasattr(over, "to_dict") and hasattr(over, "columns"):  # a pandas DataFrame, without importing pandas
+        rows = over.to_dict("records")
+        return _check_rows([{str(key): value for key, value in row.items()} for row in rows])
+    if isinstance(over, Mapping):
+        if not over:
+            raise ValueError("over= is an empty dict: give {name: [values, ...]}")
+        keys = [str(key) for key in over]
+        columns = []
+        for key, values in over.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise ValueError(f"over[{key!r}] must be a list of values, not {values!r}")
+            column = list(values)
+            if not column:
+                raise ValueError(f"over[{key!r}] is empty: the grid would have no step")
+            columns.append(column)
+        return _check_rows([dict(zip(keys, combo)) for combo in itertools.product(*columns)])
+    if isinstance(over, (str, bytes)) or not isinstance(over, Iterable):
+        raise ValueError(f"over= must be a dict of lists, a list of dicts or a DataFrame, not {type(over).__name__}")
+    rows = list(over)
+    for number, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"over[{number}] must be a dict of parameters, not {row!r}")
+    return _check_rows([{str(key): value for key, value in row.items()} for row in rows])
+
+
+def _check_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not rows:
+        raise ValueError("over= has no rows: the array would have no step")
+    keys = list(rows[0])
+    for number, row in enumerate(rows):
+        if set(row) != set(keys):
+            missing = sorted(set(keys) - set(row))
+            extra = sorted(set(row) - set(keys))
+            raise ValueError(f"over[{number}] has different parameters than over[0] (missing {missing}, extra {extra})")
+    for key in keys:
+        if not _IDENTIFIER.match(key):
+            raise ValueError(f"parameter name {key!r} is not an identifier (letters, digits, _)")
+        if key in _RESERVED or key.startswith(_RESERVED_PREFIXES):
+            raise ValueError(f"parameter name {key!r} is reserved; rename it")
+    for number, row in enumerate(rows):
+        for key, value in row.items():
+            if "\0" in _text(value):
+                raise ValueError(f"over[{number}][{key!r}] contains a NUL byte")
+    return rows
+
+
+def _check_names(command: str, names: list[str]) -> None:
+    used = placeholders(command)
+    known = set(names) | {"step"}
+    unknown = [name for name in used if name not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder(s) {', '.join('{{' + n + '}}' for n in unknown)}; "
+            f"known: {', '.join('{{' + n + '}}' for n in sorted(known))}"
+        )
+    for name in names:
+        if name in used:
+            continue
+        if re.search(r"\$\{?" + re.escape(name) + r"\b", command) is None:
+            raise ValueError(f"parameter {name!r} is not used by the command: write {{{{{name}}}}} or ${name}")
+
+
+def parse_array_spec(spec: str) -> tuple[list[int] | range, int | None]:
+    """``"10"`` → ``range(10)``; ``"0-9"``, ``"1,3,5-7"``, ``"0-99%4"`` (at most 4 at once), Slurm-style.
+
+    Returns ``(steps, max_concurrent)``.
+    """
+    text = spec.strip()
+    limit: int | None = None
+    if "%" in text:
+        text, _, tail = text.partition("%")
+        if not tail.isdigit() or int(tail) < 1:
+            raise ValueError(f"array spec {spec!r}: the part after % must be a positive count")
+        limit = int(tail)
+    if text.isdigit():
+        if int(text) < 1:
+            raise ValueError(f"array spec {spec!r}: a count must be positive")
+        return range(int(text)), limit
+    steps: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*(?::\s*(\d+))?)?\s*", part)
+        if not match:
+            raise ValueError(f"array spec {spec!r}: expected like 10, 0-9, 1,3,5-7 or 0-99%4")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) else first
+        stride = int(match.group(3)) if match.group(3) else 1
+        if last < first or stride < 1:
+            raise ValueError(f"array spec {spec!r}: range {part.strip()!r} is empty")
+        steps.extend(range(first, last + 1, stride))
+    return steps, limit
+
+
+def write_scripts(folder: str, command: str, sweep: Sweep) -> None:
+    """One ``{index}.sh`` per step in ``folder`` (created)."""
+    os.makedirs(folder, exist_ok=True)
+    for index in range(len(sweep)):
+        with open(os.path.join(folder, f"{index}.sh"), "w") as handle:
+            handle.write(sweep.script(command, index))
+
+
+def write_manifest(path: str, sweep: Sweep) -> None:
+    """The manifest of step → parameters, as JSON (atomically)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as handle:
+        json.dump(sweep.manifest(), handle, default=str)
+    os.replace(temporary, path)
