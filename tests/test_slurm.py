@@ -70,6 +70,13 @@ def read(path: str) -> str:
     return Path(path).read_text()
 
 
+def wait_for_text(path: str, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (os.path.exists(path) and read(path) == text):
+        assert time.monotonic() < deadline, f"{path} never said {text!r}"
+        time.sleep(0.05)
+
+
 def test_it_follows_the_protocol(dist):
     assert isinstance(dist, ClusterDistributor)
     assert isinstance(SlurmWorkerNode(), ClusterWorkerNode)
@@ -141,8 +148,9 @@ def test_memory_limit_is_enforced(dist):
 
 def test_scancel_of_running_and_pending_steps(dist):
     ids = dist.submit_array_to_batch_distributor("echo started; sleep 120", "long", {"max_concurrent": 2}, 4)
-    wait_state(dist, ids[0], "R")
-    wait_state(dist, ids[1], "R")
+    for step in (0, 1):  # Slurm says RUNNING as soon as the batch script starts: wait for the task itself
+        wait_state(dist, ids[step], "R")
+        wait_for_text(dist.log_paths(ids[step])[0], "started\n")
     assert dist.get_remote_exit_info(ids[3])[0] == "Q"
     started = time.monotonic()
     dist.terminate_task_instances([ids[1], ids[3]])
