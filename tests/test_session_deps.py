@@ -1,0 +1,129 @@
+"""Dependencies and retries with resource scaling, with real processes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nbdist import Session, State
+
+
+def _read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+@pytest.fixture
+def session(tmp_path):
+    with Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        yield session
+
+
+def test_dependent_waits_pending_until_dependency_done(session, tmp_path):
+    flag = tmp_path / "flag"
+    first = session.submit(f"sleep 0.4; touch {flag}", name="first")
+    second = session.submit(f"test -e {flag}", name="second", after=[first])
+    assert second.state is State.PENDING and second.log_paths is None
+    time.sleep(0.2)
+    assert second.state is State.PENDING
+    assert second.wait(10) is State.DONE
+
+
+def test_dependency_on_array_and_by_name(session):
+    arr = session.array("exit 0", steps=3, name="prep")
+    job = session.submit("echo go", name="go", after="prep")
+    assert job.wait(10) is State.DONE and arr.state is State.DONE
+
+
+def test_failure_skips_dependents_transitively(session):
+    bad = session.submit("exit 4", name="bad")
+    child = session.submit("echo never", name="child", after=[bad])
+    grandchild = session.array("echo never", steps=2, name="grandchild", after=[child])
+    assert grandchild.wait(10) is State.SKIPPED
+    assert child.state is State.SKIPPED and "dependency bad ended FAILED" in child.message
+    assert "dependency child ended SKIPPED" in grandchild[0].message
+    assert grandchild.counts()["SKIPPED"] == 2
+
+
+def test_dependency_on_one_step(session):
+    arr = session.array("exit {{step}}", steps=2, name="mixed")
+    ok = session.submit("echo ok", name="ok", after=[arr[0]])
+    skipped = session.submit("echo no", name="no", after=[arr[1]])
+    assert ok.wait(10) is State.DONE and skipped.wait(10) is State.SKIPPED
+
+
+def test_unknown_and_cyclic_dependencies_are_errors(session):
+    with pytest.raises(ValueError, match="no job or array named 'ghost'"):
+        session.submit("echo", name="x", after=["ghost"])
+    with pytest.raises(ValueError, match="cycle"):
+        session.submit("echo", name="loop", after=["loop"])
+    assert session.jobs() == []
+
+
+def test_cancel_pending_skips_dependents(session):
+    blocker = session.submit("sleep 30", name="blocker")
+    waiting = session.submit("echo", name="waiting", after=[blocker])
+    after_waiting = session.submit("echo", name="after-waiting", after=[waiting])
+    assert waiting.cancel()
+    assert waiting.state is State.KILLED
+    assert after_waiting.wait(5) is State.SKIPPED
+    blocker.cancel()
+    assert blocker.wait(5) is State.KILLED
+
+
+def test_retry_after_timeout_scales_runtime(session):
+    job = session.submit("sleep 0.8", name="slow", runtime=0.5, max_attempts=2)
+    assert job.wait(15) is State.DONE
+    attempts = job.attempts
+    assert [a.state for a in attempts] == [State.TIMEOUT, State.DONE]
+    assert attempts[0].resources["runtime"] == 0.5 and attempts[1].resources["runtime"] == 1  # ceil(0.5 × 1.5)
+    assert attempts[0].log_paths != attempts[1].log_paths
+    assert job.message == "exit code 0"
+
+
+def test_retry_after_out_of_memory_scales_memory(session):
+    grow = "python3 -c \"import os, time; b = bytearray(int(os.environ['MB']) * 2**20); time.sleep(0.5)\""
+    job = session.submit(grow, name="hungry", memory="60M", max_attempts=3, env={"MB": "70"},
+                         resource_scales={"memory": 2})
+    assert job.wait(20) is State.DONE
+    attempts = job.attempts
+    assert attempts[0].state is State.OUT_OF_MEMORY
+    assert attempts[1].resources["memory"] == 120
+
+
+def test_failed_attempts_keep_their_own_logs(session, tmp_path):
+    counter = tmp_path / "count"
+    job = session.submit(f"echo run >> {counter}; n=$(wc -l < {counter}); echo attempt $n; test $n -ge 3",
+                         name="flaky", max_attempts=3)
+    assert job.wait(10) is State.DONE
+    attempts = job.attempts
+    assert [a.state for a in attempts] == [State.FAILED, State.FAILED, State.DONE]
+    assert [_read(a.log_paths.stdout) for a in attempts] == ["attempt 1\n", "attempt 2\n", "attempt 3\n"]
+    assert job.stdout() == "attempt 3\n"
+
+
+def test_manual_retry_and_retry_failed(session, tmp_path):
+    marker = tmp_path / "fixed"
+    arr = session.array(f"test $NBDIST_STEP -eq 0 || test -e {marker}", steps=3, name="fixme")
+    assert arr.wait(10) is State.FAILED
+    assert [job.step for job in arr.failed()] == [1, 2]
+    marker.touch()
+    retried = arr.retry_failed()
+    assert [job.step for job in retried] == [1, 2]
+    assert not arr.done()
+    assert arr.wait(10) is State.DONE and arr.result(1) is arr
+    assert arr[1].attempts[-1].number == 2
+    with pytest.raises(ValueError, match="only finished steps"):
+        session.submit("sleep 5", name="busy").retry()
+
+
+def test_retry_revives_skipped_dependents(session, tmp_path):
+    marker = tmp_path / "ok"
+    base = session.submit(f"test -e {marker}", name="base")
+    child = session.submit("echo child", name="child", after=[base])
+    assert child.wait(10) is State.SKIPPED
+    marker.touch()
+    base.retry()
+    assert child.state is State.PENDING
+    assert child.wait(10) is State.DONE
