@@ -34,7 +34,7 @@ from .backends import load_backend
 from .jobs import Array, Attempt, Job, JobRecord, LogPaths, _Handle
 from .registry import Registry
 from .resources import Resources, parse_memory, parse_runtime
-from .session_load import claim_orphans, load_record, refresh_foreign
+from .session_load import claim_orphans, load_record, refresh_foreign, session_alive
 from .snapshot import Snapshot, build_snapshot
 from .state import RETRYABLE_STATES, State
 from .sweep import INDEX_EXPR, STEP_ENV, Sweep, expand, placeholders, write_manifest, write_scripts
@@ -602,7 +602,7 @@ class Session:
 
     def _cancel(self, rec: JobRecord, indices: Iterable[int]) -> bool:
         with self._lock:
-            if not rec.owned:
+            if not self._own(rec):
                 return self._ask_owner(rec, "kill", list(indices))
             any_live = False
             kill: list[str] = []
@@ -627,7 +627,7 @@ class Session:
     def _retry(self, rec: JobRecord, indices: Sequence[int], scale: float | Mapping[str, float] | None,
                force: bool) -> None:
         with self._lock:
-            if not rec.owned:
+            if not self._own(rec):
                 self._ask_owner(rec, "retry", list(indices))
                 return
             for index in indices:
@@ -668,6 +668,16 @@ class Session:
             if dependent.dids[0] is None and dependent.owned:
                 self._revive(dependent)
         self._deps_to_check.append(rec)
+
+    def _own(self, rec: JobRecord) -> bool:
+        """True if this session owns ``rec`` — taking it over first when its session is gone."""
+        if rec.owned:
+            return True
+        if session_alive(self.registry.sessions().get(rec.session_id or "")):
+            return False
+        if self.registry.claim_job(rec.id, rec.session_id, self.id):
+            rec.session_id, rec.owned = self.id, True
+        return rec.owned
 
     def _ask_owner(self, rec: JobRecord, action: str, indices: list[int]) -> bool:
         """Another live session owns this job: leave it a request in the registry."""
