@@ -846,8 +846,12 @@ class Session:
         return attempts
 
     # ================================================================== attach
-    def _attach(self) -> None:
-        """Load every job of the registry; take over those whose session died (see session_load)."""
+    def _attach(self, take_over: bool = True) -> None:
+        """Load every job of the registry; take over those whose session died (see session_load).
+
+        With ``take_over=False`` (the CLI's read-only commands) only the verdict on dead local tasks
+        is recorded: nothing is adopted or launched.
+        """
         with self._lock:
             for row in self.registry.jobs():
                 if row["id"] not in self._records:
@@ -858,7 +862,7 @@ class Session:
                 for dep, _ in rec.after:
                     if rec not in dep.dependents:
                         dep.dependents.append(rec)
-            claim_orphans(self, self.registry.sessions())
+            claim_orphans(self, self.registry.sessions(), take_over)
             self._run_dep_checks()
         self._finish_poll()
         if any(self._live.values()) or any(not rec.owned for rec in self._records.values()):

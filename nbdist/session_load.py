@@ -114,7 +114,7 @@ def session_alive(info: dict[str, Any] | None) -> bool:
         return False
 
 
-def claim_orphans(session: "Session", sessions: dict[str, dict[str, Any]]) -> None:
+def claim_orphans(session: "Session", sessions: dict[str, dict[str, Any]], take_over: bool = True) -> None:
     """Mark each loaded record owned or foreign; take over orphans (the session's lock is held)."""
     for rec in session._records.values():
         if rec.session_id == session.id:
@@ -125,6 +125,8 @@ def claim_orphans(session: "Session", sessions: dict[str, dict[str, Any]]) -> No
         owner = sessions.get(rec.session_id or "")
         if session_alive(owner):
             continue
+        if not take_over and (rec.by_state[State.PENDING] or session._persistent(rec.backend)):
+            continue  # left for a session that will run or adopt them
         if not session.registry.claim_job(rec.id, rec.session_id, session.id):
             continue  # another session took it over first
         rec.session_id = session.id

@@ -1,0 +1,95 @@
+"""The nbdist CLI on a real registry, with real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nbdist import Session, State
+from nbdist.cli import main
+
+NBDIST = os.path.join(os.path.dirname(sys.executable), "nbdist")
+
+
+def test_run_array_reports_progress_and_fails_if_a_step_failed(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    code = main(["--root", root, "run", "--array", "0-3", "--name", "demo", "--",
+                 "echo hi $NBDIST_STEP; test $NBDIST_STEP -ne 2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "demo: 4/4 finished · done 3 · failed 1" in captured.err
+    assert "1 × FAILED: exit code 1 (steps 2)" in captured.err
+    assert main(["--root", root, "run", "--name", "fine", "--", "true"]) == 0
+
+
+def test_status_and_logs(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    with Session(parallelism=2, root=root) as session:
+        session.submit("echo one; echo two; echo bad >&2", name="job").wait(10)
+        session.array("echo step $NBDIST_STEP; exit {{step}}", steps=2, name="arr").wait(10)
+    assert main(["--root", root, "status"]) == 0
+    listing = capsys.readouterr().out
+    assert "job" in listing and "arr" in listing and "FAILED" in listing and "1/2" in listing
+    assert main(["--root", root, "status", "arr"]) == 0
+    detail = capsys.readouterr().out
+    assert "array" in detail and "exit code 1" in detail and "1 × FAILED: exit code 1: steps 1" in detail
+    assert main(["--root", root, "logs", "job", "--tail", "1"]) == 0
+    assert capsys.readouterr().out == "two\n"
+    assert main(["--root", root, "logs", "job", "--err"]) == 0
+    assert capsys.readouterr().out == "bad\n"
+    assert main(["--root", root, "logs", "arr:1"]) == 0
+    assert capsys.readouterr().out == "step 1\n"
+    assert main(["--root", root, "logs", "nope"]) == 2
+    assert "no job or array named 'nope'" in capsys.readouterr().err
+
+
+def test_kill_from_the_cli_reaches_the_owning_process(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    runner = subprocess.Popen([NBDIST, "--root", root, "run", "--name", "sleepy", "--", "sleep 60"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            main(["--root", root, "status"])
+            if "RUNNING" in capsys.readouterr().out:
+                break
+            time.sleep(0.1)
+        assert main(["--root", root, "kill", "sleepy"]) == 0
+        assert "sleepy: KILLED" in capsys.readouterr().out
+        assert runner.wait(10) == 1
+        assert "KILLED" in runner.stderr.read()
+    finally:
+        runner.kill()
+        runner.stderr.close()
+
+
+def test_retry_from_the_cli_runs_failed_steps_again(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    marker = tmp_path / "fixed"
+    with Session(parallelism=2, root=root) as session:
+        assert session.array(f"test $NBDIST_STEP = 0 || test -e {marker}", steps=3, name="flaky").wait(10) \
+            is State.FAILED
+    marker.touch()
+    assert main(["--root", root, "retry", "flaky"]) == 0
+    assert "flaky: 3/3 finished · done 3" in capsys.readouterr().err
+    assert main(["--root", root, "retry", "flaky"]) == 0
+    assert "no failed step" in capsys.readouterr().out
+
+
+def test_console_script_and_bad_input(tmp_path):
+    done = subprocess.run([NBDIST, "--root", str(tmp_path / "r"), "run", "--memory", "lots", "--", "true"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["nbdist: memory must be like '512M', '2G' or a number of MB, not 'lots'"]
+    assert subprocess.run([NBDIST, "--root", str(tmp_path / "r"), "status"], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+@pytest.mark.parametrize("argv", [["run"], ["run", "--array", "x", "--", "true"]])
+def test_run_usage_errors(tmp_path, capsys, argv):
+    assert main(["--root", str(tmp_path / "r"), *argv]) == 2
+    assert capsys.readouterr().err.startswith("nbdist: ")
