@@ -32,16 +32,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
-import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
 from typing import Any, Iterable
 
+from . import slurm_cli as cli
 from .cluster_protocol import TaskInstanceStatus as S
 from .multiprocess import MultiprocessWorkerNode, RemoteExitInfoNotAvailable
 from .resources import Resources, format_memory, log_stem
@@ -49,6 +47,8 @@ from .runner import exit_message
 from .worker import current_distributor_id, exit_info_path, read_exit_info
 
 __all__ = ["SlurmDistributor", "SlurmWorkerNode", "SlurmUnavailable"]
+
+SlurmUnavailable = cli.SlurmUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -64,34 +64,6 @@ EXIT_INFO_GRACE_S = 5.0
 # A job squeue no longer lists (and that left no exit info) is declared lost after this many polls:
 # one miss may be a controller that just restarted.
 MISSING_POLLS_BEFORE_LOST = 3
-CLI_TIMEOUT_S = 60.0
-
-_SQUEUE_FIELDS = ("JobArrayID", "State", "Reason", "StartTime", "EndTime", "exit_code", "TimeLimit")
-_SQUEUE_FORMAT = ",".join(f"{field}:|" for field in _SQUEUE_FIELDS)
-
-_PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-_RUNNING_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
-                   "STAGE_OUT", "RESIZING"}
-# Slurm states after which the task is over and only Slurm knows why: (status, message).
-_SLURM_VERDICTS = {
-    "CANCELLED": (S.KILL_SELF, "cancelled (scancel)"),
-    "TIMEOUT": (S.RESOURCE_ERROR, "runtime limit{limit} exceeded (Slurm TIMEOUT)"),
-    "DEADLINE": (S.RESOURCE_ERROR, "deadline reached before it could finish (Slurm DEADLINE)"),
-    "OUT_OF_MEMORY": (S.RESOURCE_ERROR, "memory limit{memory} exceeded (Slurm OUT_OF_MEMORY)"),
-    "NODE_FAIL": (S.UNKNOWN_ERROR, "lost: its node failed (Slurm NODE_FAIL)"),
-    "BOOT_FAIL": (S.UNKNOWN_ERROR, "lost: its node failed to boot (Slurm BOOT_FAIL)"),
-    "PREEMPTED": (S.UNKNOWN_ERROR, "lost: preempted by a higher-priority job (Slurm PREEMPTED)"),
-    "REVOKED": (S.UNKNOWN_ERROR, "lost: revoked by another cluster (Slurm REVOKED)"),
-}
-_EXIT_STATES = {"COMPLETED", "FAILED", "SPECIAL_EXIT"}
-# Pending reasons after which the job will not start without someone acting on it.
-_HOPELESS_REASONS = {
-    "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit", "PartitionConfig", "PartitionDown",
-    "PartitionInactive", "DependencyNeverSatisfied", "InvalidAccount", "InvalidQOS", "AccountNotAllowed",
-    "QOSNotAllowed", "JobHeldAdmin", "JobHeldUser", "ReqNodeNotAvail", "NodeDown", "InactiveLimit",
-    "launch_failed_requeued_held", "BurstBufferOperation", "FrontEndDown",
-}
-_JOB_ID_RE = re.compile(r"^\d+(?:_\d+)?$")
 # Identity variables of the submitting process (say a kernel that itself runs as a Slurm job) must
 # not leak into the job: the worker reads its id from them.
 _IDENTITY_VARS = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "SLURM_JOBID", "JOB_ID",
@@ -108,24 +80,6 @@ else
 fi
 export JOB_ID NBDIST_DISTRIBUTOR_ID
 """
-
-
-class SlurmUnavailable(RuntimeError):
-    """The Slurm CLI is missing or the controller does not answer."""
-
-
-def _epoch(text: str) -> float | None:
-    """Seconds since the epoch from squeue's ``2026-11-25T13:16:23`` (local time), None if unset."""
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def _error_text(stderr: str) -> str:
-    """sbatch's message without its ``sbatch: error:`` prefixes, on one line."""
-    lines = [re.sub(r"^\w+: (error|fatal): ", "", line).strip() for line in stderr.splitlines()]
-    return "; ".join(line for line in lines if line) or "no message"
 
 
 class _Record:
@@ -259,7 +213,7 @@ class SlurmDistributor:
             self._wake.set()
             thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join(CLI_TIMEOUT_S)
+            thread.join(cli.CLI_TIMEOUT_S)
 
     def __enter__(self) -> "SlurmDistributor":
         self.start()
@@ -313,7 +267,7 @@ class SlurmDistributor:
             As given at submission (they locate the log and exit-info files).
         """
         distributor_id = str(distributor_id)
-        if not _JOB_ID_RE.match(distributor_id):
+        if not cli.JOB_ID_RE.match(distributor_id):
             raise ValueError(f"not a Slurm job id: {distributor_id!r} (expected JOBID or JOBID_STEP)")
         resources = Resources.parse(requested_resources)
         with self._lock:
@@ -328,7 +282,7 @@ class SlurmDistributor:
             raise ValueError("command must be a non-empty string")
         resources = Resources.parse(requested_resources)
         for dependency in resources.after:
-            if not _JOB_ID_RE.match(dependency):
+            if not cli.JOB_ID_RE.match(dependency):
                 raise ValueError(f"after: {dependency!r} is not a Slurm distributor id (JOBID or JOBID_STEP)")
         for folder in {resources.stdout_dir or self.log_dir, resources.stderr_dir or self.log_dir}:
             try:
@@ -380,15 +334,15 @@ class SlurmDistributor:
         env = {key: value for key, value in os.environ.items() if key not in _IDENTITY_VARS}
         # The task's variables travel in sbatch's own environment (--export=ALL): never through a shell.
         env.update(resources.env)
-        result = _run_cli(argv, input_text=self._script(command, name, resources), env=env)
+        result = cli.run_cli(argv, input_text=self._script(command, name, resources), env=env)
         if result.returncode != 0:
-            message = _error_text(result.stderr)
-            if _controller_down(message):
-                raise SlurmUnavailable(f"sbatch could not reach the Slurm controller: {message}")
+            message = cli.error_text(result.stderr)
+            if cli.controller_down(message):
+                raise cli.SlurmUnavailable(f"sbatch could not reach the Slurm controller: {message}")
             raise ValueError(f"sbatch rejected {name!r}: {message}")
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
-            raise SlurmUnavailable(f"sbatch returned no job id (stdout {result.stdout!r}, stderr {result.stderr!r})")
+            raise cli.SlurmUnavailable(f"sbatch returned no job id (stdout {result.stdout!r}, stderr {result.stderr!r})")
         logger.debug("submitted %s as Slurm job %s", name, job_id)
         return job_id
 
@@ -457,10 +411,10 @@ class SlurmDistributor:
                 record.cancel_requested = True
         if not targets:
             return
-        argv = ["scancel", *_compress_ids(targets)]
-        result = _run_cli(argv)
+        argv = ["scancel", *cli.compress_ids(record.distributor_id for record in targets)]
+        result = cli.run_cli(argv)
         if result.returncode != 0:
-            logger.warning("%s: %s", " ".join(argv), _error_text(result.stderr))
+            logger.warning("%s: %s", " ".join(argv), cli.error_text(result.stderr))
         with self._lock:
             self._interval = self.poll_interval
             self._next_poll = time.monotonic()
@@ -476,13 +430,15 @@ class SlurmDistributor:
                 return False
             job_ids = sorted({record.job_id for record in live}, key=int)
             argv = ["squeue", "--noheader", "--states=all", "--array", f"--jobs={','.join(job_ids)}",
-                    f"--Format={_SQUEUE_FORMAT}"]
-            result = _run_cli(argv, env=_squeue_env())
+                    f"--Format={cli.SQUEUE_FORMAT}"]
+            result = cli.run_cli(argv, env=cli.squeue_env())
             if result.returncode != 0 and "Invalid job id" not in result.stderr:
-                raise SlurmUnavailable(f"squeue failed: {_error_text(result.stderr)}")
-            rows = _parse_squeue(result.stdout if result.returncode == 0 else "")
+                raise cli.SlurmUnavailable(f"squeue failed: {cli.error_text(result.stderr)}")
+            rows = cli.parse_squeue(result.stdout if result.returncode == 0 else "")
             with self._lock:
-                return any([self._update(record, rows.get(record.distributor_id)) for record in live])
+                # A list, not a generator: any() must not stop updating at the first change.
+                changes = [self._update(record, rows.get(record.distributor_id)) for record in live]
+            return any(changes)
 
     def _poll_loop(self) -> None:
         while not self._stopping.is_set():
@@ -498,9 +454,12 @@ class SlurmDistributor:
     def _poll_and_schedule(self) -> None:
         try:
             changed = self.poll()
-        except (SlurmUnavailable, OSError) as exc:
+        except (cli.SlurmUnavailable, OSError) as exc:
             # A controller restart or a network blip: keep the states we have and try again later.
             logger.warning("polling Slurm failed (will retry): %s", exc)
+            changed = False
+        except Exception:  # a bug must not silently end the poller: log it and keep polling
+            logger.exception("unexpected error while polling Slurm (will retry)")
             changed = False
         with self._lock:
             self._interval = self.poll_interval if changed else min(self._interval * BACKOFF_FACTOR,
@@ -530,7 +489,7 @@ class SlurmDistributor:
                 record.missing_polls += 1
                 if record.missing_polls < MISSING_POLLS_BEFORE_LOST:
                     pass
-                elif record.slurm_state in _PENDING_STATES:
+                elif record.slurm_state in cli.PENDING_STATES:
                     self._finish(record, S.KILL_SELF, "cancelled before it started (outside this session)")
                 else:
                     self._finish(record, S.UNKNOWN_ERROR, "lost: Slurm no longer knows the job and it left no exit "
@@ -539,23 +498,23 @@ class SlurmDistributor:
         record.missing_polls = 0
         state, reason = row["State"], row["Reason"]
         record.slurm_state = state
-        if state in _PENDING_STATES:
+        if state in cli.PENDING_STATES:
             record.state = S.QUEUED
             record.message = "pending" if reason in ("None", "") else f"pending ({reason})"
-            record.queue_error = f"Slurm will not start it: {reason}" if reason in _HOPELESS_REASONS else None
-        elif state in _RUNNING_STATES:
+            record.queue_error = f"Slurm will not start it: {reason}" if reason in cli.HOPELESS_REASONS else None
+        elif state in cli.RUNNING_STATES:
             record.state = S.RUNNING
             record.message = "running" if state == "RUNNING" else state.lower()
             record.queue_error = None
-            record.started = record.started or _epoch(row["StartTime"])
+            record.started = record.started or cli.epoch(row["StartTime"])
         else:
             self._ended(record, state, reason, row)
         return (record.state, record.message, record.queue_error) != before
 
     def _ended(self, record: _Record, state: str, reason: str, row: dict[str, str]) -> None:
-        record.started = record.started or _epoch(row["StartTime"])
+        record.started = record.started or cli.epoch(row["StartTime"])
         info = record.exit_info()
-        if state in _EXIT_STATES:
+        if state in cli.EXIT_STATES:
             if info is not None:
                 self._finish_from_info(record, info)
                 return
@@ -569,9 +528,9 @@ class SlurmDistributor:
             status = S.DONE if state == "COMPLETED" and not signum else S.ERROR
             self._finish(record, status, f"{exit_message(code, signum)} (no exit info from nbdist-worker; "
                          f"see {record.log_path('s')})", code if not signum else None, signum or None)
-            record.ended = _epoch(row["EndTime"]) or record.ended
+            record.ended = cli.epoch(row["EndTime"]) or record.ended
             return
-        status, template = _SLURM_VERDICTS.get(state, (S.UNKNOWN_ERROR, f"ended in Slurm state {state}"))
+        status, template = cli.SLURM_VERDICTS.get(state, (S.UNKNOWN_ERROR, f"ended in Slurm state {state}"))
         if info is not None and info.get("status") == S.RESOURCE_ERROR:
             self._finish_from_info(record, info)  # the worker caught the limit first and says which
             return
@@ -586,7 +545,7 @@ class SlurmDistributor:
             record.state, record.message = status, message
         else:
             self._finish(record, status, message)
-            record.ended = _epoch(row["EndTime"]) or record.ended
+            record.ended = cli.epoch(row["EndTime"]) or record.ended
 
     def _finish_from_info(self, record: _Record, info: dict[str, Any]) -> None:
         self._finish(record, info.get("status") or S.UNKNOWN_ERROR, info.get("message") or "",
@@ -602,66 +561,17 @@ class SlurmDistributor:
         record.queue_error = None
         record.ended = time.time()
         self._live.pop(record.distributor_id, None)
+        if status == S.DONE:
+            _remove_if_empty(record.log_path("s"))
 
 
-def _parse_squeue(text: str) -> dict[str, dict[str, str]]:
-    """``{distributor_id: {field: value}}`` from ``squeue --Format=…:|`` lines."""
-    rows: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        values = line.split("|")
-        if len(values) < len(_SQUEUE_FIELDS):
-            continue
-        row = {field: value.strip() for field, value in zip(_SQUEUE_FIELDS, values)}
-        rows[row["JobArrayID"]] = row
-    return rows
-
-
-def _compress_ids(records: list[_Record]) -> list[str]:
-    """scancel arguments: plain job ids, and each array's steps as ``JOBID_[0-9,12]`` (short for 1000 steps)."""
-    plain: list[str] = []
-    steps: dict[str, list[int]] = {}
-    for record in records:
-        if record.array_step_id is None:
-            plain.append(record.job_id)
-        else:
-            steps.setdefault(record.job_id, []).append(record.array_step_id)
-    for job_id, found in steps.items():
-        numbers = sorted(set(found))
-        ranges: list[str] = []
-        start = previous = numbers[0]
-        for number in [*numbers[1:], None]:
-            if number is not None and number == previous + 1:
-                previous = number
-                continue
-            ranges.append(str(start) if start == previous else f"{start}-{previous}")
-            if number is not None:
-                start = previous = number
-        plain.append(f"{job_id}_[{','.join(ranges)}]")
-    return plain
-
-
-def _squeue_env() -> dict[str, str]:
-    """The environment for squeue: user settings that would change its output format are dropped."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SQUEUE_")}
-    env["SLURM_TIME_FORMAT"] = "standard"
-    return env
-
-
-def _controller_down(message: str) -> bool:
-    return any(text in message for text in ("Unable to contact slurm controller", "Socket timed out",
-                                            "Connection refused", "Zero Bytes were transmitted"))
-
-
-def _run_cli(argv: list[str], input_text: str | None = None,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run one Slurm command (argv, never a shell); missing tools become :class:`SlurmUnavailable`."""
+def _remove_if_empty(path: str) -> None:
+    """Drop the empty wrapper log of a task that succeeded (one fewer file per step); keep any message."""
     try:
-        return subprocess.run(argv, input=input_text, env=env, capture_output=True, text=True,
-                              timeout=CLI_TIMEOUT_S, stdin=None if input_text is not None else subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise SlurmUnavailable(f"{argv[0]} not found on PATH: is the Slurm client installed?") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise SlurmUnavailable(f"{argv[0]} did not answer within {CLI_TIMEOUT_S:.0f} s") from exc
+        if os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 class SlurmWorkerNode(MultiprocessWorkerNode):

@@ -25,7 +25,9 @@ pid_of() {
     local file="$1" comm="$2" pid
     [ -r "$file" ] || return 1
     pid="$(tr -dc 0-9 <"$file")"
-    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$comm" ] || return 1
+    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || return 1
+    # A zombie has exited already (its parent, here init, has not reaped it yet).
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
     echo "$pid"
 }
 

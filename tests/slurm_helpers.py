@@ -21,7 +21,7 @@ def slurm_unreachable_reason() -> str | None:
     if shutil.which("sinfo") is None:
         return "the Slurm client (sinfo) is not installed; run scripts/slurm-local.sh start (needs root + apt)"
     try:
-        result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+        result = subprocess.run(["sinfo", "-h", "-o", "%T"], check=False, capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
         return "sinfo did not answer within 15 s"
     if result.returncode != 0 or not result.stdout.strip():
@@ -32,7 +32,7 @@ def slurm_unreachable_reason() -> str | None:
 
 def live_jobs() -> list[str]:
     """Jobs still pending, running or completing on the cluster (squeue's default states)."""
-    result = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(["squeue", "-h", "-o", "%i %T"], check=False, capture_output=True, text=True, timeout=30)
     return [line for line in result.stdout.splitlines() if line.strip()]
 
 
@@ -50,7 +50,7 @@ def cancel_all_jobs() -> None:
     """scancel whatever is left (a failed test must not leave work for the next one)."""
     ids = sorted({line.split()[0].split("_")[0] for line in live_jobs()})
     if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+        subprocess.run(["scancel", *ids], check=False, capture_output=True, timeout=30)
 
 
 def wait_done(distributor: SlurmDistributor, ids: list[str], timeout: float = 60.0) -> dict[str, dict]:

@@ -109,7 +109,7 @@ def test_a_job_logs_exit_code_usage_env_and_cwd(dist, tmp_path):
     assert read(stderr) == "err\n"
     assert not list(workdir.glob("pwned*")), "an env value was run by a shell"
     # Resources reached Slurm as options (seen while the job is still known to the controller).
-    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, check=True).stdout
     assert "NumCPUs=2" in shown and "MinMemoryNode=200M" in shown and "TimeLimit=00:02:00" in shown, shown
 
 
