@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
 from .resources import parse_memory, parse_runtime
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # ``0-9999999999`` fails at once instead of building a billion-step list in the kernel.
 MAX_ARRAY_STEPS = 1_000_000
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]{0,99}$")
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
@@ -88,6 +87,14 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and detail.startswith(("'", '"')):
         detail = detail.strip("'\"")
     return detail or type(exc).__name__
+
+
+def _split(line: str) -> list[str]:
+    """Shell-like words of a magic line, quotes removed (``--over "{'x': [1, 2]}"`` is one word)."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:  # "No closing quotation" and the like
+        raise UsageError(f"cannot read the line: {exc}") from None
 
 
 def _split_step(target: str) -> tuple[str, int | None]:
@@ -199,10 +206,7 @@ class NbdistMagics(Magics):
             display(show(handle, session=session))
 
     def _parse(self, magic: Any, line: str) -> Any:
-        try:
-            return parse_argstring(magic, line)
-        except ValueError as exc:  # unbalanced quotes from the line splitter
-            raise UsageError(_one_line(exc)) from None
+        return magic.parser.parse_args(_split(line))
 
     def _check_submit(self, args: Any, cell: str) -> dict[str, Any]:
         """Every check on a ``%%submit`` line and body; returns the API arguments."""
@@ -210,8 +214,8 @@ class NbdistMagics(Magics):
             raise UsageError("%%submit needs a body: the shell script (or Python with --python) to run")
         if args.array is not None and args.over is not None:
             raise UsageError("use --array or --over, not both (--over already makes one step per parameter set)")
-        if args.name is not None and not _NAME_RE.match(args.name):
-            raise UsageError(f"--name {args.name!r}: use 1-100 letters, digits, '.', '_', '+', '=' or '-'")
+        if args.name is not None and not args.name.strip():
+            raise UsageError("--name needs a name (the core checks its characters)")
         if args.cores < 1:
             raise UsageError(f"--cores {args.cores}: must be at least 1")
         if args.max_attempts < 1:
@@ -295,10 +299,7 @@ class NbdistMagics(Magics):
             %nbdist logs squares:3 --tail 20
             %nbdist retry sweep --scale 2
         """
-        try:
-            args = self._nbdist_parser.parse_argstring(line)
-        except ValueError as exc:
-            raise UsageError(_one_line(exc)) from None
+        args = self._nbdist_parser.parse_args(_split(line))
         getattr(self, f"_cmd_{args.command}")(args)
 
     def _cmd_status(self, args: Any) -> None:
@@ -377,9 +378,12 @@ class NbdistMagics(Magics):
             return
         options = {} if args.parallelism is None else {"parallelism": args.parallelism}
         try:
-            self._session = nbdist.Session(backend=args.name, **options)
+            session = nbdist.Session(backend=args.name, **options)
         except (ValueError, KeyError, ImportError, RuntimeError) as exc:
             raise UsageError(f"backend {args.name}: {_one_line(exc)}") from None
+        # The magics and the Python API keep using one session: the new one becomes the default.
+        self._session = session
+        nbdist.set_default_session(session)
 
     def _target(self, target: str, need_step: bool = False) -> Any:
         """The job, array or array step named by ``NAME[:STEP]``."""

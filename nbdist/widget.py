@@ -114,7 +114,9 @@ class Dashboard:
         import nbdist
 
         self.handle = handle
-        self.session = session or getattr(handle, "session", None) or nbdist.default_session()
+        # Handles know their session (``_session`` until the core makes it public).
+        self.session = (session or getattr(handle, "session", None) or getattr(handle, "_session", None)
+                        or nbdist.default_session())
         self.page_size = page_size
         self.tail_lines = tail_lines
         self.page = 0

@@ -136,9 +136,9 @@ def test_runtime_limit_and_attempts(ip: Any, session: Any) -> None:
 
 
 def test_nbdist_kill_logs_status_wait_retry(ip: Any, session: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    cell(ip, "--name long --quiet", "echo started; sleep 60")
     cell(ip, "--name arr --array 0-2 --quiet", 'echo "out $NBDIST_STEP"; echo "err $NBDIST_STEP" >&2; exit $NBDIST_STEP')
     ip.run_line_magic("nbdist", "wait arr --timeout 60")
+    cell(ip, "--name long --quiet", "echo started; sleep 60")
     capsys.readouterr()
     ip.run_line_magic("nbdist", "logs arr:2")
     ip.run_line_magic("nbdist", "logs arr:1 --err")
