@@ -82,6 +82,11 @@ export JOB_ID NBDIST_DISTRIBUTOR_ID
 """
 
 
+def _log_dirs(resources: Resources, log_dir: str) -> tuple[str, str]:
+    """Absolute stdout and stderr folders of a task (the multiprocess backend's rule)."""
+    return (os.path.abspath(resources.stdout_dir or log_dir), os.path.abspath(resources.stderr_dir or log_dir))
+
+
 class _Record:
     """The distributor's view of one Slurm job or array step."""
 
@@ -108,8 +113,7 @@ class _Record:
         self.missing_polls = 0
         self.ended_seen_at: float | None = None
         self.cancel_requested = False
-        self.stdout_dir = os.path.abspath(resources.stdout_dir or log_dir)
-        self.stderr_dir = os.path.abspath(resources.stderr_dir or resources.stdout_dir or log_dir)
+        self.stdout_dir, self.stderr_dir = _log_dirs(resources, log_dir)
 
     def log_path(self, kind: str) -> str:
         folder = self.stdout_dir if kind in "osx" else self.stderr_dir
@@ -292,7 +296,7 @@ class SlurmDistributor:
         return resources
 
     def _sbatch_argv(self, name: str, resources: Resources, array_length: int | None) -> list[str]:
-        stdout_dir = os.path.abspath(resources.stdout_dir or self.log_dir)
+        stdout_dir = _log_dirs(resources, self.log_dir)[0]
         # sbatch expands %-patterns in --output; a literal % in the folder must be doubled.
         wrapper_log = os.path.join(stdout_dir.replace("%", "%%"), log_stem(name))
         argv = ["sbatch", "--parsable", f"--job-name={log_stem(name)}", "--export=ALL", "--kill-on-invalid-dep=yes",
@@ -317,16 +321,15 @@ class SlurmDistributor:
         return argv + self.sbatch_args
 
     def _script(self, command: str, name: str, resources: Resources) -> str:
-        stdout_dir = os.path.abspath(resources.stdout_dir or self.log_dir)
-        stderr_dir = os.path.abspath(resources.stderr_dir or resources.stdout_dir or self.log_dir)
+        stdout_dir, stderr_dir = _log_dirs(resources, self.log_dir)
         worker = [self.worker_node_entry_point, f"--name={name}", f"--stdout-dir={stdout_dir}",
                   f"--stderr-dir={stderr_dir}"]
         if resources.memory_mb is not None:
             # The worker samples the task's RSS every 0.1 s and reports "memory limit exceeded";
             # Slurm's own check (every second, without cgroups) stays as the backstop.
             worker.append(f"--memory={math.ceil(resources.memory_mb)}M")
-        # Everything substituted is shell-quoted; the script ends on one exec line so sbatch finds
-        # no #SBATCH directive inside the user's command.
+        # Everything substituted is shell-quoted. sbatch stops reading #SBATCH directives at the
+        # prologue's first command, so none inside the user's command is obeyed.
         return _SCRIPT_PROLOGUE + "exec " + " ".join(shlex.quote(word) for word in [*worker, "--", command]) + "\n"
 
     def _sbatch(self, command: str, name: str, resources: Resources, array_length: int | None) -> str:
@@ -525,9 +528,12 @@ class SlurmDistributor:
                 return
             wait_status = int(row["exit_code"]) if row["exit_code"].isdigit() else 0
             code, signum = (wait_status >> 8) & 0xFF, wait_status & 0x7F
-            status = S.DONE if state == "COMPLETED" and not signum else S.ERROR
-            self._finish(record, status, f"{exit_message(code, signum)} (no exit info from nbdist-worker; "
-                         f"see {record.log_path('s')})", code if not signum else None, signum or None)
+            if signum:  # the wrapper itself was killed: how the task ended is unknown
+                status, what = S.UNKNOWN_ERROR, f"lost: nbdist-worker was {exit_message(None, signum)}"
+            else:  # e.g. 127: nbdist-worker not found on the compute node
+                status, what = (S.DONE if state == "COMPLETED" else S.ERROR), exit_message(code, None)
+            self._finish(record, status, f"{what} and left no exit info (see {record.log_path('s')})",
+                         None if signum else code, signum or None)
             record.ended = cli.epoch(row["EndTime"]) or record.ended
             return
         status, template = cli.SLURM_VERDICTS.get(state, (S.UNKNOWN_ERROR, f"ended in Slurm state {state}"))

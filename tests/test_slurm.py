@@ -139,6 +139,14 @@ def test_a_failing_step_reports_its_exit_code(dist):
     assert [reports[ids[i]]["status"] for i in (0, 2)] == ["D", "D"]
 
 
+def test_a_worker_killed_without_exit_info_is_reported_lost(dist):
+    # The task SIGKILLs its own nbdist-worker ($PPID): only Slurm's state (FAILED, signal 9) remains.
+    job = dist.submit_to_batch_distributor("kill -9 $PPID; sleep 5", "orphan", {})
+    report = wait_done(dist, [job], timeout=40)[job]
+    assert report["status"] == "U" and report["signal"] == 9, report
+    assert "SIGKILL" in report["message"] and f"orphan.s{job}" in report["message"], report
+
+
 def test_memory_limit_is_enforced(dist):
     hog = f"{PY} -c 'import time; x = bytearray(400 * 2**20); time.sleep(30)'"
     job = dist.submit_to_batch_distributor(hog, "hog", {"memory": "100M"})
@@ -225,7 +233,7 @@ def test_the_array_completes_and_is_tracked_across_a_slurmctld_restart(dist):
 
 def test_a_fresh_distributor_adopts_jobs_of_an_earlier_one(tmp_path):
     logs = str(tmp_path / "logs")
-    resources = {"stdout": logs, "max_concurrent": 2}
+    resources = {"stdout": logs, "stderr": logs, "max_concurrent": 2}
     first = SlurmDistributor(log_dir=str(tmp_path / "elsewhere"), poll_interval=0.2, max_poll_interval=1.0)
     first.start()
     job = first.submit_to_batch_distributor("exit 4", "job", resources)
