@@ -24,10 +24,9 @@ log() { echo "slurm-local: $*" >&2; }
 pid_of() {
     local file="$1" comm="$2" pid
     [ -r "$file" ] || return 1
-    pid="$(tr -dc 0-9 <"$file")"
-    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || return 1
+    pid="$(tr -dc 0-9 2>/dev/null <"$file")"
     # A zombie has exited already (its parent, here init, has not reaped it yet).
-    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
+    [ -n "$pid" ] && alive_as "$pid" "$comm" || return 1
     echo "$pid"
 }
 
@@ -48,6 +47,43 @@ kill_pidfile() {
     kill -TERM "$pid" 2>/dev/null || true
     wait_gone "$file" 50 "$comm" || { log "$comm ($pid) ignored SIGTERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
     wait_gone "$file" 20 "$comm" || die "$comm ($pid) is still running"
+}
+
+# True if pid $1 runs (not a zombie) as program $2. Builtins only: this runs in loops over /proc.
+alive_as() {
+    local comm="" stat=""
+    read -r comm 2>/dev/null <"/proc/$1/comm" || return 1
+    [ "$comm" = "$2" ] || return 1
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+    stat="${stat##*) }"
+    [ "${stat%% *}" != Z ]
+}
+
+# Processes named $1 that belong to THIS cluster: their environment holds our SLURM_CONF. slurmd and the
+# slurmstepd it forks remove their pid files before they are gone, so a pid file alone is not enough.
+pids_of_this_cluster() {
+    local dir pid
+    for dir in /proc/[0-9]*; do
+        pid="${dir#/proc/}"
+        alive_as "$pid" "$1" || continue
+        tr '\0' '\n' 2>/dev/null <"$dir/environ" | grep -qxF "SLURM_CONF=$CONF" && echo "$pid"
+    done
+    return 0
+}
+
+# Wait up to 10 s for this cluster's processes named $1 to end, then SIGKILL what is left.
+reap_cluster_processes() {
+    local comm="$1" i pid pids left
+    pids="$(pids_of_this_cluster "$comm")"
+    for ((i = 0; i <= 100; i++)); do
+        left=""
+        for pid in $pids; do alive_as "$pid" "$comm" && left="$left $pid"; done
+        [ -z "$left" ] && return 0
+        sleep 0.1
+    done
+    log "killing leftover $comm:$left"
+    # shellcheck disable=SC2086  # one pid per word
+    kill -KILL $left 2>/dev/null || true
 }
 
 ensure_installed() {
@@ -199,18 +235,26 @@ cmd_restart_ctld() {
 }
 
 cmd_stop() {
-    local jobs
+    local jobs i
     if [ -f "$CONF" ] && pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null; then
         jobs="$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ' || true)"
-        # shellcheck disable=SC2086  # one job id per word
-        [ -z "${jobs// /}" ] || SLURM_CONF="$CONF" scancel $jobs 2>/dev/null || true
+        if [ -n "${jobs// /}" ]; then
+            # shellcheck disable=SC2086  # one job id per word
+            SLURM_CONF="$CONF" scancel $jobs 2>/dev/null || true
+            # Let the jobs end (KillWait=5 s, then SIGKILL) while slurmd can still hear from their steps.
+            for ((i = 0; i < 150; i++)); do
+                [ -z "$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null)" ] && break
+                sleep 0.1
+            done
+        fi
         SLURM_CONF="$CONF" scontrol shutdown 2>/dev/null || true
     fi
     wait_gone "$B/run/slurmctld.pid" 100 slurmctld || kill_pidfile "$B/run/slurmctld.pid" slurmctld
-    if ! wait_gone "$B/run/slurmd.pid" 100 slurmd; then
-        # The controller was down, so nobody told slurmd to stop.
-        kill_pidfile "$B/run/slurmd.pid" slurmd
-    fi
+    # The controller may have been down, so nobody told slurmd to stop.
+    kill_pidfile "$B/run/slurmd.pid" slurmd
+    reap_cluster_processes slurmctld
+    reap_cluster_processes slurmstepd
+    reap_cluster_processes slurmd
     kill_pidfile "$B/run/munged.pid" munged
     log "stopped"
 }
