@@ -108,9 +108,36 @@ class JobRecord:
         self.by_state: dict[State, set[int]] = {state: set() for state in State}
         self.by_state[initial] = set(range(n))
         self.n_terminal = n if initial in TERMINAL_STATES else 0
+        # Failed steps grouped by "STATE: message", kept current by move(): snapshots never scan.
+        self.failure_groups: dict[str, set[int]] = {}
+        self._failure_key: dict[int, str] = {}
         self.handles: dict[int, Job] = {}
         self.array_handle: Array | None = None
         self.cancelled = False
+
+    # ----------------------------------------------------------------- changing (the session's lock held)
+    def move(self, index: int, state: State) -> State:
+        """Put a step in ``state`` keeping counts and failure groups current; return its old state."""
+        old = self.states[index]
+        if old is not state:
+            self.by_state[old].discard(index)
+            self.by_state[state].add(index)
+            self.states[index] = state
+            if state in TERMINAL_STATES and old not in TERMINAL_STATES:
+                self.n_terminal += 1
+            elif old in TERMINAL_STATES and state not in TERMINAL_STATES:
+                self.n_terminal -= 1
+        key = self._failure_key.pop(index, None)
+        if key is not None:
+            members = self.failure_groups[key]
+            members.discard(index)
+            if not members:
+                del self.failure_groups[key]
+        if state in TERMINAL_STATES and state is not State.DONE:
+            key = f"{state.value}: {self.messages[index] or 'no message'}"
+            self._failure_key[index] = key
+            self.failure_groups.setdefault(key, set()).add(index)
+        return old
 
     # ----------------------------------------------------------------- reading
     def step_id(self, index: int) -> int | None:

@@ -149,9 +149,11 @@ class Registry:
 
     def write(self, steps: Sequence[StepWrite], attempts: Sequence[AttemptWrite],
               job_updates: Iterable[tuple[int, dict[str, Any]]] = ()) -> None:
-        """Write a poll's changes in one transaction."""
+        """Write a poll's changes in one transaction (dict and list values are stored as JSON)."""
         if not steps and not attempts and not job_updates:
             return
+        steps = [tuple(_encode(value) for value in row) for row in steps]
+        attempts = [tuple(_encode(value) for value in row) for row in attempts]
         with self.transaction():
             if steps:
                 self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", steps)

@@ -18,6 +18,7 @@ not in the backend: a dependent job reaches the backend only when its dependenci
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import math
 import os
@@ -50,6 +51,8 @@ POLL_MAX_SECONDS = 0.5
 POLL_COST_FACTOR = 10
 # How often requests from other processes (CLI kill/retry) and other kernels' jobs are read.
 REGISTRY_CHECK_SECONDS = 0.5
+# Reports applied per hold of the session lock: small enough that a snapshot waits at most ~1 ms.
+APPLY_CHUNK = 256
 DEFAULT_SCALES = {"runtime": 1.5, "memory": 1.5}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
 
@@ -462,7 +465,8 @@ class Session:
                                                             self._requested(rec, None), rec.n)
             dids = [ids[index] for index in range(rec.n)]
             base = dids[0].rpartition("_")[0]
-            if all(did == f"{base}_{index}" for index, did in enumerate(dids)):
+            # The protocol makes array ids "{job_id}_{step}": checking both ends is enough.
+            if dids[0] == f"{base}_0" and dids[-1] == f"{base}_{rec.n - 1}":
                 update = {"did_base": base}
             else:
                 update = {"dids": dids}
@@ -472,7 +476,7 @@ class Session:
         rec.by_state[State.QUEUED] = rec.by_state[State.PENDING]
         rec.by_state[State.PENDING] = set()
         live = self._live.setdefault(rec.backend, {})
-        live.update(zip(dids, ((rec, index) for index in range(rec.n))))
+        live.update(zip(dids, zip(itertools.repeat(rec), range(rec.n))))
         update["initial_state"] = State.QUEUED.value
         self._job_updates.setdefault(rec.id, {}).update(update)
 
@@ -502,17 +506,13 @@ class Session:
 
     # ================================================================== state changes (lock held)
     def _set(self, rec: JobRecord, index: int, state: State, message: str | None = None) -> None:
-        old = rec.states[index]
         if message is not None:
             rec.messages[index] = message
         self._dirty.add((rec, index))
+        old = rec.move(index, state)
         if old is state:
             return
-        rec.by_state[old].discard(index)
-        rec.by_state[state].add(index)
-        rec.states[index] = state
         if state.is_terminal and not old.is_terminal:
-            rec.n_terminal += 1
             handle = rec.handles.get(index)
             if handle is not None:
                 self._to_resolve.append(handle)
@@ -524,7 +524,6 @@ class Session:
             if state.is_failure or rec.all_done or rec.steps is not None:
                 self._deps_to_check.extend(rec.dependents)
         elif old.is_terminal and not state.is_terminal:
-            rec.n_terminal -= 1
             rec.ended = None
 
     def _apply(self, rec: JobRecord, index: int, did: str, report: Mapping[str, Any]) -> bool:
@@ -549,8 +548,8 @@ class Session:
         paths = rec.log_paths(index)
         self._attempt_rows.append((
             rec.id, index, rec.attempts[index], did, state.value, rec.exit_codes[index], message,
-            _json(usage), paths.stdout if paths else None, paths.stderr if paths else None,
-            _json(self._requested(rec, index)), started, ended,
+            usage, paths.stdout if paths else None, paths.stderr if paths else None,
+            self._requested(rec, index), started, ended,
         ))
         if state in RETRYABLE_STATES and rec.attempts[index] < rec.max_attempts:
             rec.messages[index] = message
@@ -747,14 +746,17 @@ class Session:
             ids = list(self._live.get(name, ()))
         if not ids:
             return False
-        reports = _reports(backend, ids)
+        items = list(_reports(backend, ids).items())
         changed = False
+        # In chunks, releasing the lock in between: a snapshot never waits for a whole big poll.
+        for start in range(0, len(items), APPLY_CHUNK):
+            with self._lock:
+                live = self._live.get(name, {})
+                for did, report in items[start:start + APPLY_CHUNK]:
+                    entry = live.get(did)
+                    if entry is not None and entry[0].dids[entry[1]] == did:
+                        changed = self._apply(entry[0], entry[1], did, report) or changed
         with self._lock:
-            live = self._live.get(name, {})
-            for did, report in reports.items():
-                entry = live.get(did)
-                if entry is not None and entry[0].dids[entry[1]] == did:
-                    changed = self._apply(entry[0], entry[1], did, report) or changed
             self._run_dep_checks()
         return changed
 
@@ -886,7 +888,7 @@ def _step_row(rec: JobRecord, index: int) -> tuple:
     usage = rec.usage.get(index)
     return (rec.id, index, rec.step_id(index), rec.states[index].value, rec.dids[index], rec.attempts[index],
             rec.exit_codes[index], rec.messages[index], rec.runtimes[index], rec.rss[index],
-            _json(usage) if usage else None, rec.started[index], None)
+            usage or None, rec.started[index], None)
 
 
 def _json(value: Any) -> str | None:

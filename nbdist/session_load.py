@@ -89,14 +89,7 @@ def overlay(rec: JobRecord, rows: list[tuple]) -> list[tuple[int, State]]:
 
 def _set_quietly(rec: JobRecord, index: int, state: State) -> None:
     """Change a state while loading (no events: nothing waits on a record being built)."""
-    old = rec.states[index]
-    rec.by_state[old].discard(index)
-    rec.by_state[state].add(index)
-    rec.states[index] = state
-    if state.is_terminal and not old.is_terminal:
-        rec.n_terminal += 1
-    elif old.is_terminal and not state.is_terminal:
-        rec.n_terminal -= 1
+    rec.move(index, state)
 
 
 def session_alive(info: dict[str, Any] | None) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .jobs import read_tail
-from .state import FAILURE_STATES, State
+from .state import State
 
 if TYPE_CHECKING:
     from .jobs import JobRecord
@@ -135,15 +135,12 @@ def build_snapshot(rec: "JobRecord", *, state: State | str | None = None, page: 
             stdout_tail = read_tail(paths.stdout, tail_lines)
             stderr_tail = read_tail(paths.stderr, tail_lines)
 
-    groups: dict[str, list[int]] = {}
-    for failure in FAILURE_STATES:
-        for index in rec.by_state[failure]:
-            key = f"{failure.value}: {rec.messages[index] or 'no message'}"
-            groups.setdefault(key, []).append(index)
-    failure_groups = [
-        (message, sorted(rec.step_id(i) if rec.steps is not None else 0 for i in members))  # type: ignore[misc]
-        for message, members in sorted(groups.items(), key=lambda item: -len(item[1]))[:MAX_FAILURE_GROUPS]
-    ]
+    largest = sorted(rec.failure_groups.items(), key=lambda item: -len(item[1]))[:MAX_FAILURE_GROUPS]
+    if rec.steps is None:
+        failure_groups = [(message, [0]) for message, _ in largest]
+    else:
+        step_ids = rec.steps
+        failure_groups = [(message, [step_ids[i] for i in sorted(members)]) for message, members in largest]
     end = rec.ended if rec.all_terminal and rec.ended else now
     return Snapshot(
         id=str(rec.id),
