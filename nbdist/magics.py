@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # ``0-9999999999`` fails at once instead of building a billion-step list in the kernel.
 MAX_ARRAY_STEPS = 1_000_000
 
+_PYTHON_EOF = "NBDIST_PYTHON_EOF"
+_STEP_RE = re.compile(r"\{\{\s*step\s*\}\}")
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
@@ -87,6 +89,21 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and detail.startswith(("'", '"')):
         detail = detail.strip("'\"")
     return detail or type(exc).__name__
+
+
+def _python_command(body: str) -> str:
+    """A shell command running ``body`` with this kernel's interpreter (so the job sees its packages).
+
+    The body goes through a quoted here-document, which the shell leaves untouched; a ``{{param}}``
+    placeholder, replaced by the core with the shell-quoted value, therefore reaches Python as a
+    literal: ``0.1`` stays a number and ``two words`` arrives as the string ``'two words'``;
+    ``{{step}}`` is the step id as an ``int``.
+    """
+    if any(line.strip() == _PYTHON_EOF for line in body.splitlines()):
+        raise UsageError(f"a --python body may not contain a line {_PYTHON_EOF}")
+    # The core fills {{step}} with a shell variable, which a quoted here-document would leave as text.
+    body = _STEP_RE.sub("int(__import__('os').environ['NBDIST_STEP'])", body)
+    return f"{shlex.quote(sys.executable)} - <<'{_PYTHON_EOF}'\n{body.rstrip()}\n{_PYTHON_EOF}\n"
 
 
 def _split(line: str) -> list[str]:
@@ -248,8 +265,7 @@ class NbdistMagics(Magics):
             raise UsageError(f"the body uses {found} but there is no --array or --over to fill it")
         command = cell
         if args.python:
-            # The kernel's own interpreter, so the job sees the packages of this notebook's environment.
-            command = f"{shlex.quote(sys.executable)} -c {shlex.quote(cell)}"
+            command = _python_command(cell)
         if steps is not None or over is not None:
             from .sweep import expand
 
