@@ -152,8 +152,9 @@ class Registry:
         """Write a poll's changes in one transaction (dict and list values are stored as JSON)."""
         if not steps and not attempts and not job_updates:
             return
-        steps = [tuple(_encode(value) for value in row) for row in steps]
-        attempts = [tuple(_encode(value) for value in row) for row in attempts]
+        steps = [row[:10] + (_encode(row[10]),) + row[11:] for row in steps]  # usage
+        attempts = [row[:7] + (_encode(row[7]),) + row[8:10] + (_encode(row[10]),) + row[11:]  # usage, resources
+                    for row in attempts]
         with self.transaction():
             if steps:
                 self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", steps)

@@ -539,18 +539,15 @@ class Session:
         self._live.get(rec.backend, {}).pop(did, None)
         usage = dict(report.get("usage") or {})
         rec.exit_codes[index] = report.get("exit_code")
-        rec.usage[index] = usage
+        if usage:
+            rec.usage[index] = usage
         started, ended = report.get("started"), report.get("ended")
         rec.started[index] = started
         wall = usage.get("wall_s")
         rec.runtimes[index] = wall if wall is not None else (ended - started if started and ended else None)
         rec.rss[index] = usage.get("max_rss_mb")
-        paths = rec.log_paths(index)
-        self._attempt_rows.append((
-            rec.id, index, rec.attempts[index], did, state.value, rec.exit_codes[index], message,
-            usage, paths.stdout if paths else None, paths.stderr if paths else None,
-            self._requested(rec, index), started, ended,
-        ))
+        if started is not None or state is not State.KILLED:  # a step dropped before it started made no attempt
+            self._record_attempt(rec, index, did, state, message, usage, started, ended)
         if state in RETRYABLE_STATES and rec.attempts[index] < rec.max_attempts:
             rec.messages[index] = message
             try:
@@ -561,6 +558,15 @@ class Session:
                 message = f"{message}; retry failed: {exc}"
         self._set(rec, index, state, message)
         return True
+
+    def _record_attempt(self, rec: JobRecord, index: int, did: str, state: State, message: str,
+                        usage: dict[str, Any], started: float | None, ended: float | None) -> None:
+        paths = rec.log_paths(index)
+        self._attempt_rows.append((
+            rec.id, index, rec.attempts[index], did, state.value, rec.exit_codes[index], message, usage,
+            paths.stdout if paths else None, paths.stderr if paths else None, self._requested(rec, index),
+            started, ended,
+        ))
 
     def _resubmit(self, rec: JobRecord, index: int, previous: State, scale: float | Mapping[str, float] | None) -> None:
         """Start a new attempt of a finished step, its resources scaled for the way it failed."""
