@@ -342,6 +342,9 @@ class SlurmDistributor:
             message = cli.error_text(result.stderr)
             if cli.controller_down(message):
                 raise cli.SlurmUnavailable(f"sbatch could not reach the Slurm controller: {message}")
+            if array_length is not None and "array" in message.lower():
+                message += (f" ({array_length} steps: Slurm's MaxArraySize caps array indices, see "
+                            "`scontrol show config | grep MaxArraySize`; split the array)")
             raise ValueError(f"sbatch rejected {name!r}: {message}")
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():

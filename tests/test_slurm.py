@@ -195,6 +195,8 @@ def test_rejected_submissions_raise_with_sbatch_message(dist):
         dist.submit_to_batch_distributor("true", "big", {"cores": 64})
     with pytest.raises(ValueError, match="sbatch rejected 'nowhere'.*[Pp]artition"):
         dist.submit_to_batch_distributor("true", "nowhere", {"queue": "no-such-partition"})
+    with pytest.raises(ValueError, match="MaxArraySize"):
+        dist.submit_array_to_batch_distributor("true", "huge", {}, 100_000)
     with pytest.raises(ValueError, match="memory"):
         dist.submit_to_batch_distributor("true", "bad", {"memory": "lots"})
     assert dist.get_submitted_or_running() == set()
