@@ -36,6 +36,9 @@ MAX_REFRESH_ERRORS = 5
 # States a "retry failed" button applies to: terminal and not DONE.
 _RETRYABLE = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED")
 _ALL = ""  # the filter value meaning "every state"
+# Characters of each log tail sent to the browser: with a page of rows this keeps a refresh under the
+# 20 KB budget even when a step prints very long lines; the full log is one `%nbdist logs` away.
+MAX_TAIL_CHARS = 6000
 
 
 def step_job(handle: Any, step: int | None) -> Any:
@@ -49,6 +52,13 @@ def step_job(handle: Any, step: int | None) -> Any:
         if getattr(job, "step", None) == step:
             return job
     raise KeyError(step)
+
+
+def _clip(text: str) -> str:
+    """The end of a log tail, at most :data:`MAX_TAIL_CHARS` characters."""
+    if len(text) <= MAX_TAIL_CHARS:
+        return text
+    return "… (earlier output cut; see %nbdist logs)\n" + text[-MAX_TAIL_CHARS:]
 
 
 class _Refresher:
@@ -247,8 +257,8 @@ class Dashboard:
         self._draw_rows(snap.rows)
         step = "" if snap.log_step is None else f" · step {snap.log_step}"
         self._set(self.logs, "titles", (f"stdout{step}", f"stderr{step}"))
-        self._set(self.stdout, "value", render.pre_html(render.tail_text(snap.stdout_tail)))
-        self._set(self.stderr, "value", render.pre_html(render.tail_text(snap.stderr_tail)))
+        self._set(self.stdout, "value", render.pre_html(_clip(render.tail_text(snap.stdout_tail))))
+        self._set(self.stderr, "value", render.pre_html(_clip(render.tail_text(snap.stderr_tail))))
 
     def _draw_rows(self, rows: Any) -> None:
         labels = tuple(render.row_label(row) for row in rows)

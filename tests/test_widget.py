@@ -280,7 +280,7 @@ def test_refresh_cost_10k_steps(sent: list[tuple[Widget, dict[str, Any]]]) -> No
     """The widget's own share of a refresh of a 10k-step array (the snapshot here is a fake)."""
     import json
 
-    dashboard, session, _ = make(["RUNNING"] * 10_000, logs={0: ("x" * 2000, "")})
+    dashboard, session, _ = make(["RUNNING"] * 10_000, logs={0: ("x" * 50_000, "y" * 50_000)})
     for step in range(0, 10_000, 7):
         session.states[step] = "DONE"
     sent.clear()
@@ -289,3 +289,46 @@ def test_refresh_cost_10k_steps(sent: list[tuple[Widget, dict[str, Any]]]) -> No
     assert size <= 20_000, size
     assert dashboard.last_refresh_cpu_s < 0.05
     dashboard.close()
+
+
+def test_dashboard_with_real_session(tmp_path: Any) -> None:
+    """Real processes: live states, the log viewer, the kill and retry buttons, the refresher stopping."""
+    import nbdist
+    from conftest import pid_alive
+
+    session = nbdist.Session(root=str(tmp_path / ".nbdist"), parallelism=3)
+    try:
+        # Step 1 fails; step 2 sleeps on its first attempt only, so a retry can finish it.
+        marker = tmp_path / "slept"
+        array = session.array(f'echo "pid $$ step $NBDIST_STEP"; test "$NBDIST_STEP" != 1 || exit 7; '
+                              f'test "$NBDIST_STEP" != 2 || test -e {marker} || {{ touch {marker}; exec sleep 300; }}',
+                              steps=3, name="real")
+        dashboard = Dashboard(array, session=session)
+        deadline = time.monotonic() + 30
+        while not ("RUNNING 1" in dashboard.header.value and "FAILED 1" in dashboard.header.value):
+            assert time.monotonic() < deadline, dashboard.header.value
+            time.sleep(0.05)
+        assert widget_module.refresher_running()
+        assert "FAILED: exit code 7" in dashboard.failures.value
+        dashboard.rows.value = (2,)
+        assert "step 2" in dashboard.stdout.value
+        pid = int(dashboard.stdout.value.split("pid ")[1].split()[0])
+        assert pid_alive(pid)
+        dashboard.kill_button.click()
+        array.step(2).wait(timeout=30)
+        assert array.step(2).state == nbdist.State.KILLED
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid)
+        dashboard.retry_button.click()
+        assert array.wait(timeout=30).is_terminal
+        assert len(array.step(1).attempts) == 2 and len(array.step(2).attempts) == 2
+        deadline = time.monotonic() + 5
+        while widget_module.refresher_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not widget_module.refresher_running()
+        assert dashboard.progress.value == 1.0
+        dashboard.close()
+    finally:
+        session.close()
