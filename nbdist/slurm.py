@@ -64,6 +64,9 @@ EXIT_INFO_GRACE_S = 5.0
 # A job squeue no longer lists (and that left no exit info) is declared lost after this many polls:
 # one miss may be a controller that just restarted.
 MISSING_POLLS_BEFORE_LOST = 3
+# stop() waits this long for a poll in flight; squeue answers in milliseconds unless the controller is
+# down (then the client retries for ~10 s), and stop() must not hang a notebook for that.
+STOP_JOIN_S = 2.0
 # Identity variables of the submitting process (say a kernel that itself runs as a Slurm job) must
 # not leak into the job: the worker reads its id from them.
 _IDENTITY_VARS = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "SLURM_JOBID", "JOB_ID",
@@ -217,7 +220,8 @@ class SlurmDistributor:
             self._wake.set()
             thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join(cli.CLI_TIMEOUT_S)
+            # A poll in flight ends on its own (the thread is a daemon and sees the stop flag after it).
+            thread.join(STOP_JOIN_S)
 
     def __enter__(self) -> "SlurmDistributor":
         self.start()
