@@ -160,7 +160,7 @@ class NbdistMagics(Magics):
 
     # -- %%submit ---------------------------------------------------------------------------
     @magic_arguments()
-    @argument("--name", "-n", help="Name of the job or array (letters, digits, . _ + = -); default: an id.")
+    @argument("--name", "-n", help="Name of the job or array (letters, digits, . _ + = -); default: the command's first word.")
     @argument("--array", "-a", metavar="SPEC", help="Run the body as an array: 10, 0-99, 0-99:2, 1,5,7 or 0-99%%4.")
     @argument("--over", metavar="EXPR", help="Sweep: a dict of lists (grid), a list of dicts or a DataFrame, "
               "evaluated in the notebook; values reach the body as {{param}} (shell-quoted) and as $param.")
@@ -183,7 +183,8 @@ class NbdistMagics(Magics):
 
         The body is a shell script (``/bin/sh``), or Python with ``--python``. What it prints goes to
         its log files (see the dashboard's log viewer or ``%nbdist logs NAME``), never to the notebook.
-        Array steps see ``$ARRAY_STEP_ID`` and ``$JOB_ID``.
+        Array steps see their step id as ``$NBDIST_STEP`` and ``{{step}}``; with ``--over`` each
+        parameter is ``{{name}}`` (shell-quoted; a Python literal with ``--python``) and ``$name``.
 
         Examples::
 
@@ -191,13 +192,16 @@ class NbdistMagics(Magics):
             echo "hello from $(hostname)"
 
             %%submit --name squares --array 0-9 --cores 1 --memory 512M --runtime 5m
-            echo $(( ARRAY_STEP_ID * ARRAY_STEP_ID ))
+            echo $(( NBDIST_STEP * NBDIST_STEP ))
 
             %%submit --name sweep --over "{'lr': [0.1, 0.01], 'depth': [2, 4]}" --out sweep
             python train.py --lr {{lr}} --depth {{depth}}
 
             %%submit --name report --after sweep --python --wait
             import platform; print(platform.python_version())
+
+            %%submit --name flaky --array 0-99%4 --runtime 10m --max-attempts 3 --quiet
+            ./simulate.sh --seed {{step}}
         """
         args = self._parse(self.submit, line)
         request = self._check_submit(args, cell)

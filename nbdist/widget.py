@@ -39,6 +39,11 @@ _ALL = ""  # the filter value meaning "every state"
 # Characters of each log tail sent to the browser: with a page of rows this keeps a refresh under the
 # 20 KB budget even when a step prints very long lines; the full log is one `%nbdist logs` away.
 MAX_TAIL_CHARS = 6000
+# Failed steps are grouped by their last stderr line when there are at most this many (a cached read
+# per attempt's log); above it, by the core's failure message, so a refresh stays within ~10 ms.
+MAX_GROUPED_FAILURES = 500
+# New stderr files read per refresh for that grouping; the rest are read on the next refreshes.
+STDERR_READS_PER_REFRESH = 100
 
 
 def step_job(handle: Any, step: int | None) -> Any:
@@ -137,6 +142,7 @@ class Dashboard:
         self.last_refresh_cpu_s = 0.0
         self._errors = 0
         self._syncing = False
+        self._last_lines: dict[str, str] = {}  # stderr path of a finished attempt → its last line
         self._lock = threading.RLock()
         self.snapshot = self._take(log_step=None)
         self.snapshot = self._take()
@@ -253,12 +259,33 @@ class Dashboard:
         self._set(self.kill_all_button, "disabled", bool(snap.all_terminal))
         self._set(self.retry_button, "disabled", not failed)
         self._set(self.status_label, "value", self.status)
-        self._set(self.failures, "value", render.failures_html(snap.failure_groups))
+        self._set(self.failures, "value", render.failures_html(self._failure_groups(snap)))
         self._draw_rows(snap.rows)
         step = "" if snap.log_step is None else f" · step {snap.log_step}"
         self._set(self.logs, "titles", (f"stdout{step}", f"stderr{step}"))
         self._set(self.stdout, "value", render.pre_html(_clip(render.tail_text(snap.stdout_tail))))
         self._set(self.stderr, "value", render.pre_html(_clip(render.tail_text(snap.stderr_tail))))
+
+    def _failure_groups(self, snap: Any) -> list[tuple[str, list[int]]]:
+        """Failed steps grouped by their last stderr line (the core's message when stderr is empty)."""
+        failed = sum(len(steps) for _, steps in snap.failure_groups)
+        if failed == 0 or failed > MAX_GROUPED_FAILURES:
+            return list(snap.failure_groups)
+        budget = STDERR_READS_PER_REFRESH
+        groups: dict[str, list[int]] = {}
+        for message, steps in snap.failure_groups:
+            for step in steps:
+                key = None
+                job = step_job(self.handle, step)
+                paths = getattr(job, "log_paths", None)
+                if paths is not None:
+                    key = self._last_lines.get(paths.stderr)
+                    if key is None and budget > 0:
+                        budget -= 1
+                        lines = render.tail_text(job.stderr(tail=1)).strip().splitlines()
+                        key = self._last_lines[paths.stderr] = lines[-1] if lines else ""
+                groups.setdefault(key or message, []).append(step)
+        return sorted(groups.items(), key=lambda item: -len(item[1]))
 
     def _draw_rows(self, rows: Any) -> None:
         labels = tuple(render.row_label(row) for row in rows)

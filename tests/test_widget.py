@@ -300,7 +300,7 @@ def test_dashboard_with_real_session(tmp_path: Any) -> None:
     try:
         # Step 1 fails; step 2 sleeps on its first attempt only, so a retry can finish it.
         marker = tmp_path / "slept"
-        array = session.array(f'echo "pid $$ step $NBDIST_STEP"; test "$NBDIST_STEP" != 1 || exit 7; '
+        array = session.array(f'echo "pid $$ step $NBDIST_STEP"; test "$NBDIST_STEP" != 1 || {{ echo "no such thing" >&2; exit 7; }}; '
                               f'test "$NBDIST_STEP" != 2 || test -e {marker} || {{ touch {marker}; exec sleep 300; }}',
                               steps=3, name="real")
         dashboard = Dashboard(array, session=session)
@@ -309,7 +309,8 @@ def test_dashboard_with_real_session(tmp_path: Any) -> None:
             assert time.monotonic() < deadline, dashboard.header.value
             time.sleep(0.05)
         assert widget_module.refresher_running()
-        assert "FAILED: exit code 7" in dashboard.failures.value
+        # Grouped by the last line the failed step wrote to stderr.
+        assert "no such thing" in dashboard.failures.value
         dashboard.rows.value = (2,)
         assert "step 2" in dashboard.stdout.value
         pid = int(dashboard.stdout.value.split("pid ")[1].split()[0])
