@@ -93,6 +93,8 @@ class JobRecord:
         self.script_dir: str | None = None
         self.after: list[tuple[JobRecord, int | None]] = []
         self.dependents: list[JobRecord] = []
+        self.after_ids: list[tuple[int, int | None]] = []  # as stored, until attach links the records
+        self.refreshed: float | None = None  # last read from the registry (another session's job)
         self.owned = True
         self.session_id: str | None = None
         self.states: list[State] = [initial] * n
@@ -354,6 +356,10 @@ class Job(_Handle):
         """Kill the job (or drop it if it has not started); True if it was not finished yet."""
         return self._session._cancel(self._rec, [self._index])
 
+    def running(self) -> bool:
+        """True while the job runs."""
+        return self.state is State.RUNNING
+
     def cancelled(self) -> bool:
         """True when the job ended KILLED."""
         return self.state is State.KILLED
@@ -464,6 +470,10 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
     def cancel(self) -> bool:
         """Kill running steps and drop the others; True if any step was not finished."""
         return self._session._cancel(self._rec, range(self._rec.n))
+
+    def running(self) -> bool:
+        """True while some step runs."""
+        return bool(self._rec.by_state[State.RUNNING])
 
     def cancelled(self) -> bool:
         """True when every step ended KILLED."""

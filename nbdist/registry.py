@@ -6,7 +6,7 @@ Tables::
     jobs     (id, name, kind, command, backend, session_id, created, n_steps, steps, initial_state,
               did_base, dids, spec, params, log_dir, script_dir, after, ended)
     steps    (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s,
-              max_rss_mb, usage, started, ended)            -- a row once a step leaves its initial state
+              max_rss_mb, usage, started, ended, updated)   -- a row once a step leaves its initial state
     attempts (job_id, idx, attempt, distributor_id, state, exit_code, message, usage, stdout, stderr,
               resources, started, ended)                    -- one row per finished attempt
     requests (id, session_id, job_id, action, arg, created) -- kill/retry asked by another process
@@ -45,8 +45,9 @@ CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
 CREATE TABLE IF NOT EXISTS steps (
     job_id INTEGER, idx INTEGER, step INTEGER, state TEXT, distributor_id TEXT, attempt INTEGER,
     exit_code INTEGER, message TEXT, runtime_s REAL, max_rss_mb REAL, usage TEXT, started REAL, ended REAL,
-    PRIMARY KEY (job_id, idx)
+    updated REAL, PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS steps_updated ON steps(job_id, updated);
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER, idx INTEGER, attempt INTEGER, distributor_id TEXT, state TEXT, exit_code INTEGER,
     message TEXT, usage TEXT, stdout TEXT, stderr TEXT, resources TEXT, started REAL, ended REAL,
@@ -152,12 +153,13 @@ class Registry:
         """Write a poll's changes in one transaction (dict and list values are stored as JSON)."""
         if not steps and not attempts and not job_updates:
             return
-        steps = [row[:10] + (_encode(row[10]),) + row[11:] for row in steps]  # usage
+        now = time.time()
+        steps = [row[:10] + (_encode(row[10]),) + row[11:13] + (now,) for row in steps]  # usage; updated
         attempts = [row[:7] + (_encode(row[7]),) + row[8:10] + (_encode(row[10]),) + row[11:]  # usage, resources
                     for row in attempts]
         with self.transaction():
             if steps:
-                self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", steps)
+                self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", steps)
             if attempts:
                 self._db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", attempts)
             for job_id, fields in job_updates:
@@ -189,9 +191,14 @@ class Registry:
             decoded.append(item)
         return decoded
 
-    def step_rows(self, job_id: int) -> list[tuple]:
-        """The ``steps`` rows of a job (those written so far)."""
-        return self.query("SELECT * FROM steps WHERE job_id = ? ORDER BY idx", (job_id,))
+    def step_rows(self, job_id: int, since: float | None = None) -> list[tuple]:
+        """The ``steps`` rows of a job (written so far, or updated at or after ``since``), 13 columns."""
+        columns = ("job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s, max_rss_mb, "
+                   "usage, started, ended")
+        if since is None:
+            return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? ORDER BY idx", (job_id,))
+        return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? AND updated >= ? ORDER BY idx",
+                          (job_id, since))
 
     def attempt_rows(self, job_id: int, idx: int) -> list[tuple]:
         """The finished attempts of one step, oldest first."""

@@ -220,9 +220,10 @@ class Session(SessionCore):
 
     def close(self) -> None:
         """Stop polling and stop the backends: local tasks are killed (KILLED), none is left running."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop_event.set()
         self._wake_event.set()
         if self._poller is not None and self._poller is not threading.current_thread():
@@ -323,6 +324,9 @@ class Session(SessionCore):
         except BaseException:
             self.registry.delete_job(job_id)
             raise
+        # Write the launch now, not at the next poll: a kernel killed a moment later must not leave a
+        # submitted job looking PENDING (attach would submit it a second time).
+        self._finish_poll()
         self._ensure_poller()
         self._wake()
         for handle in resolve:
@@ -397,9 +401,17 @@ class Session(SessionCore):
         return rec.usage.get(index, {})
 
     def _attempts(self, rec: JobRecord, index: int) -> list[Attempt]:
-        self._finish_poll()
+        if self._closed:  # the session's connection is closed: read with a short-lived one
+            registry = Registry(self.root)
+            try:
+                rows = registry.attempt_rows(rec.id, index)
+            finally:
+                registry.close()
+        else:
+            self._finish_poll()
+            rows = self.registry.attempt_rows(rec.id, index)
         attempts = []
-        for row in self.registry.attempt_rows(rec.id, index):
+        for row in rows:
             _, _, number, did, state, exit_code, message, usage, out, err, resources, _, _ = row
             attempts.append(Attempt(number, did, State(state), exit_code, message, _unjson(usage) or {},
                                     LogPaths(out, err) if out else None, _unjson(resources) or {}))
@@ -422,7 +434,7 @@ class Session(SessionCore):
                 if row["id"] not in self._records:
                     self._records[row["id"]] = load_record(self, row)
             for rec in self._records.values():
-                rec.after = [(self._records[job_id], index) for job_id, index in getattr(rec, "after_ids", [])
+                rec.after = [(self._records[job_id], index) for job_id, index in rec.after_ids
                              if job_id in self._records] or rec.after
                 for dep, _ in rec.after:
                     if rec not in dep.dependents:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from .jobs import JobRecord
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["load_record", "claim_orphans", "refresh_foreign", "session_alive"]
 
 logger = logging.getLogger(__name__)
+
+# Rows of other sessions are re-read from a little before the last refresh: a transaction stamped
+# just before our previous read may have committed just after it.
+REFRESH_MARGIN_SECONDS = 5.0
 
 
 def load_record(session: "Session", row: dict[str, Any]) -> JobRecord:
@@ -57,7 +62,8 @@ def load_record(session: "Session", row: dict[str, Any]) -> JobRecord:
         rec.dids = [f"{row['did_base']}_{index}" for index in range(n)]
     elif row["dids"]:
         rec.dids = list(row["dids"])
-    rec.after_ids = [(int(job_id), index) for job_id, index in (row["after"] or [])]  # type: ignore[attr-defined]
+    rec.after_ids = [(int(job_id), index) for job_id, index in (row["after"] or [])]
+    rec.refreshed = time.time()
     for index, state in overlay(rec, session.registry.step_rows(rec.id)):
         _set_quietly(rec, index, state)
     return rec
@@ -160,7 +166,10 @@ def refresh_foreign(session: "Session", records: list[JobRecord]) -> bool:
     sessions = session.registry.sessions()
     changed = False
     for rec in records:
-        for index, state in overlay(rec, session.registry.step_rows(rec.id)):
+        since = rec.refreshed
+        rec.refreshed = time.time()
+        rows = session.registry.step_rows(rec.id, None if since is None else since - REFRESH_MARGIN_SECONDS)
+        for index, state in overlay(rec, rows):
             session._set(rec, index, state)
             session._dirty.discard((rec, index))  # their owner writes them, not us
             changed = True

@@ -14,10 +14,12 @@ import json
 import os
 import re
 import shlex
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["Sweep", "expand", "parse_array_spec", "placeholders", "render", "STEP_ENV"]
+__all__ = ["Sweep", "expand", "parse_array_spec", "placeholders", "render", "write_manifest", "write_scripts",
+           "STEP_ENV", "INDEX_EXPR"]
 
 STEP_ENV = "NBDIST_STEP"
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -144,7 +146,7 @@ def _steps(steps: int | Iterable[int]) -> Sequence[int]:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(f"step ids must be integers, not {item!r}")
     if len(set(items)) != len(items):
-        duplicates = sorted({item for item in items if items.count(item) > 1})
+        duplicates = sorted(item for item, count in Counter(items).items() if count > 1)
         raise ValueError(f"step ids must be unique; repeated: {duplicates[:10]}")
     if len(items) > 1 and all(b - a == items[1] - items[0] for a, b in zip(items, items[1:])) and items[1] != items[0]:
         return range(items[0], items[-1] + (items[1] - items[0]), items[1] - items[0])
