@@ -157,8 +157,12 @@ def _summary(snapshot: Any) -> str:
     )
 
 
-def snapshot_text(snapshot: Any, *, max_rows: int | None = None) -> str:
-    """Plain-text drawing: title, counts, one page of the step table, failure groups."""
+def snapshot_text(snapshot: Any, *, max_rows: int | None = None,
+                  failure_groups: Sequence[tuple[str, Sequence[int]]] | None = None) -> str:
+    """Plain-text drawing: title, counts, one page of the step table, failure groups.
+
+    ``failure_groups`` replaces the snapshot's own grouping (the dashboard groups by last stderr line).
+    """
     lines = [f"{_title(snapshot)} (id {snapshot.id}, {snapshot.backend}): {_summary(snapshot)}"]
     counts = nonzero_counts(snapshot.counts)
     lines.append("  " + ("  ".join(f"{name} {n}" for name, n in counts) or "no steps"))
@@ -170,8 +174,9 @@ def snapshot_text(snapshot: Any, *, max_rows: int | None = None) -> str:
     hidden = len(rows) - len(shown)
     if hidden > 0 or snapshot.pages > 1:
         lines.append(f"  page {snapshot.page + 1}/{max(snapshot.pages, 1)}" + (f", {hidden} more rows" if hidden > 0 else ""))
-    for last_line, steps in snapshot.failure_groups:
-        lines.append(f"  failed ×{len(steps)} (steps {_step_list(steps)}): {last_line}")
+    groups = snapshot.failure_groups if failure_groups is None else failure_groups
+    for last_line, steps in groups:
+        lines.append(f"  failed ×{len(steps)} (steps {_step_list(list(steps))}): {last_line}")
     return "\n".join(lines)
 
 
@@ -244,7 +249,8 @@ def _table_html(rows: Sequence[Any]) -> str:
     )
 
 
-def snapshot_html(snapshot: Any, *, max_rows: int | None = None) -> str:
+def snapshot_html(snapshot: Any, *, max_rows: int | None = None,
+                  failure_groups: Sequence[tuple[str, Sequence[int]]] | None = None) -> str:
     """HTML drawing for saved notebooks: header, progress, one page of steps, failures, log tails."""
     percent = int(round(100 * (snapshot.done_fraction or 0.0)))
     rows = list(snapshot.rows)[:max_rows] if max_rows is not None else list(snapshot.rows)
@@ -257,7 +263,7 @@ def snapshot_html(snapshot: Any, *, max_rows: int | None = None) -> str:
     ]
     if snapshot.pages > 1:
         parts.append(f"<div>page {snapshot.page + 1}/{snapshot.pages}</div>")
-    parts.append(failures_html(snapshot.failure_groups))
+    parts.append(failures_html(snapshot.failure_groups if failure_groups is None else failure_groups))
     log_step = getattr(snapshot, "log_step", None)
     for label, tail in (("stdout", snapshot.stdout_tail), ("stderr", snapshot.stderr_tail)):
         text = tail_text(tail)

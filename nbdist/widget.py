@@ -360,8 +360,9 @@ class Dashboard:
     # -- display ------------------------------------------------------------------------------
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
-        bundle["text/plain"] = render.snapshot_text(self.snapshot)
-        bundle["text/html"] = render.snapshot_html(self.snapshot)
+        groups = self._failure_groups(self.snapshot)
+        bundle["text/plain"] = render.snapshot_text(self.snapshot, failure_groups=groups)
+        bundle["text/html"] = render.snapshot_html(self.snapshot, failure_groups=groups)
         return bundle
 
     def __repr__(self) -> str:
