@@ -1,0 +1,129 @@
+"""More of the public surface: module-level API, options, names, callbacks, concurrency limits."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import pytest
+
+import nbdist
+from nbdist import Session, State
+
+
+@pytest.fixture
+def session(tmp_path):
+    with Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        yield session
+
+
+def test_module_level_submit_uses_one_default_session(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nbdist.set_default_session(None)
+    try:
+        job = nbdist.submit("echo default", name="d")
+        arr = nbdist.array("echo {{x}}", over={"x": [1, 2]}, name="a")
+        session = nbdist.default_session()
+        assert session.get("d") is job and session.get("a") is arr
+        assert session.root == str(tmp_path / ".nbdist")
+        assert job.wait(10) is State.DONE and arr.wait(10) is State.DONE
+    finally:
+        nbdist.default_session().close()
+        nbdist.set_default_session(None)
+
+
+def test_env_and_cwd(session, tmp_path):
+    job = session.submit("echo $GREETING; pwd", name="envcwd", env={"GREETING": "hi"}, cwd=str(tmp_path))
+    assert job.wait(10) is State.DONE
+    assert job.stdout() == f"hi\n{tmp_path}\n"
+
+
+def test_max_concurrent_limits_running_steps(session, tmp_path):
+    arr = session.array(f"echo start $(date +%s.%N) >> {tmp_path}/log; sleep 0.2; "
+                        f"echo end $(date +%s.%N) >> {tmp_path}/log", steps=3, name="one-at-a-time", max_concurrent=1)
+    assert arr.wait(10) is State.DONE
+    events = [line.split() for line in (tmp_path / "log").read_text().splitlines()]
+    running = peak = 0
+    for kind, _ in sorted(events, key=lambda item: float(item[1])):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 1
+
+
+def test_reused_name_gets_the_newest(session):
+    first = session.submit("echo 1", name="same")
+    second = session.submit("echo 2", name="same")
+    assert session.get("same") is second and session.get(first.id) is first
+    assert [job.id for job in session.jobs()] == [first.id, second.id]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "has space"}, "use letters, digits"),
+        ({"memory": "lots"}, "memory must be like"),
+        ({"runtime": "-1"}, "runtime must be"),
+        ({"cores": 99}, "parallelism is 2"),
+        ({"max_attempts": 0}, "max_attempts must be a positive integer"),
+        ({"resource_scales": {"disk": 2}}, "resource_scales"),
+        ({"env": {"A=B": "x"}}, "invalid environment variable name"),
+    ],
+)
+def test_bad_options_are_one_clear_error_and_submit_nothing(session, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        session.submit("echo", **kwargs)
+    assert session.jobs() == [] and session.registry.jobs() == []
+
+
+def test_empty_command_and_unknown_job(session):
+    with pytest.raises(ValueError, match="non-empty"):
+        session.submit("  ")
+    with pytest.raises(KeyError, match="no job or array named 'ghost'"):
+        session.get("ghost")
+
+
+def test_done_callback_may_call_back_into_the_session(session):
+    follow_ups: list[nbdist.Job] = []
+    first = session.submit("echo first", name="first")
+    first.add_done_callback(lambda job: follow_ups.append(session.submit("echo second", name="second")))
+    assert first.wait(10) is State.DONE
+    deadline = time.monotonic() + 5
+    while not follow_ups and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert follow_ups[0].wait(10) is State.DONE
+
+
+def test_arrays_are_futures_too(session):
+    arrays = [session.array("exit {{step}}", steps=[0], name="ok"), session.array("exit {{step}}", steps=[3],
+                                                                                    name="bad")]
+    finished = list(concurrent.futures.as_completed(arrays, timeout=10))
+    assert set(finished) == set(arrays)
+    assert arrays[0].result() is arrays[0]
+    assert "1 of 1 steps of bad failed" in str(arrays[1].exception())
+
+    async def gather():
+        return await arrays[0]
+
+    assert asyncio.run(gather()) is arrays[0]
+
+
+def test_cancelling_an_await_does_not_kill_the_job(session):
+    job = session.submit("sleep 0.5", name="shielded")
+
+    async def impatient():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(job, 0.05)
+
+    asyncio.run(impatient())
+    assert job.wait(10) is State.DONE
+
+
+def test_repr_and_running(session):
+    job = session.submit("sleep 0.3", name="r")
+    deadline = time.monotonic() + 5
+    while not job.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.running() and repr(job) == f"<Job {job.id} 'r' RUNNING>"
+    job.wait(10)
+    assert repr(job) == f"<Job {job.id} 'r' DONE exit_code=0>"
