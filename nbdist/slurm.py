@@ -352,7 +352,8 @@ class SlurmDistributor:
             raise ValueError(f"sbatch rejected {name!r}: {message}")
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
-            raise cli.SlurmUnavailable(f"sbatch returned no job id (stdout {result.stdout!r}, stderr {result.stderr!r})")
+            raise cli.SlurmUnavailable(f"sbatch returned no job id (stdout {result.stdout!r}, "
+                                       f"stderr {result.stderr!r})")
         logger.debug("submitted %s as Slurm job %s", name, job_id)
         return job_id
 

@@ -75,7 +75,7 @@ def parse_squeue(text: str) -> dict[str, dict[str, str]]:
         values = line.split("|")
         if len(values) < len(SQUEUE_FIELDS):
             continue
-        row = {field: value.strip() for field, value in zip(SQUEUE_FIELDS, values)}
+        row = {field: value.strip() for field, value in zip(SQUEUE_FIELDS, values[:len(SQUEUE_FIELDS)], strict=True)}
         rows[row["JobArrayID"]] = row
     return rows
 

@@ -303,7 +303,8 @@ def test_cli_calls_one_sbatch_per_array_one_squeue_per_poll(tmp_path, monkeypatc
 
 def test_the_worker_node_knows_its_id_and_log_names(dist):
     probe = (f"{PY} -c 'import json; from nbdist.slurm import SlurmWorkerNode as N; n = N(); "
-             "print(json.dumps([n.distributor_id, n.array_step_id, n.initialize_logfile(\"stdout\", \"/l\", \"nm\")]))'")
+             "print(json.dumps([n.distributor_id, n.array_step_id, "
+             "n.initialize_logfile(\"stdout\", \"/l\", \"nm\")]))'")
     ids = dist.submit_array_to_batch_distributor(probe, "probe", {}, 2)
     job = dist.submit_to_batch_distributor(probe, "probe", {})
     wait_done(dist, [*ids.values(), job])
