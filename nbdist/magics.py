@@ -13,7 +13,8 @@ import logging
 import re
 import shlex
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -22,7 +23,7 @@ from IPython.display import display
 
 from .resources import parse_memory, parse_runtime
 
-__all__ = ["NbdistMagics", "load_ipython_extension", "parse_array_spec", "MAX_ARRAY_STEPS"]
+__all__ = ["MAX_ARRAY_STEPS", "NbdistMagics", "load_ipython_extension", "parse_array_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,11 @@ class NbdistMagics(Magics):
             known = ", ".join(sorted({str(getattr(h, "name", None) or h.id) for h in session.jobs()})[:10])
             raise UsageError(f"no {what} named {name!r}" + (f" (known: {known})" if known else "")) from None
 
+    def _user_ns(self) -> dict[str, Any]:
+        """The notebook's namespace (magics always run inside a shell)."""
+        assert self.shell is not None
+        return self.shell.user_ns  # type: ignore[no-any-return]
+
     # -- %%submit ---------------------------------------------------------------------------
     @magic_arguments()
     @argument("--name", "-n", help="Name of the job or array (letters, digits, . _ + = -); default: the command's first word.")
@@ -218,7 +224,7 @@ class NbdistMagics(Magics):
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(_one_line(exc)) from None
         if args.out:
-            self.shell.user_ns[args.out] = handle
+            self._user_ns()[args.out] = handle
         if args.wait:
             handle.wait()
         if not args.quiet:
@@ -290,8 +296,8 @@ class NbdistMagics(Magics):
         if not expr:
             raise UsageError("--over needs an expression, e.g. --over grid or --over \"{'x': [1, 2]}\"")
         try:
-            return eval(expr, self.shell.user_ns)  # noqa: S307 - the user's own notebook namespace
-        except Exception as exc:  # anything the expression raises is the user's error, shown in one line
+            return eval(expr, self._user_ns())
+        except Exception as exc:  # noqa: BLE001 - anything the expression raises is the user's error, shown in one line
             raise UsageError(f"--over {expr}: {type(exc).__name__}: {_one_line(exc)}") from None
 
     # -- %nbdist ----------------------------------------------------------------------------
@@ -466,7 +472,7 @@ def _status_text(snapshots: list[Any]) -> str:
     lines = []
     for snap in snapshots:
         counts = "  ".join(f"{name} {n}" for name, n in nonzero_counts(snap.counts))
-        lines.append(f"{snap.kind:5} {str(snap.name or snap.id):24} {snap.total:>7}  {counts}")
+        lines.append(f"{snap.kind:5} {snap.name or snap.id!s:24} {snap.total:>7}  {counts}")
     return "\n".join(lines)
 
 

@@ -9,24 +9,25 @@ in JupyterLab (light or dark), in classic Notebook, on GitHub and in VS Code.
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = [
-    "state_name",
-    "state_color",
-    "nonzero_counts",
-    "format_seconds",
+    "ROW_COLUMNS",
+    "column_header",
+    "failures_html",
     "format_mb",
+    "format_seconds",
+    "header_html",
+    "nonzero_counts",
+    "pre_html",
     "row_cells",
     "row_label",
-    "column_header",
-    "tail_text",
-    "snapshot_text",
     "snapshot_html",
-    "pre_html",
-    "header_html",
-    "failures_html",
-    "ROW_COLUMNS",
+    "snapshot_text",
+    "state_color",
+    "state_name",
+    "tail_text",
 ]
 
 # One place for each state's colour: JupyterLab variables first, plain colours as fallbacks.
@@ -151,7 +152,7 @@ def _title(snapshot: Any) -> str:
 
 def _summary(snapshot: Any) -> str:
     noun = "step" if snapshot.total == 1 else "steps"
-    percent = int(round(100 * (snapshot.done_fraction or 0.0)))
+    percent = round(100 * (snapshot.done_fraction or 0.0))
     return (
         f"{snapshot.total} {noun} · {percent}% done · elapsed {format_seconds(snapshot.elapsed_s)}"
     )
@@ -252,13 +253,13 @@ def _table_html(rows: Sequence[Any]) -> str:
 def snapshot_html(snapshot: Any, *, max_rows: int | None = None,
                   failure_groups: Sequence[tuple[str, Sequence[int]]] | None = None) -> str:
     """HTML drawing for saved notebooks: header, progress, one page of steps, failures, log tails."""
-    percent = int(round(100 * (snapshot.done_fraction or 0.0)))
+    percent = round(100 * (snapshot.done_fraction or 0.0))
     rows = list(snapshot.rows)[:max_rows] if max_rows is not None else list(snapshot.rows)
     parts = [
         '<div class="nbdist-snapshot">',
         header_html(snapshot),
-        f'<div style="background:var(--jp-layout-color3, #ddd);height:6px;width:100%;margin:4px 0">'
-        f'<div style="background:{_OK};height:6px;width:{percent}%"></div></div>',
+        (f'<div style="background:var(--jp-layout-color3, #ddd);height:6px;width:100%;margin:4px 0">'
+         f'<div style="background:{_OK};height:6px;width:{percent}%"></div></div>'),
         _table_html(rows) if rows else "",
     ]
     if snapshot.pages > 1:

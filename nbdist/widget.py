@@ -24,7 +24,7 @@ from typing import Any
 
 from . import render
 
-__all__ = ["Dashboard", "show", "step_job", "REFRESH_SECONDS", "refresher_running"]
+__all__ = ["REFRESH_SECONDS", "Dashboard", "refresher_running", "show", "step_job"]
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,14 @@ class _Refresher:
         self._dashboards: set[Dashboard] = set()
         self._thread: threading.Thread | None = None
 
-    def add(self, dashboard: "Dashboard") -> None:
+    def add(self, dashboard: Dashboard) -> None:
         with self._lock:
             self._dashboards.add(dashboard)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="nbdist-dashboard", daemon=True)
                 self._thread.start()
 
-    def discard(self, dashboard: "Dashboard") -> None:
+    def discard(self, dashboard: Dashboard) -> None:
         with self._lock:
             self._dashboards.discard(dashboard)
 
@@ -165,8 +165,8 @@ class Dashboard:
         return rows[0].step if rows else None
 
     def _take(self, **override: Any) -> Any:
-        kwargs = dict(state=self.filter_state, page=self.page, page_size=self.page_size,
-                      log_step=self.log_step, tail_lines=self.tail_lines)
+        kwargs: dict[str, Any] = {"state": self.filter_state, "page": self.page, "page_size": self.page_size,
+                                  "log_step": self.log_step, "tail_lines": self.tail_lines}
         kwargs.update(override)
         return self.session.snapshot(self.handle, **kwargs)
 
@@ -197,7 +197,7 @@ class Dashboard:
 
     # -- widgets ------------------------------------------------------------------------------
     def _build(self) -> None:
-        import ipywidgets as w
+        import ipywidgets as w  # type: ignore[import-untyped]
 
         self.header = w.HTML()
         self.progress = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="60%"))
@@ -252,7 +252,7 @@ class Dashboard:
         self._set(self.progress, "value", float(snap.done_fraction or 0.0))
         style = ("danger" if failed else "success") if snap.all_terminal else ("warning" if failed else "info")
         self._set(self.progress, "bar_style", style)
-        self._set(self.percent, "value", f"{int(round(100 * (snap.done_fraction or 0.0)))}%")
+        self._set(self.percent, "value", f"{round(100 * (snap.done_fraction or 0.0))}%")
         self._set(self.page_label, "value", f"page {snap.page + 1}/{max(snap.pages, 1)}")
         self._set(self.prev_button, "disabled", snap.page <= 0)
         self._set(self.next_button, "disabled", snap.page >= snap.pages - 1)

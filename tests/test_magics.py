@@ -7,8 +7,9 @@ namespace); every bad line must raise ``UsageError`` and submit nothing.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from IPython.core.error import UsageError

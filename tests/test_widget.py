@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from ipywidgets import Widget  # noqa: E402
+from ipywidgets import Widget
 
-from nbdist import widget as widget_module  # noqa: E402
-from nbdist.widget import Dashboard  # noqa: E402
+from nbdist import widget as widget_module
+from nbdist.widget import Dashboard
 
 STATES = ("PENDING", "QUEUED", "RUNNING", "DONE", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED")
 TERMINAL = {"DONE", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED"}
@@ -97,7 +97,7 @@ class FakeSession:
 
     def snapshot(self, handle: Any, *, state: str | None = None, page: int = 0, page_size: int = 50,
                  log_step: int | None = None, tail_lines: int = 20) -> Snap:
-        self.calls.append(dict(state=state, page=page, page_size=page_size, log_step=log_step))
+        self.calls.append({"state": state, "page": page, "page_size": page_size, "log_step": log_step})
         counts = {name: 0 for name in STATES}
         for value in self.states:
             counts[value] += 1
@@ -136,7 +136,7 @@ def make(states: list[str], **kw: Any) -> tuple[Dashboard, FakeSession, FakeArra
 
 
 def test_names_and_logs_are_escaped() -> None:
-    dashboard, session, _ = make(["RUNNING"], name="<b>evil</b>", logs={0: (XSS + "\nok", "<script>x</script>")})
+    dashboard, _, _ = make(["RUNNING"], name="<b>evil</b>", logs={0: (XSS + "\nok", "<script>x</script>")})
     dashboard.refresh()
     assert "&lt;b&gt;evil&lt;/b&gt;" in dashboard.header.value and "<b>evil" not in dashboard.header.value
     assert "&lt;img src=x onerror=alert(1)&gt;" in dashboard.stdout.value and "<img" not in dashboard.stdout.value
@@ -200,7 +200,7 @@ def test_log_viewer_follows_running_then_selected_step() -> None:
 
 
 def test_buttons_call_the_api() -> None:
-    dashboard, session, handle = make(["RUNNING", "RUNNING", "FAILED"])
+    dashboard, _, handle = make(["RUNNING", "RUNNING", "FAILED"])
     assert dashboard.kill_button.disabled
     dashboard.rows.value = (0, 1)
     assert not dashboard.kill_button.disabled
@@ -293,8 +293,9 @@ def test_refresh_cost_10k_steps(sent: list[tuple[Widget, dict[str, Any]]]) -> No
 
 def test_dashboard_with_real_session(tmp_path: Any) -> None:
     """Real processes: live states, the log viewer, the kill and retry buttons, the refresher stopping."""
-    import nbdist
     from conftest import pid_alive
+
+    import nbdist
 
     session = nbdist.Session(root=str(tmp_path / ".nbdist"), parallelism=3)
     try:

@@ -20,12 +20,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
-
 from conftest import ALLOWED_SURVIVORS, pid_alive
 
 pytestmark = pytest.mark.browser
@@ -82,7 +82,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                f"--LabApp.workspaces_dir={base / 'ws'}", f"--LabApp.user_settings_dir={base / 'settings'}",
                "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                "--expose-app-in-browser"]
-    log_file = open(base / "lab.log", "wb")
+    log_file = open(base / "lab.log", "wb")  # noqa: SIM115 - open for the server's whole life
     server = subprocess.Popen(command, cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     ALLOWED_SURVIVORS.add(server.pid)
     url = f"http://127.0.0.1:{port}"
