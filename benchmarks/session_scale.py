@@ -30,7 +30,7 @@ def big_array(session: Session, n: int) -> tuple[float, float]:
     session.array("true", steps=1, name="warm").wait(60)
     before = rss_mb()
     started = time.perf_counter()
-    array = session.array("sleep 10", steps=n, name="big", max_concurrent=2)
+    array = session.array("sleep 10", steps=n, name="big")
     elapsed = time.perf_counter() - started
     time.sleep(1.0)  # a few polls over all live steps
     grown = rss_mb() - before
@@ -71,9 +71,10 @@ def main() -> None:
         running, ended = snapshot_costs(session, args.steps)
     print(f"array(steps={args.big:_}) returned in {elapsed:.3f} s (target <= 1 s); RSS grew {grown:.0f} MB "
           f"(target <= 300 MB)")
-    print(f"snapshot of a {args.steps:_}-step array: running median {statistics.median(running):.2f} ms, "
-          f"max {max(running):.2f} ms ({len(running)} samples); ended median {statistics.median(ended):.2f} ms, "
-          f"max {max(ended):.2f} ms (target <= 10 ms)")
+    p95 = sorted(running)[int(len(running) * 0.95)]
+    print(f"snapshot of a {args.steps:_}-step array: while running median {statistics.median(running):.2f} ms, "
+          f"p95 {p95:.2f} ms, max {max(running):.2f} ms ({len(running)} samples); ended median "
+          f"{statistics.median(ended):.2f} ms, max {max(ended):.2f} ms (target <= 10 ms)")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class JobRecord:
         self.dependents: list[JobRecord] = []
         self.after_ids: list[tuple[int, int | None]] = []  # as stored, until attach links the records
         self.refreshed: float | None = None  # last read from the registry (another session's job)
+        self.tail_cache: tuple[tuple[int, str | None, int], tuple[str, str]] | None = None  # see snapshot
         self.owned = True
         self.session_id: str | None = None
         self.states: list[State] = [initial] * n

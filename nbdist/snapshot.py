@@ -132,8 +132,17 @@ def build_snapshot(rec: "JobRecord", *, state: State | str | None = None, page: 
     if log_index is not None:
         paths = rec.log_paths(log_index)
         if paths is not None:
-            stdout_tail = read_tail(paths.stdout, tail_lines)
-            stderr_tail = read_tail(paths.stderr, tail_lines)
+            # A finished step's logs do not change: keep its tails, so redrawing reads no file (each
+            # read gives up the GIL, and getting it back can take milliseconds while the poller works).
+            key = (log_index, rec.dids[log_index], tail_lines)
+            cached = rec.tail_cache
+            if cached is not None and cached[0] == key:
+                stdout_tail, stderr_tail = cached[1]
+            else:
+                stdout_tail = read_tail(paths.stdout, tail_lines)
+                stderr_tail = read_tail(paths.stderr, tail_lines)
+                if rec.states[log_index].is_terminal:
+                    rec.tail_cache = (key, (stdout_tail, stderr_tail))
 
     largest = sorted(rec.failure_groups.items(), key=lambda item: -len(item[1]))[:MAX_FAILURE_GROUPS]
     if rec.steps is None:
