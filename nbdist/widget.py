@@ -116,7 +116,7 @@ class Dashboard:
     Parameters
     ----------
     handle : Job or Array
-        What to show.
+        What to show (a step of an array shows the array, with that step's logs).
     session : Session, optional
         The session that owns ``handle`` (default: the handle's own, else the default session).
     page_size : int
@@ -128,7 +128,10 @@ class Dashboard:
     def __init__(self, handle: Any, *, session: Any = None, page_size: int = 50, tail_lines: int = 40) -> None:
         import nbdist
 
-        self.handle = handle
+        # A step of an array is shown as its array, with that step's logs open.
+        array = getattr(handle, "array", None)
+        self.preferred_step: int | None = handle.step if array is not None else None
+        self.handle = array if array is not None else handle
         # Handles know their session (``_session`` until the core makes it public).
         self.session = (session or getattr(handle, "session", None) or getattr(handle, "_session", None)
                         or nbdist.default_session())
@@ -157,6 +160,8 @@ class Dashboard:
         """The step whose logs are shown: the first selected one, else a running, failed or first step."""
         if self.selected:
             return self.selected[0]
+        if self.preferred_step is not None:
+            return self.preferred_step
         rows = list(self.snapshot.rows) if hasattr(self, "snapshot") else []
         for wanted in (("RUNNING",), _RETRYABLE):
             for row in rows:

@@ -312,6 +312,9 @@ def test_dashboard_with_real_session(tmp_path: Any) -> None:
         assert widget_module.refresher_running()
         # Grouped by the last line the failed step wrote to stderr.
         assert "no such thing" in dashboard.failures.value
+        step_view = Dashboard(array.step(2), session=session)
+        assert step_view.handle is array and step_view.snapshot.log_step == 2
+        step_view.close()
         dashboard.rows.value = (2,)
         assert "step 2" in dashboard.stdout.value
         pid = int(dashboard.stdout.value.split("pid ")[1].split()[0])
@@ -334,3 +337,16 @@ def test_dashboard_with_real_session(tmp_path: Any) -> None:
         dashboard.close()
     finally:
         session.close()
+
+
+def test_show_without_ipywidgets_draws_text_and_html(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from nbdist.widget import show
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets now raises ImportError
+    session = FakeSession(["DONE", "FAILED"], name="<i>plain</i>")
+    view = show(FakeArray([FakeJob(0), FakeJob(1)]), session=session)
+    bundle = view._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
+    assert "DONE 1" in bundle["text/plain"] and "&lt;i&gt;plain" in bundle["text/html"]
