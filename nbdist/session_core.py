@@ -421,8 +421,9 @@ class SessionCore:
             try:
                 changed = self.poll()
             except Exception:
-                logger.exception("nbdist poll failed; retrying")
-                changed = False
+                logger.exception("nbdist poll failed; retrying in %.1f s", POLL_MAX_SECONDS)
+                interval = POLL_MAX_SECONDS  # a failing backend is not hammered
+                continue
             cost = time.thread_time() - started
             interval = POLL_MIN_SECONDS if changed else min(POLL_MAX_SECONDS, interval * 1.5)
             interval = max(interval, cost * POLL_COST_FACTOR)
@@ -496,8 +497,14 @@ class SessionCore:
                 resolve = self._take_resolve()
             try:
                 self.registry.write(rows, attempts, updates.items())
-            except Exception:
-                logger.exception("could not write to the registry %s", self.registry.path)
+            except Exception as exc:
+                # Keep the changes for the next poll: the registry must catch up, not lose them.
+                logger.warning("could not write to the registry %s (will retry): %s", self.registry.path, exc)
+                with self._lock:
+                    self._dirty |= dirty
+                    self._attempt_rows[:0] = attempts
+                    for job_id, fields in updates.items():
+                        self._job_updates[job_id] = {**fields, **self._job_updates.get(job_id, {})}
         for handle in resolve:
             handle._resolve()
 

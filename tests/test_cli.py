@@ -93,3 +93,15 @@ def test_console_script_and_bad_input(tmp_path):
 def test_run_usage_errors(tmp_path, capsys, argv):
     assert main(["--root", str(tmp_path / "r"), *argv]) == 2
     assert capsys.readouterr().err.startswith("nbdist: ")
+
+
+def test_logs_follow_prints_until_the_job_ends(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    with Session(parallelism=2, root=root) as session:
+        job = session.submit("for i in 1 2 3; do echo line $i; sleep 0.2; done", name="talker")
+        deadline = time.monotonic() + 10
+        while job.state is not State.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert main(["--root", root, "logs", "talker", "--follow"]) == 0
+        assert job.done()
+    assert capsys.readouterr().out == "line 1\nline 2\nline 3\n"

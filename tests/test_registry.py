@@ -103,3 +103,28 @@ def test_snapshot_of_a_10k_array_is_cheap(tmp_path):
         arr.wait(30)
     costs.sort()
     assert costs[len(costs) // 2] < 0.010, costs
+
+
+def test_a_failed_registry_write_is_kept_for_the_next_poll(tmp_path):
+    with Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        original = session.registry.write
+        failures = []
+
+        def locked_once(steps, attempts, job_updates=()):
+            if not failures and steps:
+                failures.append(len(steps))
+                raise sqlite3.OperationalError("database is locked")
+            original(steps, attempts, job_updates)
+
+        session.registry.write = locked_once  # one real failure mode of SQLite, raised once
+        job = session.submit("echo kept", name="kept")
+        assert job.wait(10) is State.DONE
+        session.poll()
+    assert failures
+    db = sqlite3.connect(str(tmp_path / "root" / "registry.db"))
+    try:
+        row = db.execute("SELECT state, exit_code FROM steps WHERE job_id = ?", (int(job.id),)).fetchone()
+        attempts = db.execute("SELECT COUNT(*) FROM attempts WHERE job_id = ?", (int(job.id),)).fetchone()[0]
+    finally:
+        db.close()
+    assert row == ("DONE", 0) and attempts == 1
