@@ -94,6 +94,7 @@ class JobRecord:
         self.after: list[tuple[JobRecord, int | None]] = []
         self.dependents: list[JobRecord] = []
         self.after_ids: list[tuple[int, int | None]] = []  # as stored, until attach links the records
+        self.has_rows = False  # some step has (or is about to have) a row in the registry's steps table
         self.refreshed: float | None = None  # last read from the registry (another session's job)
         self.tail_cache: tuple[tuple[int, str | None, int], tuple[str, str]] | None = None  # see snapshot
         self.owned = True

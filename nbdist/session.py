@@ -306,7 +306,8 @@ class Session(SessionCore):
             if sweep is not None and (sweep.needs_scripts or sweep.params is not None):
                 rec.script_dir = os.path.join(self.root, "scripts", str(job_id))
                 write_scripts(rec.script_dir, command, sweep)
-                self._job_updates[job_id] = {"script_dir": rec.script_dir}
+                with self._lock:
+                    self._job_updates[job_id] = {"script_dir": rec.script_dir}
             if sweep is not None and sweep.params is not None:
                 write_manifest(os.path.join(log_dir, f"manifest-{job_id}.json"), sweep)
             with self._lock:

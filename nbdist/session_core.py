@@ -163,7 +163,10 @@ class SessionCore:
                 update = {"did_base": base}
             else:
                 update = {"dids": dids}
-        # Straight from PENDING to QUEUED for every step: one job-row update, not a row per step.
+        # Straight from PENDING to QUEUED for every step: one job-row update, not a row per step
+        # (unless rows were written already, e.g. SKIPPED ones before a retry: they must follow).
+        if rec.has_rows:
+            self._dirty.update(zip(itertools.repeat(rec), range(rec.n)))
         rec.dids = list(dids)
         rec.states = [State.QUEUED] * rec.n
         rec.by_state[State.QUEUED] = rec.by_state[State.PENDING]
@@ -202,6 +205,7 @@ class SessionCore:
         if message is not None:
             rec.messages[index] = message
         self._dirty.add((rec, index))
+        rec.has_rows = True
         old = rec.move(index, state)
         if old is state:
             return

@@ -64,7 +64,9 @@ def load_record(session: "Session", row: dict[str, Any]) -> JobRecord:
         rec.dids = list(row["dids"])
     rec.after_ids = [(int(job_id), index) for job_id, index in (row["after"] or [])]
     rec.refreshed = time.time()
-    for index, state in overlay(rec, session.registry.step_rows(rec.id)):
+    rows = session.registry.step_rows(rec.id)
+    rec.has_rows = bool(rows)
+    for index, state in overlay(rec, rows):
         _set_quietly(rec, index, state)
     return rec
 

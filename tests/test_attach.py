@@ -160,3 +160,19 @@ def test_two_processes_share_one_registry(tmp_path, fresh_default):
         other.kill()
         other.stdout.close()
         other.stdin.close()
+
+
+def test_attach_sees_a_retried_dependent_as_it_ran(tmp_path, fresh_default):
+    root = str(tmp_path / "root")
+    marker = tmp_path / "ok"
+    with Session(parallelism=2, root=root) as first:
+        base = first.submit(f"test -e {marker}", name="base")
+        child = first.array("echo child $NBDIST_STEP", steps=2, name="child", after=[base])
+        assert child.wait(10) is State.SKIPPED
+        marker.touch()
+        base.retry()
+        assert child.wait(10) is State.DONE
+    again = nbdist.attach(root)
+    child = again.get("child")
+    assert child.state is State.DONE and [step.stdout() for step in child] == ["child 0\n", "child 1\n"]
+    assert again.get("base").attempts[-1].state is State.DONE
