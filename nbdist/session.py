@@ -303,7 +303,7 @@ class Session(SessionCore):
         rec.after = deps
         try:
             os.makedirs(log_dir, exist_ok=True)
-            if sweep is not None and (sweep.needs_scripts or sweep.params is not None):
+            if sweep is not None and sweep.needs_scripts:
                 rec.script_dir = os.path.join(self.root, "scripts", str(job_id))
                 write_scripts(rec.script_dir, command, sweep)
                 with self._lock:

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import re
 import shlex
 import threading
 import time
@@ -135,17 +134,14 @@ class SessionCore:
         assert sweep is not None
         if rec.script_dir is not None:
             return f'. {shlex.quote(rec.script_dir + "/")}"{INDEX_EXPR}".sh'
-        # Only {{step}} can appear here (no parameters): a number, so the variable needs no quoting.
-        return sweep.array_prologue() + re.sub(r"\{\{\s*step\s*\}\}", f'"${STEP_ENV}"', rec.command)
+        return sweep.array_prologue() + rec.command
 
     def _step_command(self, rec: JobRecord, index: int) -> str:
         if rec.kind == "job":
             return rec.command
         if rec.script_dir is not None:
             return f". {shlex.quote(os.path.join(rec.script_dir, f'{index}.sh'))}"
-        step = rec.step_id(index)
-        command = re.sub(r"\{\{\s*step\s*\}\}", f'"${STEP_ENV}"', rec.command)
-        return f"{STEP_ENV}={step}; export {STEP_ENV}\n{command}"
+        return f"{STEP_ENV}={rec.step_id(index)}; export {STEP_ENV}\n{rec.command}"
 
     def _launch(self, rec: JobRecord) -> None:
         """Submit a PENDING record to its backend (lock held)."""

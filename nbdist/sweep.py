@@ -3,8 +3,8 @@
 A sweep becomes one shell script per step: the parameters as exported variables, then the command
 with every ``{{param}}`` replaced by the ``shlex.quote``-d value, so a value is always one word of
 data (``x; rm -rf ~`` or ``$(touch pwned)`` are never run). Plain ``steps=`` arrays whose command
-has no placeholder need no per-step file: the step id is computed in the shell from the backend's
-array index.
+has no placeholder need no per-step file: ``NBDIST_STEP`` is computed in the shell from the
+backend's array index (so a 100,000-step array writes no file; use ``$NBDIST_STEP`` there).
 """
 
 from __future__ import annotations
@@ -65,14 +65,16 @@ class Sweep:
 
     steps: Sequence[int]
     params: list[dict[str, Any]] | None
+    has_placeholders: bool = False
 
     def __len__(self) -> int:
         return len(self.steps)
 
     @property
     def needs_scripts(self) -> bool:
-        """True when every step needs its own script (parameters, or steps not evenly spaced)."""
-        return self.params is not None or not isinstance(self.steps, range)
+        """True when every step needs its own script: parameters, placeholders (substituted by
+        ``shlex.quote`` here, never by the shell), or steps not evenly spaced."""
+        return self.params is not None or self.has_placeholders or not isinstance(self.steps, range)
 
     def step_values(self, index: int) -> dict[str, Any]:
         """The placeholder values of one step (its parameters and ``step``)."""
@@ -126,7 +128,7 @@ def expand(command: str, steps: int | Iterable[int] | None = None, over: Any = N
         raise ValueError("an array needs at least one step")
     names = list(params[0]) if params else []
     _check_names(command, names)
-    return Sweep(step_ids, params)
+    return Sweep(step_ids, params, bool(placeholders(command)))
 
 
 def _steps(steps: int | Iterable[int]) -> Sequence[int]:

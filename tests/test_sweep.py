@@ -135,3 +135,10 @@ def test_bad_sweep_submits_nothing(tmp_path):
             session.submit("echo {{x}}")
         assert session.jobs() == []
         assert session.registry.jobs() == []
+
+
+def test_step_placeholder_is_quoted_text_even_inside_quotes(tmp_path):
+    with Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        arr = session.array("echo 'in{{step}}side' \"dq{{step}}\" {{step}} $NBDIST_STEP", steps=[3, 7], name="q")
+        assert arr.wait(10) is State.DONE
+        assert [job.stdout() for job in arr] == ["in3side dq3 3 3\n", "in7side dq7 7 7\n"]
