@@ -1,9 +1,32 @@
 """nbdist: run batch jobs and arrays from Jupyter, locally or on Slurm.
 
->>> import nbdist                                                    # doctest: +SKIP
->>> job = nbdist.submit("python train.py", name="train", memory="2G")
->>> sweep = nbdist.array("python eval.py --lr {{lr}}", over={"lr": [0.1, 0.01]}, after=[job])
->>> sweep.wait(); sweep.counts()
+The Python API (the magics, the dashboard and the ``nbdist`` CLI are thin shells over it)::
+
+    import nbdist
+
+    job = nbdist.submit("python prepare.py", name="prepare", memory="4G", runtime="10m")
+    sweep = nbdist.array("python fit.py --lr {{lr}} --depth {{depth}}",
+                         over={"lr": [0.1, 0.01], "depth": [3, 5]},     # a grid: 4 steps
+                         after=[job], max_attempts=3)                   # PENDING until prepare is DONE
+    sweep.wait()                      # -> State.DONE, or the failure
+    sweep.counts()                    # {"PENDING": 0, "QUEUED": 0, "RUNNING": 0, "DONE": 4, ...}
+    sweep[0].stdout(tail=5), sweep[0].exit_code, sweep[0].usage, sweep[0].log_paths
+    sweep.retry_failed()              # failed steps again (runtime/memory × 1.5 after TIMEOUT/OOM)
+    nbdist.show(sweep)                # the live dashboard
+
+- ``Session(backend="multiprocess", parallelism=None, root=".nbdist", **backend_options)`` owns a
+  backend, a SQLite registry under ``root`` and one poller thread; ``nbdist.submit``/``array`` use
+  ``default_session()``. ``session.jobs()``, ``session.get(name_or_id)`` (``"name:step"`` for a
+  step), ``session.snapshot(handle, ...)`` (what views draw), ``session.close()``.
+- ``Job`` is a ``concurrent.futures.Future`` (``result``/``exception``/``add_done_callback``,
+  ``concurrent.futures.wait``/``as_completed``) and awaitable; ``Array`` is a sequence of step Jobs
+  and a Future of the whole array. ``State`` is the one state enum (``State.is_terminal``).
+- Sweeps: ``steps=10`` / any iterable of ints, or ``over=`` a dict of lists (grid), a list of dicts
+  or a pandas DataFrame. ``{{name}}`` is replaced by the ``shlex.quote``-d value (data, never code);
+  parameters and ``NBDIST_STEP`` are also environment variables; a manifest is written next to the
+  logs (``{root}/logs/{name}/manifest-{id}.json``).
+- After a kernel restart ``nbdist.attach(root)`` gives every job back; local steps that were running
+  are reported KILLED (they died with their kernel), Slurm jobs are adopted and tracked again.
 """
 
 from __future__ import annotations
