@@ -288,7 +288,9 @@ class Dashboard:
                     if key is None and budget > 0:
                         budget -= 1
                         lines = render.tail_text(job.stderr(tail=1)).strip().splitlines()
-                        key = self._last_lines[paths.stderr] = lines[-1] if lines else ""
+                        key = lines[-1] if lines else None
+                        if key:  # an empty log may still be flushed to by a dying process: read it again
+                            self._last_lines[paths.stderr] = key
                 groups.setdefault(key or message, []).append(step)
         return sorted(groups.items(), key=lambda item: -len(item[1]))
 
