@@ -21,7 +21,8 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from .jobs import Array, Job
 from .resources import format_runtime
@@ -259,7 +260,8 @@ def _follow(session: Session, handle: Job | Array, quiet: bool) -> int:
     for message, steps in snap.failure_groups:
         label = "" if snap.kind == "job" else f" (steps {', '.join(map(str, steps[:10]))})"
         print(f"nbdist: {len(steps)} × {message}{label}", file=sys.stderr)
-    failed = handle if isinstance(handle, Job) else (handle.failed() or [None])[0]
+    failures = [handle] if isinstance(handle, Job) else handle.failed()
+    failed = failures[0] if failures else None
     if failed is not None and failed.log_paths is not None:
         print(f"nbdist: see {failed.log_paths.stderr}", file=sys.stderr)
     return 1

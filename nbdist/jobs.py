@@ -17,9 +17,9 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generator, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from .resources import log_stem
 from .state import TERMINAL_STATES, State
@@ -63,7 +63,7 @@ class JobFailed(RuntimeError):
         Its final State.
     """
 
-    def __init__(self, job: "Job | Array", state: State, message: str) -> None:
+    def __init__(self, job: Any, state: State, message: str) -> None:
         super().__init__(message)
         self.job = job
         self.state = state
@@ -236,12 +236,15 @@ class _Handle(concurrent.futures.Future):
             self.set_exception(JobFailed(self, state, self._failure_message()))
 
     def _rearm(self) -> None:
-        """Make a finished Future pending again (a retry starts a new outcome)."""
+        """Make a finished Future pending again (a retry starts a new outcome); callbacks already
+        called are not called again, those of a still-pending Future are kept."""
         with self._condition:
+            if self._state != "FINISHED":  # type: ignore[attr-defined]
+                return
             self._state = "PENDING"  # type: ignore[attr-defined]
             self._result = None
             self._exception = None
-            self._done_callbacks = []
+            self._done_callbacks.clear()  # type: ignore[attr-defined]
 
     def _failure_message(self) -> str:
         raise NotImplementedError
@@ -301,7 +304,7 @@ class Job(_Handle):
         return self._rec.step_id(self._index)
 
     @property
-    def array(self) -> "Array | None":
+    def array(self) -> Array | None:
         """The array this step belongs to (None for a plain job)."""
         return None if self._rec.steps is None else self._session._array_handle(self._rec)
 
@@ -366,7 +369,7 @@ class Job(_Handle):
         """True when the job ended KILLED."""
         return self.state is State.KILLED
 
-    def retry(self, scale: float | dict[str, float] | None = None) -> "Job":
+    def retry(self, scale: float | dict[str, float] | None = None) -> Job:
         """Run a finished job again as a new attempt (resources scaled as for automatic retries)."""
         self._session._retry(self._rec, [self._index], scale, force=True)
         return self

@@ -24,7 +24,8 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["Registry", "StepWrite", "AttemptWrite"]
 
@@ -91,7 +92,7 @@ class Registry:
                 if statement.strip():
                     self._db.execute(statement)
 
-    def transaction(self) -> "_Transaction":
+    def transaction(self) -> _Transaction:
         """``with registry.transaction():`` — one ``BEGIN IMMEDIATE … COMMIT`` (rolled back on error)."""
         return _Transaction(self)
 

@@ -15,7 +15,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .backends import load_backend
 from .jobs import Array, Attempt, Job, JobRecord, LogPaths, _Handle
@@ -250,7 +251,7 @@ class Session(SessionCore):
         finally:
             self.registry.close()
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -447,7 +448,7 @@ class Session(SessionCore):
             self._ensure_poller()
 
 
-def _close_at_exit(ref: "weakref.ref[Session]") -> None:
+def _close_at_exit(ref: weakref.ref[Session]) -> None:
     session = ref()
     if session is not None:
         try:

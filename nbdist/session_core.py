@@ -26,7 +26,8 @@ import os
 import shlex
 import threading
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .backends import load_backend
 from .jobs import JobRecord, _Handle
@@ -342,12 +343,11 @@ class SessionCore:
                 for dependent in rec.dependents:
                     if dependent.dids[0] is None and dependent.owned:
                         self._revive(dependent)
-            handles = [rec.handles[i] for i in indices if i in rec.handles]
-            if rec.array_handle is not None:
+            handles: list[_Handle] = [rec.handles[i] for i in indices if i in rec.handles]
+            if rec.array_handle is not None and not rec.all_terminal:
                 handles.append(rec.array_handle)
             for handle in handles:
-                if not handle._rec.all_terminal or handle is not rec.array_handle:
-                    handle._rearm()
+                handle._rearm()
             self._run_dep_checks()
             resolve = self._take_resolve()
         for handle in resolve:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .jobs import JobRecord
@@ -23,7 +24,7 @@ from .state import State
 from .sweep import Sweep
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .session_core import SessionCore
 
 __all__ = ["load_record", "claim_orphans", "refresh_foreign", "session_alive"]
 
@@ -34,9 +35,10 @@ logger = logging.getLogger(__name__)
 REFRESH_MARGIN_SECONDS = 5.0
 
 
-def load_record(session: "Session", row: dict[str, Any]) -> JobRecord:
+def load_record(session: SessionCore, row: dict[str, Any]) -> JobRecord:
     """A JobRecord from a ``jobs`` row and its ``steps`` rows."""
     steps_field = row["steps"]
+    steps: Sequence[int] | None
     if steps_field is None:
         steps = None
     elif isinstance(steps_field, dict):
@@ -115,7 +117,7 @@ def session_alive(info: dict[str, Any] | None) -> bool:
         return False
 
 
-def claim_orphans(session: "Session", sessions: dict[str, dict[str, Any]], take_over: bool = True) -> None:
+def claim_orphans(session: SessionCore, sessions: dict[str, dict[str, Any]], take_over: bool = True) -> None:
     """Mark each loaded record owned or foreign; take over orphans (the session's lock is held)."""
     for rec in session._records.values():
         if rec.session_id == session.id:
@@ -135,7 +137,7 @@ def claim_orphans(session: "Session", sessions: dict[str, dict[str, Any]], take_
         _take_over(session, rec, owner)
 
 
-def _take_over(session: "Session", rec: JobRecord, owner: dict[str, Any] | None) -> None:
+def _take_over(session: SessionCore, rec: JobRecord, owner: dict[str, Any] | None) -> None:
     who = f"pid {owner['pid']} on {owner['host']}" if owner else "an unknown session"
     live = [i for i in range(rec.n) if rec.states[i] in (State.QUEUED, State.RUNNING)]
     usable = session._usable(rec.backend)
@@ -163,7 +165,7 @@ def _take_over(session: "Session", rec: JobRecord, owner: dict[str, Any] | None)
         session._deps_to_check.append(rec)
 
 
-def refresh_foreign(session: "Session", records: list[JobRecord]) -> bool:
+def refresh_foreign(session: SessionCore, records: list[JobRecord]) -> bool:
     """Read other live sessions' jobs from the registry; take over those whose session died."""
     sessions = session.registry.sessions()
     changed = False

@@ -76,7 +76,7 @@ class Snapshot:
     failure_groups: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
-def _row(rec: "JobRecord", index: int, now: float) -> StepRow:
+def _row(rec: JobRecord, index: int, now: float) -> StepRow:
     runtime = rec.runtime_of(index, now)
     return StepRow(
         step=rec.step_id(index),
@@ -90,7 +90,7 @@ def _row(rec: "JobRecord", index: int, now: float) -> StepRow:
     )
 
 
-def _default_log_index(rec: "JobRecord") -> int | None:
+def _default_log_index(rec: JobRecord) -> int | None:
     """The step worth a glance: the first failed one, else the first running one."""
     for state in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST, State.RUNNING):
         indices = rec.by_state[state]
@@ -99,7 +99,7 @@ def _default_log_index(rec: "JobRecord") -> int | None:
     return None
 
 
-def build_snapshot(rec: "JobRecord", *, state: State | str | None = None, page: int = 0, page_size: int = 50,
+def build_snapshot(rec: JobRecord, *, state: State | str | None = None, page: int = 0, page_size: int = 50,
                    log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
     """Compute the Snapshot of a record (the session calls this under its lock)."""
     if page_size < 1:

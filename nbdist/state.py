@@ -44,7 +44,7 @@ class State(str, enum.Enum):
         return self in FAILURE_STATES
 
     @classmethod
-    def from_backend(cls, status: str, message: str = "") -> "State":
+    def from_backend(cls, status: str, message: str = "") -> State:
         """Map a backend status letter (Jobmon's ``TaskInstanceStatus``) and its message to a State.
 
         ``Z`` (resource error) becomes ``TIMEOUT`` or ``OUT_OF_MEMORY`` depending on whether the

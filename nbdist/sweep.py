@@ -15,8 +15,9 @@ import os
 import re
 import shlex
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["Sweep", "expand", "parse_array_spec", "placeholders", "render", "write_manifest", "write_scripts",
            "STEP_ENV", "INDEX_EXPR"]
