@@ -1,7 +1,7 @@
 """Cost of one dashboard refresh on a 10,000-step array: kernel CPU and bytes sent to the browser.
 
 Target (issue 4): ≤ 10 ms of kernel CPU and ≤ 20 KB sent per refresh. A real session runs a real
-10k-step array (short ``sleep`` steps on this machine's cores) while the dashboard is refreshed the
+10k-step array (short steps on this machine's cores, one in 25 failing) while the dashboard is refreshed the
 way its refresher thread does it; every widget message is measured as the JSON the kernel would put
 on the wire. Run: ``.venv/bin/python benchmarks/widget_refresh.py [--steps N]``.
 """
@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as root:
         session = nbdist.Session(root=f"{root}/.nbdist", parallelism=2)
         try:
-            array = session.array("sleep 0.$((NBDIST_STEP % 3)); echo step $NBDIST_STEP", steps=args.steps,
-                                  name="bench")
+            # Short steps, one in 25 failing with one of three stderr messages: the table, the counts,
+            # the failure groups (≤ 500 failed steps are grouped by their last stderr line) all move.
+            array = session.array(
+                'echo step $NBDIST_STEP; test $((NBDIST_STEP % 25)) -ne 0 || '
+                '{ echo "boom $((NBDIST_STEP % 3))" >&2; exit 1; }; sleep 0.0$((NBDIST_STEP % 3))',
+                steps=args.steps, name="bench")
             dashboard = Dashboard(array, session=session)
             # The refresher thread would do this; here it is driven directly to measure each refresh.
             from nbdist import widget as widget_module
