@@ -84,7 +84,8 @@ def test_console_script_and_bad_input(tmp_path):
     done = subprocess.run([NBDIST, "--root", str(tmp_path / "r"), "run", "--memory", "lots", "--", "true"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["nbdist: memory must be like '512M', '2G' or a number of MB, not 'lots'"]
+    expected = "nbdist: memory must be like '512M', '2G' or a number of MB, not 'lots'"
+    assert done.stderr.strip().splitlines() == [expected]
     assert subprocess.run([NBDIST, "--root", str(tmp_path / "r"), "status"], capture_output=True,
                           timeout=30).returncode == 0
 
