@@ -18,6 +18,7 @@ failed (130 when interrupted; the tasks are killed then).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -78,9 +79,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nbdist`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="nbdist: %(message)s")
     try:
         if args.command == "run":
             return _run(args)
+        if not os.path.exists(os.path.join(args.root, "registry.db")):  # do not create one just to look
+            if args.command == "status" and args.name is None:
+                print(f"no jobs in {os.path.abspath(args.root)}")
+                return 0
+            raise ValueError(f"no registry in {os.path.abspath(args.root)} (nothing was submitted there; --root?)")
         session = Session(root=args.root)
         try:
             session._attach(take_over=args.command in ("kill", "retry"))

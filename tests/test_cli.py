@@ -106,3 +106,12 @@ def test_logs_follow_prints_until_the_job_ends(tmp_path, capsys):
         assert main(["--root", root, "logs", "talker", "--follow"]) == 0
         assert job.done()
     assert capsys.readouterr().out == "line 1\nline 2\nline 3\n"
+
+
+def test_looking_at_an_empty_folder_creates_nothing(tmp_path, capsys):
+    root = tmp_path / "nothing-here"
+    assert main(["--root", str(root), "status"]) == 0
+    assert "no jobs in" in capsys.readouterr().out
+    assert main(["--root", str(root), "logs", "x"]) == 2
+    assert "no registry in" in capsys.readouterr().err
+    assert not root.exists()
