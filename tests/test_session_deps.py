@@ -127,3 +127,20 @@ def test_retry_revives_skipped_dependents(session, tmp_path):
     base.retry()
     assert child.state is State.PENDING
     assert child.wait(10) is State.DONE
+
+
+def test_a_lost_attempt_is_retried(session, tmp_path):
+    import os
+    import signal
+
+    marker, ppid = tmp_path / "ran-once", tmp_path / "consumer.pid"
+    job = session.submit(f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; echo $PPID > {ppid}; sleep 30",
+                         name="lost-once", max_attempts=2)
+    deadline = time.monotonic() + 10
+    while not (ppid.exists() and ppid.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(int(ppid.read_text()), signal.SIGKILL)  # the consumer running it dies: the attempt is lost
+    assert job.wait(15) is State.DONE
+    attempts = job.attempts
+    assert [a.state for a in attempts] == [State.LOST, State.DONE]
+    assert "consumer" in attempts[0].message
