@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
 from . import render
@@ -146,6 +147,8 @@ class Dashboard:
         self._errors = 0
         self._syncing = False
         self._last_lines: dict[str, str] = {}  # stderr path of a finished attempt → its last line
+        self.display_id = uuid.uuid4().hex
+        self.displayed = False
         self._lock = threading.RLock()
         self.snapshot = self._take(log_step=None)
         self.snapshot = self._take()
@@ -198,6 +201,8 @@ class Dashboard:
             log.warning("nbdist dashboard refresh failed (%d in a row)", self._errors, exc_info=True)
             return self._errors >= MAX_REFRESH_ERRORS
         self._errors = 0
+        if snapshot.all_terminal:
+            self._update_saved_output()
         return bool(snapshot.all_terminal)
 
     # -- widgets ------------------------------------------------------------------------------
@@ -365,6 +370,30 @@ class Dashboard:
         self.widget.close_all() if hasattr(self.widget, "close_all") else self.widget.close()
 
     # -- display ------------------------------------------------------------------------------
+    def _ipython_display_(self) -> None:
+        """Display the bundle under a display id, so the final snapshot can replace the first one."""
+        from IPython.display import display
+
+        self.displayed = True
+        display(self._repr_mimebundle_(), raw=True, display_id=self.display_id)
+
+    def _update_saved_output(self) -> None:
+        """Once every step is terminal, replace the displayed text/HTML with the final drawing.
+
+        A notebook saved afterwards (and GitHub, nbconvert, VS Code) then shows the final table
+        rather than the first snapshot. Only in a kernel: a terminal would print the table again.
+        """
+        from IPython import get_ipython
+        from IPython.display import update_display
+
+        shell = get_ipython()
+        if not self.displayed or shell is None or not hasattr(shell, "kernel"):
+            return
+        try:
+            update_display(self._repr_mimebundle_(), raw=True, display_id=self.display_id)
+        except Exception:  # the drawing is a nicety; the live widget already shows the end
+            log.warning("nbdist: could not update the saved dashboard output", exc_info=True)
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
         groups = self._failure_groups(self.snapshot)

@@ -34,3 +34,30 @@ def test_notebook_under_nbval(notebook: Path, tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
                             timeout=CELL_TIMEOUT_S * 10)
     assert result.returncode == 0, f"nbval failed for {notebook.name}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+
+
+def test_live_dashboard_output_becomes_the_final_table(tmp_path: Path) -> None:
+    """A dashboard shown while its job runs is replaced, in the saved outputs, by the final drawing."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[
+        new_code_cell("%load_ext nbdist"),
+        new_code_cell("%%submit --name nap\nsleep 1; echo rested"),
+        new_code_cell("%nbdist wait nap\nimport time; time.sleep(2)  # leave the refresher a few ticks"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    env_before = dict(os.environ)
+    os.environ.update(IPYTHONDIR=str(tmp_path / ".ipython"), JUPYTER_PLATFORM_DIRS="1")
+    try:
+        nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(tmp_path)}},
+                                store_widget_state=False).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    (output,) = notebook.cells[1].outputs
+    assert output["output_type"] == "display_data"
+    assert "100% done" in output["data"]["text/plain"] and "DONE 1" in output["data"]["text/plain"]
+    assert "rested" in output["data"]["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in output["data"]
+    nbformat.validate(notebook)
