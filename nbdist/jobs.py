@@ -91,6 +91,7 @@ class JobRecord:
         self.scales: dict[str, float] = {}
         self.log_dir = ""
         self.script_dir: str | None = None
+        self.script_chunk = 1  # steps per script file (see sweep.write_scripts)
         self.after: list[tuple[JobRecord, int | None]] = []
         self.dependents: list[JobRecord] = []
         self.after_ids: list[tuple[int, int | None]] = []  # as stored, until attach links the records

@@ -291,10 +291,11 @@ class Session(SessionCore):
             steps = sweep.steps
             steps_field = {"range": [steps.start, steps.stop, steps.step]} if isinstance(steps, range) else list(steps)
         n = 1 if sweep is None else len(sweep)
+        spec = dict(resources=resources, env=parsed.env, cwd=cwd, max_attempts=max_attempts, scales=factors)
         job_id = self.registry.add_job(dict(
             name=name, kind=kind, command=command, backend=self.backend_name, session_id=self.id, created=created,
             n_steps=n, steps=steps_field, initial_state=State.PENDING.value, log_dir=log_dir,
-            spec=dict(resources=resources, env=parsed.env, cwd=cwd, max_attempts=max_attempts, scales=factors),
+            spec=spec,
             params=None if sweep is None else sweep.params, after=[[d.id, i] for d, i in deps],
         ))
         rec = JobRecord(job_id, name, kind, command, self.backend_name, n, None if sweep is None else sweep.steps,
@@ -306,9 +307,10 @@ class Session(SessionCore):
             os.makedirs(log_dir, exist_ok=True)
             if sweep is not None and sweep.needs_scripts:
                 rec.script_dir = os.path.join(self.root, "scripts", str(job_id))
-                write_scripts(rec.script_dir, command, sweep)
+                rec.script_chunk = write_scripts(rec.script_dir, command, sweep)
                 with self._lock:
-                    self._job_updates[job_id] = {"script_dir": rec.script_dir}
+                    self._job_updates[job_id] = {"script_dir": rec.script_dir,
+                                                 "spec": {**spec, "script_chunk": rec.script_chunk}}
             if sweep is not None and sweep.params is not None:
                 write_manifest(os.path.join(log_dir, f"manifest-{job_id}.json"), sweep)
             with self._lock:

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,7 +34,7 @@ from .registry import Registry
 from .resources import parse_memory, parse_runtime
 from .session_load import refresh_foreign, session_alive
 from .state import RETRYABLE_STATES, State
-from .sweep import INDEX_EXPR, STEP_ENV
+from .sweep import STEP_ENV, script_command
 
 __all__ = ["SessionCore", "DEFAULT_SCALES"]
 
@@ -134,14 +133,14 @@ class SessionCore:
         sweep = rec.sweep
         assert sweep is not None
         if rec.script_dir is not None:
-            return f'. {shlex.quote(rec.script_dir + "/")}"{INDEX_EXPR}".sh'
+            return script_command(rec.script_dir, rec.script_chunk)
         return sweep.array_prologue() + rec.command
 
     def _step_command(self, rec: JobRecord, index: int) -> str:
         if rec.kind == "job":
             return rec.command
         if rec.script_dir is not None:
-            return f". {shlex.quote(os.path.join(rec.script_dir, f'{index}.sh'))}"
+            return script_command(rec.script_dir, rec.script_chunk, index)
         return f"{STEP_ENV}={rec.step_id(index)}; export {STEP_ENV}\n{rec.command}"
 
     def _launch(self, rec: JobRecord) -> None:

@@ -56,6 +56,7 @@ def load_record(session: SessionCore, row: dict[str, Any]) -> JobRecord:
     rec.scales = dict(spec.get("scales") or {"runtime": 1.5, "memory": 1.5})
     rec.log_dir = row["log_dir"] or ""
     rec.script_dir = row["script_dir"]
+    rec.script_chunk = int(spec.get("script_chunk") or 1)
     rec.session_id = row["session_id"]
     rec.ended = row["ended"]
     if steps is not None:

@@ -1,7 +1,8 @@
 """Array steps and parameter sweeps: ``steps=``, ``over=`` and ``{{param}}`` placeholders.
 
-A sweep becomes one shell script per step: the parameters as exported variables, then the command
-with every ``{{param}}`` replaced by the ``shlex.quote``-d value, so a value is always one word of
+A sweep becomes one shell script per step (grouped in a few files, see :func:`write_scripts`): the
+parameters as exported variables, then the command with every ``{{param}}`` replaced by the
+``shlex.quote``-d value, so a value is always one word of
 data (``x; rm -rf ~`` or ``$(touch pwned)`` are never run). Plain ``steps=`` arrays whose command
 has no placeholder need no per-step file: ``NBDIST_STEP`` is computed in the shell from the
 backend's array index (so a 100,000-step array writes no file; use ``$NBDIST_STEP`` there).
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Sweep", "expand", "parse_array_spec", "placeholders", "render", "write_manifest", "write_scripts",
-           "STEP_ENV", "INDEX_EXPR"]
+           "script_command", "chunk_size", "STEP_ENV", "INDEX_EXPR"]
 
 STEP_ENV = "NBDIST_STEP"
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -31,6 +32,10 @@ _RESERVED = frozenset({"PATH", "HOME", "IFS", "PS4", "ENV", "BASH_ENV", "SHELL",
 _RESERVED_PREFIXES = ("NBDIST_", "SLURM_")
 # The index of this step in the backend's array: the multiprocess backend's name, then Slurm's.
 INDEX_EXPR = "${ARRAY_STEP_ID:-${SLURM_ARRAY_TASK_ID:-0}}"
+# A step's script is read by its shell from a file shared by up to MAX_SCRIPT_CHUNK steps, about
+# SCRIPT_CHUNK_BYTES in all: parsing that costs a task well under a millisecond.
+SCRIPT_CHUNK_BYTES = 32 * 1024
+MAX_SCRIPT_CHUNK = 256
 
 
 def placeholders(command: str) -> list[str]:
@@ -251,12 +256,36 @@ def parse_array_spec(spec: str) -> tuple[list[int] | range, int | None]:
     return steps, limit
 
 
-def write_scripts(folder: str, command: str, sweep: Sweep) -> None:
-    """One ``{index}.sh`` per step in ``folder`` (created)."""
+def chunk_size(command: str, sweep: Sweep) -> int:
+    """Steps per script file: about ``SCRIPT_CHUNK_BYTES`` of script, at most ``MAX_SCRIPT_CHUNK``."""
+    sample = len(sweep.script(command, 0).encode()) + 16
+    return max(1, min(MAX_SCRIPT_CHUNK, SCRIPT_CHUNK_BYTES // sample))
+
+
+def write_scripts(folder: str, command: str, sweep: Sweep) -> int:
+    """Write the steps' scripts into ``folder`` (created); return the steps per file.
+
+    Steps are grouped ``chunk`` to a file, ``{index // chunk}.sh``: a ``case`` on ``NBDIST_INDEX``
+    picks the step's own script. Creating a file costs far more than a task parsing a few KiB of
+    shell, so a 10,000-step sweep writes tens of files, not 10,000.
+    """
     os.makedirs(folder, exist_ok=True)
-    for index in range(len(sweep)):
-        with open(os.path.join(folder, f"{index}.sh"), "w") as handle:
-            handle.write(sweep.script(command, index))
+    chunk = chunk_size(command, sweep)
+    for first in range(0, len(sweep), chunk):
+        parts = ["case $NBDIST_INDEX in\n"]
+        for index in range(first, min(first + chunk, len(sweep))):
+            parts.append(f"{index})\n{sweep.script(command, index)};;\n")
+        parts.append("*) echo \"nbdist: no step $NBDIST_INDEX in $0\" >&2; exit 125;;\nesac\n")
+        with open(os.path.join(folder, f"{first // chunk}.sh"), "w") as handle:
+            handle.write("".join(parts))
+    return chunk
+
+
+def script_command(folder: str, chunk: int, index: int | None = None) -> str:
+    """The command that runs one step from its script file: the backend's array index, or ``index``."""
+    if index is not None:
+        return f"NBDIST_INDEX={index}; . {shlex.quote(os.path.join(folder, f'{index // chunk}.sh'))}"
+    return f'NBDIST_INDEX={INDEX_EXPR}; . {shlex.quote(folder + "/")}"$(( NBDIST_INDEX / {chunk} ))".sh'
 
 
 def write_manifest(path: str, sweep: Sweep) -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbdist import Session, State
-from nbdist.sweep import expand, parse_array_spec, placeholders, render
+from nbdist.sweep import expand, parse_array_spec, placeholders, render, script_command, write_scripts
 
 
 def test_grid_is_the_cartesian_product():
@@ -90,11 +90,12 @@ _NASTY = st.sampled_from(["x; rm -rf ~", "$(touch pwned)", "`touch pwned`", "'",
 @settings(max_examples=150, deadline=None)
 @given(value=st.one_of(_NASTY, _VALUES))
 def test_placeholder_values_are_data_never_code(value):
-    sweep = expand("printf '[%s]' {{v}}; printf '<%s>' \"$v\"", over={"v": [value]})
-    script = sweep.script("printf '[%s]' {{v}}; printf '<%s>' \"$v\"", 0)
-    with tempfile.TemporaryDirectory() as folder:
-        done = subprocess.run(["/bin/sh", "-c", script], cwd=folder, capture_output=True, timeout=10,
-                              env={"PATH": os.environ["PATH"], "HOME": folder})
+    command = "printf '[%s]' {{v}}; printf '<%s>' \"$v\""
+    sweep = expand(command, over={"v": ["first", value, "last"]})
+    with tempfile.TemporaryDirectory() as scripts, tempfile.TemporaryDirectory() as folder:
+        chunk = write_scripts(scripts, command, sweep)  # exactly what a step runs: its file, its case branch
+        done = subprocess.run(["/bin/sh", "-c", script_command(scripts, chunk, 1)], cwd=folder, capture_output=True,
+                              timeout=10, env={"PATH": os.environ["PATH"], "HOME": folder})
         assert os.listdir(folder) == []  # nothing was created: no command of the value ran
     assert done.returncode == 0
     assert done.stdout.decode() == f"[{value}]<{value}>"
@@ -142,3 +143,16 @@ def test_step_placeholder_is_quoted_text_even_inside_quotes(tmp_path):
         arr = session.array("echo 'in{{step}}side' \"dq{{step}}\" {{step}} $NBDIST_STEP", steps=[3, 7], name="q")
         assert arr.wait(10) is State.DONE
         assert [job.stdout() for job in arr] == ["in3side dq3 3 3\n", "in7side dq7 7 7\n"]
+
+
+def test_sweep_steps_share_script_files_and_retry_with_their_own_values(tmp_path):
+    marker = tmp_path / "fixed"
+    with Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        arr = session.array(f"echo {{{{word}}}}; test {{{{word}}}} != two || test -e {marker}",
+                            over={"word": ["one", "two", "three"]}, name="words")
+        assert arr.wait(10) is State.FAILED and [job.step for job in arr.failed()] == [1]
+        assert len(os.listdir(os.path.join(session.root, "scripts", arr.id))) == 1  # three steps, one file
+        marker.touch()
+        arr.retry_failed()
+        assert arr.wait(10) is State.DONE
+        assert [job.stdout() for job in arr] == ["one\n", "two\n", "three\n"]
