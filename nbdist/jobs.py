@@ -108,7 +108,7 @@ class JobRecord:
         self.runtimes: list[float | None] = [None] * n
         self.rss: list[float | None] = [None] * n
         self.started: list[float | None] = [None] * n
-        self.usage: dict[int, dict[str, Any]] = {}
+        self.usage: dict[int, dict[str, Any]] = {}  # of finished attempts not yet written to the registry
         self.step_resources: dict[int, dict[str, Any]] = {}  # scaled by retries
         self.by_state: dict[State, set[int]] = {state: set() for state in State}
         self.by_state[initial] = set(range(n))

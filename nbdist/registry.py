@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 """
 
+# A step's usage is that of its last finished attempt: a row written while a retry runs keeps it.
+_UPSERT_STEP = """
+INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (job_id, idx) DO UPDATE SET
+    step = excluded.step, state = excluded.state, distributor_id = excluded.distributor_id,
+    attempt = excluded.attempt, exit_code = excluded.exit_code, message = excluded.message,
+    runtime_s = excluded.runtime_s, max_rss_mb = excluded.max_rss_mb, usage = COALESCE(excluded.usage, steps.usage),
+    started = excluded.started, ended = excluded.ended, updated = excluded.updated
+"""
+
 # (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s, max_rss_mb, usage,
 #  started, ended)
 StepWrite = tuple
@@ -160,7 +169,7 @@ class Registry:
                     for row in attempts]
         with self.transaction():
             if steps:
-                self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", steps)
+                self._db.executemany(_UPSERT_STEP, steps)
             if attempts:
                 self._db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", attempts)
             for job_id, fields in job_updates:
@@ -200,6 +209,11 @@ class Registry:
             return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? ORDER BY idx", (job_id,))
         return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? AND updated >= ? ORDER BY idx",
                           (job_id, since))
+
+    def step_usage(self, job_id: int, idx: int) -> dict[str, Any]:
+        """The usage of a step's last finished attempt (``{}`` if none)."""
+        rows = self.query("SELECT usage FROM steps WHERE job_id = ? AND idx = ?", (job_id, idx))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
     def attempt_rows(self, job_id: int, idx: int) -> list[tuple]:
         """The finished attempts of one step, oldest first."""

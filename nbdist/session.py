@@ -402,7 +402,18 @@ class Session(SessionCore):
             return rec.array_handle
 
     def _usage(self, rec: JobRecord, index: int) -> dict[str, Any]:
-        return rec.usage.get(index, {})
+        # Usage is kept in the registry, not in memory: 100,000 finished steps need no 100,000 dicts.
+        pending = rec.usage.get(index)
+        if pending is not None:
+            return pending
+        if self._closed:
+            registry = Registry(self.root)
+            try:
+                return registry.step_usage(rec.id, index)
+            finally:
+                registry.close()
+        self._finish_poll()
+        return rec.usage.get(index) or self.registry.step_usage(rec.id, index)
 
     def _attempts(self, rec: JobRecord, index: int) -> list[Attempt]:
         if self._closed:  # the session's connection is closed: read with a short-lived one
@@ -422,7 +433,7 @@ class Session(SessionCore):
         with self._lock:
             if not attempts or attempts[-1].number < rec.attempts[index]:
                 attempts.append(Attempt(rec.attempts[index], rec.dids[index], rec.states[index],
-                                        rec.exit_codes[index], rec.messages[index], dict(rec.usage.get(index, {})),
+                                        rec.exit_codes[index], rec.messages[index], {},
                                         rec.log_paths(index), self._requested(rec, index)))
         return attempts
 

@@ -294,7 +294,6 @@ class SessionCore:
         rec.dids[index] = did
         rec.attempts[index] += 1
         rec.exit_codes[index] = rec.runtimes[index] = rec.rss[index] = rec.started[index] = None
-        rec.usage.pop(index, None)
         self._live.setdefault(rec.backend, {})[did] = (rec, index)
         self._set(rec, index, State.QUEUED, f"attempt {rec.attempts[index]} (after {previous.value})")
 
@@ -501,6 +500,9 @@ class SessionCore:
                 logger.warning("could not write to the registry %s (will retry): %s", self.registry.path, exc)
                 with self._lock:
                     self._dirty |= dirty
+                    for row in rows:
+                        if row[10] is not None and row[0] in self._records:
+                            self._records[row[0]].usage.setdefault(row[1], row[10])
                     self._attempt_rows[:0] = attempts
                     for job_id, fields in updates.items():
                         self._job_updates[job_id] = {**fields, **self._job_updates.get(job_id, {})}
@@ -522,7 +524,7 @@ def _reports(backend: Any, ids: list[str]) -> dict[str, Mapping[str, Any]]:
 
 
 def _step_row(rec: JobRecord, index: int) -> tuple:
-    usage = rec.usage.get(index)
+    usage = rec.usage.pop(index, None)  # pending until written: usage is read back from the registry
     return (rec.id, index, rec.step_id(index), rec.states[index].value, rec.dids[index], rec.attempts[index],
             rec.exit_codes[index], rec.messages[index], rec.runtimes[index], rec.rss[index],
             usage or None, rec.started[index], None)

@@ -88,10 +88,6 @@ def overlay(rec: JobRecord, rows: list[tuple]) -> list[tuple[int, State]]:
         rec.runtimes[index] = runtime
         rec.rss[index] = rss
         rec.started[index] = started
-        if usage:
-            import json
-
-            rec.usage[index] = json.loads(usage)
         new = State(state)
         if new is not rec.states[index]:
             changes.append((index, new))

@@ -112,6 +112,7 @@ def test_attach_keeps_history_of_a_closed_session(tmp_path, fresh_default):
     again = nbdist.attach(root)
     flaky = again.get("flaky")
     assert flaky.state is State.FAILED and [a.number for a in flaky.attempts] == [1, 2]
+    assert flaky.usage["wall_s"] >= 0 and flaky.attempts[0].usage["wall_s"] >= 0
     sweep = again.get("sweep")
     assert sweep.params == [{"x": "a"}, {"x": "b"}] and [step.stdout() for step in sweep] == ["a\n", "b\n"]
     retried = flaky.retry()

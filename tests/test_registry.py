@@ -55,6 +55,8 @@ def test_a_big_array_is_one_row_and_polls_write_in_batches(tmp_path):
         arr = session.array("true", steps=300, name="many")
         assert arr.wait(30) is State.DONE
         session.poll()
+        assert not arr._rec.usage  # usage lives in the registry once written, not in the kernel's memory
+        assert arr[7].usage["wall_s"] >= 0
     steps_written = [count for count in writes if count]
     assert sum(steps_written) >= 300
     assert len(steps_written) < 300 / 5, steps_written  # transactions carry many steps each
