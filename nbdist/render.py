@@ -216,14 +216,16 @@ def pre_html(text: str, *, empty: str = "(empty)") -> str:
     )
 
 
-def failures_html(groups: Sequence[tuple[str, Sequence[int]]]) -> str:
+def failures_html(groups: Sequence[tuple[str, Sequence[int]]], *, kind: str = "array") -> str:
     """Failed steps grouped by their last stderr line, escaped; empty string when nothing failed."""
     if not groups:
         return ""
+    muted = "color:var(--jp-ui-font-color2, #757575)"
     items = "".join(
         f'<li><b style="color:{_BAD}">×{len(steps)}</b> '
         f'<code style="font-family:{_MONO}">{html.escape(str(last_line))}</code>'
-        f' <span style="color:var(--jp-ui-font-color2, #757575)">steps {html.escape(_step_list(list(steps)))}</span></li>'
+        + (f' <span style="{muted}">steps {html.escape(_step_list(list(steps)))}</span>' if kind == "array" else "")
+        + "</li>"
         for last_line, steps in groups
     )
     return f'<div class="nbdist-failures"><b>Failures by last stderr line</b><ul style="margin:2px 0">{items}</ul></div>'
@@ -264,7 +266,8 @@ def snapshot_html(snapshot: Any, *, max_rows: int | None = None,
     ]
     if snapshot.pages > 1:
         parts.append(f"<div>page {snapshot.page + 1}/{snapshot.pages}</div>")
-    parts.append(failures_html(snapshot.failure_groups if failure_groups is None else failure_groups))
+    groups = snapshot.failure_groups if failure_groups is None else failure_groups
+    parts.append(failures_html(groups, kind=getattr(snapshot, "kind", "array")))
     log_step = getattr(snapshot, "log_step", None)
     for label, tail in (("stdout", snapshot.stdout_tail), ("stderr", snapshot.stderr_tail)):
         text = tail_text(tail)

@@ -217,6 +217,9 @@ class Dashboard:
         self.prev_button = w.Button(description="◀", tooltip="previous page", layout=w.Layout(width="3em"))
         self.next_button = w.Button(description="▶", tooltip="next page", layout=w.Layout(width="3em"))
         self.page_label = w.Label()
+        self.pager = w.HBox([self.filter, self.prev_button, self.page_label, self.next_button])
+        if self.snapshot.kind != "array":  # one row: nothing to page or filter
+            self.pager.layout.display = "none"
         self.columns = w.HTML(f'<pre style="margin:0 0 0 4px;font-family:var(--jp-code-font-family, monospace);'
                               f'font-size:var(--jp-code-font-size, 12px)">{render.column_header()}</pre>')
         self.rows = w.SelectMultiple(options=[], rows=min(self.page_size, 10), layout=w.Layout(width="100%"))
@@ -234,7 +237,7 @@ class Dashboard:
                        "font-size:var(--jp-code-font-size, 12px)}</style>")
         self.widget = w.VBox([
             style, self.header, w.HBox([self.progress, self.percent]),
-            w.HBox([self.filter, self.prev_button, self.page_label, self.next_button]),
+            self.pager,
             self.columns, self.rows,
             w.HBox([self.kill_button, self.kill_all_button, self.retry_button, self.status_label]),
             self.failures, self.logs,
@@ -269,8 +272,10 @@ class Dashboard:
         self._set(self.kill_all_button, "disabled", bool(snap.all_terminal))
         self._set(self.retry_button, "disabled", not failed)
         self._set(self.status_label, "value", self.status)
-        self._set(self.failures, "value", render.failures_html(self._failure_groups(snap)))
+        self._set(self.failures, "value", render.failures_html(self._failure_groups(snap), kind=snap.kind))
+        self._set(self.rows, "rows", max(2, min(10, len(snap.rows))))
         self._draw_rows(snap.rows)
+        self._set(self.kill_button, "disabled", not self.selected or bool(snap.all_terminal))
         step = "" if snap.log_step is None else f" · step {snap.log_step}"
         self._set(self.logs, "titles", (f"stdout{step}", f"stderr{step}"))
         self._set(self.stdout, "value", render.pre_html(_clip(render.tail_text(snap.stdout_tail))))
@@ -313,14 +318,13 @@ class Dashboard:
                     self.rows.index = keep
         finally:
             self._syncing = False
-        self._set(self.kill_button, "disabled", not self.selected)
 
     # -- events -------------------------------------------------------------------------------
     def _on_select(self, change: Any) -> None:
         if self._syncing:
             return
         self.selected = tuple(change["new"])
-        self._set(self.kill_button, "disabled", not self.selected)
+        self._set(self.kill_button, "disabled", not self.selected or self.snapshot.all_terminal)
         self.refresh()
 
     def _on_filter(self, change: Any) -> None:
@@ -349,6 +353,8 @@ class Dashboard:
         steps = self.selected
         for step in steps:
             step_job(self.handle, step).cancel()
+        if steps == (None,):
+            return "killed"
         return f"killed step{'s' if len(steps) != 1 else ''} {', '.join(map(str, steps))}"
 
     def kill_all(self) -> str:
