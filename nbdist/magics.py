@@ -58,28 +58,33 @@ def parse_array_spec(spec: str) -> tuple[Sequence[int], int | None]:
     return steps, limit
 
 
-def _check_over(value: Any, expr: str) -> list[str]:
-    """Parameter names of an ``--over`` value, or a UsageError saying which shapes are accepted."""
+def _check_over(value: Any, expr: str) -> Any:
+    """The ``--over`` value, checked (a UsageError says which shapes are accepted).
+
+    A dict's values are turned into lists, so a generator is read once, here, and not found empty later.
+    """
     shape = "a dict of lists, a list of dicts or a DataFrame"
     if hasattr(value, "columns") and hasattr(value, "to_dict"):  # a pandas DataFrame, duck-typed
         if len(value) == 0:
             raise UsageError(f"--over {expr}: the DataFrame has no rows")
-        return [str(column) for column in value.columns]
+        return value
     if isinstance(value, dict):
         if not value:
             raise UsageError(f"--over {expr}: the dict is empty; expected {shape}")
+        lists = {}
         for key, values in value.items():
             if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
                 raise UsageError(f"--over {expr}: the value of {key!r} is not a list; expected {shape}")
-            if len(list(values)) == 0:
+            lists[key] = list(values)
+            if not lists[key]:
                 raise UsageError(f"--over {expr}: the list for {key!r} is empty")
-        return [str(key) for key in value]
+        return lists
     if isinstance(value, (list, tuple)):
         if not value:
             raise UsageError(f"--over {expr}: the list is empty; expected {shape}")
         if not all(isinstance(item, dict) for item in value):
             raise UsageError(f"--over {expr}: every item of the list must be a dict; expected {shape}")
-        return sorted({str(key) for item in value for key in item})
+        return value
     raise UsageError(f"--over {expr}: got {type(value).__name__}; expected {shape}")
 
 
@@ -268,8 +273,7 @@ class NbdistMagics(Magics):
             max_concurrent = limit or max_concurrent
         over = None
         if args.over is not None:
-            over = self._eval_over(args.over)
-            _check_over(over, args.over)
+            over = _check_over(self._eval_over(args.over), args.over)
         elif steps is None and _PLACEHOLDER_RE.search(cell):
             found = _PLACEHOLDER_RE.search(cell).group(0)  # type: ignore[union-attr]
             raise UsageError(f"the body uses {found} but there is no --array or --over to fill it")

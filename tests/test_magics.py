@@ -116,9 +116,24 @@ def test_over_list_of_dicts_and_env(ip: Any, session: Any) -> None:
     assert [job.stdout() for job in ip.user_ns["rows"]] == ["x is 1\n", "x is 2\n"]
 
 
+def test_over_generators_are_read_once(ip: Any, session: Any) -> None:
+    ip.user_ns["gen"] = {"x": (n * n for n in range(3))}
+    cell(ip, "--name gen --over gen --wait --quiet --out gen_run", "echo {{x}}")
+    assert [job.stdout() for job in ip.user_ns["gen_run"]] == ["0\n", "1\n", "4\n"]
+
+
 def test_python_body_runs_with_the_kernel_interpreter(ip: Any, session: Any) -> None:
     cell(ip, "--name py --python --wait --quiet", "import sys\nprint(sys.executable)\nprint(6 * 7)\n")
     assert session.get("py").stdout() == f"{sys.executable}\n42\n"
+
+
+def test_python_placeholders_are_python_literals(ip: Any, session: Any) -> None:
+    ip.user_ns["words"] = {"w": ["two words", "it's", "$(touch pwned)", 0.5]}
+    cell(ip, "--name lit --over words --python --wait --quiet --out lit", "print(repr({{w}}))")
+    assert [job.stdout() for job in ip.user_ns["lit"]] == ["'two words'\n", '"it\'s"\n', "'$(touch pwned)'\n", "0.5\n"]
+    cell(ip, "--name steps --array 0-4:2 --python --wait --quiet --out steps", "print({{step}} * 10)")
+    assert [job.stdout() for job in ip.user_ns["steps"]] == ["0\n", "20\n", "40\n"]
+    assert not Path("pwned").exists()
 
 
 def test_after_runs_in_order(ip: Any, session: Any) -> None:
