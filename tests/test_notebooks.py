@@ -3,6 +3,10 @@
 Each notebook runs in a fresh kernel, in its own temporary copy of ``notebooks/`` (so its
 ``.nbdist/`` registry and files start empty, as they did when the saved outputs were made), by a
 child ``pytest --nbval`` that does not see this suite's conftest.
+
+To refresh a notebook's saved outputs after a deliberate change, execute it the same way, in a
+fresh copy: ``cp notebooks/X.ipynb $TMP && cd $TMP && jupyter nbconvert --to notebook --execute
+--inplace --ExecutePreprocessor.store_widget_state=False X.ipynb``, then copy it back.
 """
 
 from __future__ import annotations
