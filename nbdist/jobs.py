@@ -85,6 +85,8 @@ class JobRecord:
         self.ended: float | None = None
         self.sweep: Sweep | None = None
         self.resources: dict[str, Any] = {}  # cores, memory, runtime, max_concurrent (as given)
+        self._base_limits: dict[str, Any] | None = None
+        self._log_prefix: str | None = None  # {log_dir}/{log_stem(name)}
         self.env: dict[str, str] = {}
         self.cwd: str | None = None
         self.max_attempts = 1
@@ -95,6 +97,7 @@ class JobRecord:
         self.after: list[tuple[JobRecord, int | None]] = []
         self.dependents: list[JobRecord] = []
         self.after_ids: list[tuple[int, int | None]] = []  # as stored, until attach links the records
+        self.queue_cursor = 0  # no step below this index is QUEUED (see SessionCore._window)
         self.has_rows = False  # some step has (or is about to have) a row in the registry's steps table
         self.refreshed: float | None = None  # last read from the registry (another session's job)
         self.tail_cache: tuple[tuple[int, str | None, int], tuple[str, str]] | None = None  # see snapshot
@@ -168,6 +171,15 @@ class JobRecord:
         return {state.value: len(self.by_state[state]) for state in State}
 
     @property
+    def base_limits(self) -> dict[str, Any]:
+        """cores, memory and runtime as requested (one shared dict: do not change it)."""
+        limits = self._base_limits
+        if limits is None:
+            limits = self._base_limits = {key: self.resources[key] for key in ("cores", "memory", "runtime")
+                                          if self.resources.get(key) is not None}
+        return limits
+
+    @property
     def all_terminal(self) -> bool:
         return self.n_terminal == self.n
 
@@ -198,8 +210,10 @@ class JobRecord:
         did = self.dids[index]
         if did is None:
             return None
-        stem = log_stem(self.name)
-        return LogPaths(os.path.join(self.log_dir, f"{stem}.o{did}"), os.path.join(self.log_dir, f"{stem}.e{did}"))
+        prefix = self._log_prefix
+        if prefix is None:
+            prefix = self._log_prefix = os.path.join(self.log_dir, log_stem(self.name))
+        return LogPaths(f"{prefix}.o{did}", f"{prefix}.e{did}")
 
     def runtime_of(self, index: int, now: float | None = None) -> float | None:
         """Wall seconds of a finished step, or so far for a running one."""

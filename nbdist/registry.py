@@ -164,8 +164,18 @@ class Registry:
         if not steps and not attempts and not job_updates:
             return
         now = time.time()
-        steps = [row[:10] + (_encode(row[10]),) + row[11:13] + (now,) for row in steps]  # usage; updated
-        attempts = [row[:7] + (_encode(row[7]),) + row[8:10] + (_encode(row[10]),) + row[11:]  # usage, resources
+        # A step's usage dict is in its steps row and its attempt row, and many attempts share one
+        # resources dict: encode each object once.
+        encoded: dict[int, Any] = {}
+
+        def once(value: Any) -> Any:
+            key = id(value)
+            if key not in encoded:
+                encoded[key] = _encode(value)
+            return encoded[key]
+
+        steps = [row[:10] + (once(row[10]),) + row[11:13] + (now,) for row in steps]  # usage; updated
+        attempts = [row[:7] + (once(row[7]),) + row[8:10] + (once(row[10]),) + row[11:]  # usage, resources
                     for row in attempts]
         with self.transaction():
             if steps:
@@ -272,7 +282,10 @@ class _Transaction:
             self.registry._lock.release()
 
 
+_ENCODER = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=...) builds one per call
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str)
+        return _ENCODER.encode(value)
     return value

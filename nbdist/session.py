@@ -92,6 +92,7 @@ class Session(SessionCore):
         self._stop_event = threading.Event()
         self._poller: threading.Thread | None = None
         self._last_registry_check = 0.0
+        self._full_polls: dict[str, float] = {}
         self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -244,7 +245,7 @@ class Session(SessionCore):
         # keep running and stay QUEUED/RUNNING in the registry for the next attach to adopt.
         for name, backend in backends:
             if not self._persistent(name):
-                self._poll_backend(name, backend)
+                self._poll_backend(name, backend, full=True)
         self._finish_poll()
         try:
             self.registry.close_session(self.id)

@@ -47,6 +47,11 @@ POLL_MAX_SECONDS = 0.5
 POLL_COST_FACTOR = 10
 # How often requests from other processes (CLI kill/retry) and other kernels' jobs are read.
 REGISTRY_CHECK_SECONDS = 0.5
+# Up to this many live tasks a poll asks for all their reports; beyond, it asks for those that ended
+# and a window of WINDOW_PER_RECORD queued steps per job, and for all every FULL_POLL_SECONDS.
+FULL_REPORT_LIMIT = 2000
+WINDOW_PER_RECORD = 256
+FULL_POLL_SECONDS = 10.0
 # Reports applied per hold of the session lock: small enough that a snapshot waits at most ~1 ms.
 APPLY_CHUNK = 256
 DEFAULT_SCALES = {"runtime": 1.5, "memory": 1.5}
@@ -76,6 +81,7 @@ class SessionCore:
     _stop_event: threading.Event
     _poller: threading.Thread | None
     _last_registry_check: float
+    _full_polls: dict[str, float]
     _closed: bool
 
     # ================================================================== launching
@@ -257,9 +263,17 @@ class SessionCore:
         paths = rec.log_paths(index)
         self._attempt_rows.append((
             rec.id, index, rec.attempts[index], did, state.value, rec.exit_codes[index], message, usage,
-            paths.stdout if paths else None, paths.stderr if paths else None, self._requested(rec, index),
+            paths.stdout if paths else None, paths.stderr if paths else None, self._limits(rec, index),
             started, ended,
         ))
+
+    def _limits(self, rec: JobRecord, index: int) -> dict[str, Any]:
+        """The resources an attempt ran with (cores, memory, runtime; scaled for a retry)."""
+        limits = rec.step_resources.get(index)
+        if limits is None:
+            # One dict shared by every step without a retry: the registry encodes it once per write.
+            return rec.base_limits
+        return {**rec.base_limits, **limits}
 
     def _resubmit(self, rec: JobRecord, index: int, previous: State, scale: float | Mapping[str, float] | None) -> None:
         """Start a new attempt of a finished step, its resources scaled for the way it failed."""
@@ -292,6 +306,7 @@ class SessionCore:
                 rec.step_resources[index] = old_scaled
             raise
         rec.dids[index] = did
+        rec.queue_cursor = min(rec.queue_cursor, index)  # queued again: back in the poll's window
         rec.attempts[index] += 1
         rec.exit_codes[index] = rec.runtimes[index] = rec.rss[index] = rec.started[index] = None
         self._live.setdefault(rec.backend, {})[did] = (rec, index)
@@ -441,12 +456,29 @@ class SessionCore:
         self._finish_poll()
         return changed
 
-    def _poll_backend(self, name: str, backend: Any) -> bool:
+    def _poll_backend(self, name: str, backend: Any, full: bool = False) -> bool:
+        """One poll of one backend: reports of every live task, or, when there are many, of those
+        that ended (one cheap ``get_submitted_or_running`` over all) plus a window of those that
+        may have started; every ``FULL_POLL_SECONDS`` all of them again."""
+        now = time.monotonic()
         with self._lock:
-            ids = list(self._live.get(name, ()))
+            live = self._live.get(name, {})
+            ids = list(live)
+            if len(ids) > FULL_REPORT_LIMIT and not full and now - self._full_polls.get(name, 0.0) < FULL_POLL_SECONDS:
+                window: list[str] | None = self._window(name)
+            else:
+                window = None
+                self._full_polls[name] = now
         if not ids:
             return False
-        items = list(_reports(backend, ids).items())
+        if window is None:
+            asked = ids
+        else:
+            # Building a report costs the backend ~1000 times more than a set lookup, and it holds
+            # its lock meanwhile (no task starts): ask only about what can have changed.
+            still = backend.get_submitted_or_running(ids)
+            asked = [did for did in ids if did not in still] + [did for did in window if did in still]
+        items = list(_reports(backend, asked).items())
         changed = False
         # In chunks, releasing the lock in between: a snapshot never waits for a whole big poll.
         for start in range(0, len(items), APPLY_CHUNK):
@@ -459,6 +491,28 @@ class SessionCore:
         with self._lock:
             self._run_dep_checks()
         return changed
+
+    def _window(self, name: str) -> list[str]:
+        """Live ids that may go from QUEUED to RUNNING soon: the running ones and each record's
+        oldest queued ones (backends start a record's steps in order). Lock held; amortised O(1)
+        per step over a record's life thanks to its queue cursor."""
+        window: list[str] = []
+        for rec in self._records.values():
+            if rec.backend != name or not rec.owned or rec.all_terminal:
+                continue
+            dids, states, n = rec.dids, rec.states, rec.n
+            window.extend(dids[index] for index in rec.by_state[State.RUNNING])  # type: ignore[misc]
+            index = rec.queue_cursor
+            while index < n and states[index] is not State.QUEUED:
+                index += 1
+            rec.queue_cursor = index
+            taken = 0
+            while index < n and taken < WINDOW_PER_RECORD:
+                if states[index] is State.QUEUED:
+                    window.append(dids[index])  # type: ignore[arg-type]
+                    taken += 1
+                index += 1
+        return window
 
     def _check_registry(self) -> bool:
         """Requests other processes left for this session, and progress of other kernels' jobs."""
@@ -528,10 +582,6 @@ def _step_row(rec: JobRecord, index: int) -> tuple:
     return (rec.id, index, rec.step_id(index), rec.states[index].value, rec.dids[index], rec.attempts[index],
             rec.exit_codes[index], rec.messages[index], rec.runtimes[index], rec.rss[index],
             usage or None, rec.started[index], None)
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str)
 
 
 def _unjson(text: str | None) -> Any:

@@ -120,10 +120,33 @@ def test_cancelling_an_await_does_not_kill_the_job(session):
 
 
 def test_repr_and_running(session):
-    job = session.submit("sleep 0.3", name="r")
-    deadline = time.monotonic() + 5
+    job = session.submit("sleep 30", name="r")
+    deadline = time.monotonic() + 10
     while not job.running() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert job.running() and repr(job) == f"<Job {job.id} 'r' RUNNING>"
-    job.wait(10)
-    assert repr(job) == f"<Job {job.id} 'r' DONE exit_code=0>"
+    job.cancel()
+    assert job.wait(10) is State.KILLED and job.cancelled()
+    assert repr(job) == f"<Job {job.id} 'r' KILLED>"
+    done = session.submit("true", name="t")
+    done.wait(10)
+    assert repr(done) == f"<Job {done.id} 't' DONE exit_code=0>"
+
+
+def test_windowed_polls_of_many_live_tasks(session, tmp_path, monkeypatch):
+    import nbdist.session_core as core
+
+    # Make "many" small: the windowed poll (ended tasks + a window of queued ones) does all the work.
+    monkeypatch.setattr(core, "FULL_REPORT_LIMIT", 5)
+    monkeypatch.setattr(core, "WINDOW_PER_RECORD", 2)
+    monkeypatch.setattr(core, "FULL_POLL_SECONDS", 1000.0)
+    arr = session.array(f"mkdir {tmp_path}/s$NBDIST_STEP 2>/dev/null && exit 1; sleep 0.02", steps=40, name="many",
+                        max_attempts=2)
+    slow = session.array("sleep 0.6", steps=2, name="slow")
+    seen_running = False
+    deadline = time.monotonic() + 30
+    while not (arr.done() and slow.done()) and time.monotonic() < deadline:
+        seen_running = seen_running or slow.counts()["RUNNING"] > 0
+        time.sleep(0.02)
+    assert arr.state is State.DONE and slow.state is State.DONE and seen_running
+    assert {job.attempts[-1].number for job in arr} == {2}
