@@ -5,6 +5,7 @@ Data flow::
     submit/array ──► JobRecord (columns) ──► backend.submit_*   (or PENDING until dependencies are DONE)
                           ▲                        │
                           │  poller thread: one get_task_reports(all live ids) per poll
+                          │  (> 2000 live: get_submitted_or_running(all) + reports of the few that changed)
                           └────────────────────────┘
                           │  one registry transaction per poll (changed steps, finished attempts)
                           ▼
