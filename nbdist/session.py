@@ -280,7 +280,7 @@ class Session(SessionCore):
         if kind == "job" and placeholders(command):
             raise ValueError(f"{{{{...}}}} placeholders need an array: use array(..., over=...) ({command[:60]!r})")
         resources = {key: value for key, value in options.items() if value is not None}
-        check = dict(resources, env=dict(env or {}), cwd=cwd)
+        check = dict(resources, env=env or {}, cwd=cwd)
         max_cores = (self.parallelism or os.cpu_count() or 1) if self.backend_name == "multiprocess" else None
         parsed = Resources.parse(check, max_cores=max_cores)  # bad values raise before anything exists
         with self._lock:

@@ -150,3 +150,8 @@ def test_windowed_polls_of_many_live_tasks(session, tmp_path, monkeypatch):
         time.sleep(0.02)
     assert arr.state is State.DONE and slow.state is State.DONE and seen_running
     assert {job.attempts[-1].number for job in arr} == {2}
+
+
+def test_env_must_be_a_dict(session):
+    with pytest.raises(ValueError, match="env must be a dict of strings"):
+        session.submit("true", env=["A=1"])
