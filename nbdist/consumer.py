@@ -1,8 +1,9 @@
 """Consumers: the processes that run the multiprocess distributor's tasks, one at a time.
 
 A consumer reads ``("run", [PickableTask, ...])``, ``("kill", id, grace)`` and ``("stop", grace)``
-messages from its own pipe and writes lists of ``("started", id, pid)``, ``("done", id, Outcome)``
-and ``("error", id, message)`` events to another. It runs each task with :class:`RunningTask`.
+messages from its own pipe and writes lists of ``("started", id, pid)``, ``("done", id, Outcome)``,
+``("error", id, message)`` and ``("returned", id, None)`` events to another. ``("unqueue", ids)``
+asks it to hand back tasks it holds but has not started. It runs each task with :class:`RunningTask`.
 """
 
 from __future__ import annotations
@@ -225,6 +226,16 @@ class _ConsumerLoop:
                     self.local.remove(task)
                     self.events.append(("done", distributor_id, Outcome(S.KILL_SELF, "cancelled before it started")))
                     return
+        elif kind == "unqueue":  # the distributor takes back tasks queued behind a slow one
+            wanted = set(message[1])
+            kept: deque[PickableTask] = deque()
+            for task in self.local:
+                if task.distributor_id in wanted:
+                    self.events.append(("returned", task.distributor_id, None))
+                else:
+                    kept.append(task)
+            self.local = kept
+            self._flush()
         elif kind == "stop":
             self.stopping = True
             self.local.clear()

@@ -60,10 +60,14 @@ KILL_GRACE_SECONDS = 2.0
 # stop() must return within a second, so its grace is short.
 STOP_GRACE_SECONDS = 0.2
 STOP_DEADLINE_SECONDS = 0.8
-# A job whose last step ran shorter than SHORT_TASK_SECONDS is "short". How many tasks of a job of short tasks a consumer may hold beyond the running one. Deep queues
+# A job whose last step ran shorter than SHORT_TASK_SECONDS is "short"; only its steps are
+# prefetched, and only behind another short step. How many tasks of a job of short tasks a consumer may hold beyond the running one. Deep queues
 # amortise messages; they are refilled at half depth. Long tasks get one, so no consumer hoards work.
 PREFETCH_SHORT = 8
 SHORT_TASK_SECONDS = 0.05
+# A prefetched step waits behind a "short" step that has run this long while a consumer is idle:
+# the distributor takes it back and gives it to the idle one (work stealing).
+STEAL_AFTER_SECONDS = 0.1
 
 
 class RemoteExitInfoNotAvailable(KeyError):
@@ -86,7 +90,8 @@ class _Record:
 
     __slots__ = (
         "distributor_id", "name", "stem", "command", "resources", "job_id", "array_step_id", "state", "message",
-        "exit_code", "signal", "usage", "pid", "consumer", "submitted", "started", "ended",
+        "exit_code", "signal", "usage", "pid", "consumer", "submitted", "started", "ended", "recalled",
+        "cancel_requested",
     )
 
     def __init__(self, distributor_id: str, name: str, command: str, resources: Resources, job_id: str,
@@ -108,6 +113,8 @@ class _Record:
         self.submitted = time.time()
         self.started: float | None = None
         self.ended: float | None = None
+        self.recalled = False  # asked back from a consumer's queue
+        self.cancel_requested = False
 
     def log_path(self, kind: str, log_dir: str) -> str:
         folder = (self.resources.stdout_dir if kind == "o" else self.resources.stderr_dir) or log_dir
@@ -370,6 +377,7 @@ class MultiprocessDistributor:
                 if record.consumer is None:  # still in our queue: it will be skipped
                     self._finish(record, S.KILL_SELF, "cancelled before it started")
                 else:
+                    record.cancel_requested = True  # if the consumer hands it back, it is not requeued
                     try:
                         send_message(record.consumer.task_writer, ("kill", distributor_id, self.kill_grace))
                     except OSError:
@@ -407,13 +415,18 @@ class MultiprocessDistributor:
                 return slot if in_use + cores <= self.parallelism else None
         if cores != 1:
             return None
-        depth = PREFETCH_SHORT if record.job_id in self._short_jobs else 1
+        if record.job_id not in self._short_jobs:
+            return None  # a task of unknown length waits for a free consumer, never behind another
         best = None
+        now = time.time()
         for slot in usable:
             queued = len(slot.assigned) - 1
-            if slot.assigned[0].resources.cores != 1 or queued >= depth:
+            running = slot.assigned[0]
+            if running.resources.cores != 1 or running.job_id not in self._short_jobs or queued >= PREFETCH_SHORT:
                 continue
-            if queued > depth // 2 and slot not in batches:  # refill at half depth, in one message
+            if running.started is not None and now - running.started >= STEAL_AFTER_SECONDS:
+                continue  # this one turned out slow: don't queue behind it
+            if queued > PREFETCH_SHORT // 2 and slot not in batches:  # refill at half depth, in one message
                 continue
             if best is None or len(slot.assigned) < len(best.assigned):
                 best = slot
@@ -440,6 +453,7 @@ class MultiprocessDistributor:
         Watched = dict[int, tuple[str, "_ConsumerSlot | None"]]
         watched: Watched = {}
         wake_fd = self._wake_reader.fileno()
+        next_look: float | None = None
         while True:
             # (Re)build the poll set only when consumers came or went: polling is per task, hot.
             with self._lock:
@@ -454,7 +468,7 @@ class MultiprocessDistributor:
                 for fd in wanted:
                     poller.register(fd, select.POLLIN)
                 watched = wanted
-            ready = [watched[fd] for fd, _ in poller.poll()]
+            ready = [watched[fd] for fd, _ in poller.poll(None if next_look is None else next_look * 1000 + 1)]
             with self._lock:
                 for kind, source in ready:
                     if kind == "wake":
@@ -467,6 +481,7 @@ class MultiprocessDistributor:
                 if self._stopping and not any(s.process.is_alive() for s in self._consumers):
                     return
                 self._dispatch()
+                next_look = self._steal()
 
     def _read_events(self, slot: _ConsumerSlot) -> None:
         """Apply one message of events (the poll loop comes back if more are waiting)."""
@@ -475,8 +490,43 @@ class MultiprocessDistributor:
         except (EOFError, OSError):
             slot.reader_open = False
             return
+        returned = []
         for event in events:
-            self._apply_event(slot, event)
+            if event[0] == "returned":
+                returned.append(self._records[event[1]])
+            else:
+                self._apply_event(slot, event)
+        for record in returned:
+            slot.assigned.remove(record)
+            if record.resources.max_concurrent is not None:
+                self._in_flight[record.job_id] -= 1
+            record.consumer = None
+            record.recalled = False
+            if record.cancel_requested:
+                self._finish(record, S.KILL_SELF, "cancelled before it started")
+        self._pending.extendleft(reversed([r for r in returned if r.state == S.QUEUED]))
+
+    def _steal(self) -> float | None:
+        """Take back steps queued behind a slow one when a consumer is idle; seconds to the next look."""
+        usable = [slot for slot in self._consumers if slot.reader_open]
+        if self._pending or self._stopping or all(slot.assigned for slot in usable):
+            return None
+        now = time.time()
+        next_look = None
+        for slot in usable:
+            queued = [record for record in list(slot.assigned)[1:] if not record.recalled]
+            if not queued:
+                continue
+            started = slot.assigned[0].started
+            waited = now - started if started is not None else 0.0
+            if waited >= STEAL_AFTER_SECONDS:
+                for record in queued:
+                    record.recalled = True
+                send_message(slot.task_writer, ("unqueue", [record.distributor_id for record in queued]))
+            else:
+                wait = STEAL_AFTER_SECONDS - waited
+                next_look = wait if next_look is None else min(next_look, wait)
+        return next_look
 
     def _drain_events(self, slot: _ConsumerSlot) -> None:
         """Apply every message a (dead) consumer left in its pipe."""

@@ -390,3 +390,27 @@ time.sleep(60)
     while any(pid_alive(pid) for pid in task_pids + consumers) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not [pid for pid in task_pids + consumers if pid_alive(pid)]
+
+
+def test_a_long_job_never_holds_up_tasks_submitted_after_it(dist):
+    long_job = dist.submit_to_batch_distributor("sleep 20", "long", {})
+    wait_running(dist, long_job)
+    started = time.monotonic()
+    steps = dist.submit_array_to_batch_distributor("echo quick", "quick", {}, 6)
+    wait_finished(dist, steps.values(), timeout=10)
+    assert time.monotonic() - started < 3, "steps waited behind the long job"
+    assert dist.get_submitted_or_running([long_job]) == {long_job}
+    dist.terminate_task_instances([long_job])
+    wait_finished(dist, [long_job])
+
+
+def test_steps_queued_behind_a_slow_step_are_taken_back(dist, tmp_path):
+    # Many instant steps make the array "short" (prefetched); step 60 then sleeps. The steps queued
+    # behind it on its consumer must run on the other consumer meanwhile.
+    command = f"if [ $ARRAY_STEP_ID = 60 ]; then sleep 3; fi; date +%s.%N > {tmp_path}/$ARRAY_STEP_ID"
+    steps = dist.submit_array_to_batch_distributor(command, "mixed", {}, 80)
+    wait_finished(dist, steps.values(), timeout=20)
+    ends = {step: float((tmp_path / str(step)).read_text()) for step in steps}
+    slow_end = ends.pop(60)
+    assert max(ends.values()) < slow_end - 1.5, "a step waited behind the slow one"
+    assert {dist.get_remote_exit_info(i)[0] for i in steps.values()} == {"D"}
