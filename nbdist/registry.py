@@ -248,6 +248,8 @@ class Registry:
 
     def take_requests(self, session_id: str) -> list[tuple[int, str, Any]]:
         """Remove and return the requests addressed to a session: ``[(job_id, action, arg), ...]``."""
+        if not self.query("SELECT 1 FROM requests WHERE session_id = ? LIMIT 1", (session_id,)):
+            return []  # the common case, without taking the write lock
         with self.transaction():
             rows = self._db.execute(
                 "SELECT id, job_id, action, arg FROM requests WHERE session_id = ? ORDER BY id", (session_id,)
