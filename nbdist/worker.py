@@ -94,12 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         memory_mb=args.memory,
     )
     become_subreaper()
-    started = time.time()
-    task = RunningTask(spec)
-    # scancel / stop send SIGTERM to the worker: pass it on as a kill of the whole task tree.
+    # scancel / stop send SIGTERM to the worker: pass it on as a kill of the whole task tree. The
+    # handler is in place before the task starts, so no SIGTERM can end the worker and orphan it.
     read_fd, write_fd = os.pipe()
     signal.signal(signal.SIGTERM, lambda *_: os.write(write_fd, b"t"))
     signal.signal(signal.SIGINT, lambda *_: os.write(write_fd, b"t"))
+    started = time.time()
+    task = RunningTask(spec)
 
     def on_signal() -> None:
         os.read(read_fd, 64)

@@ -95,15 +95,39 @@ def test_100_mb_of_stdout_goes_to_the_file_not_to_memory(dist):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KB
 
 
-def test_no_network_listener(dist):
-    ids = dist.submit_array_to_batch_distributor("sleep 0.3", "net", {}, 4)
-    time.sleep(0.2)
-    tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
-    sockets = []
-    for proc in tree:
-        try:
-            sockets += [c for c in proc.net_connections(kind="inet")]
-        except psutil.Error:
-            pass
-    assert not [c for c in sockets if c.status == psutil.CONN_LISTEN]
-    wait_finished(dist, ids.values())
+def _inet_sockets(proc: psutil.Process) -> list:
+    try:
+        return proc.net_connections(kind="inet")
+    except psutil.Error:
+        return []
+
+
+def test_no_network_listener(tmp_path):
+    # The test process may hold sockets of other fixtures (a JupyterLab, kernels): compare before/after.
+    listening_before = {c.laddr for c in _inet_sockets(psutil.Process()) if c.status == psutil.CONN_LISTEN}
+    distributor = MultiprocessDistributor("net", parallelism=2, log_dir=str(tmp_path))
+    distributor.start()
+    try:
+        ids = distributor.submit_array_to_batch_distributor("sleep 0.3", "net", {}, 4)
+        time.sleep(0.2)
+        consumers = [psutil.Process(slot.process.pid) for slot in distributor._consumers]
+        workers = consumers + [child for c in consumers for child in c.children(recursive=True)]
+        assert workers and not [s for proc in workers for s in _inet_sockets(proc)]
+        listening = {c.laddr for c in _inet_sockets(psutil.Process()) if c.status == psutil.CONN_LISTEN}
+        assert listening <= listening_before
+        wait_finished(distributor, ids.values())
+    finally:
+        distributor.stop()
+
+
+def test_a_session_opens_no_listener_either(tmp_path):
+    import nbdist
+
+    listening_before = {c.laddr for c in _inet_sockets(psutil.Process()) if c.status == psutil.CONN_LISTEN}
+    with nbdist.Session(root=str(tmp_path / ".nbdist"), parallelism=2) as session:
+        steps = session.array("sleep 0.2; echo {{x}}", over={"x": [1, 2, 3]})
+        time.sleep(0.1)
+        listening = {c.laddr for c in _inet_sockets(psutil.Process()) if c.status == psutil.CONN_LISTEN}
+        steps.wait(30)
+    assert listening <= listening_before
+    assert [job.exit_code for job in steps] == [0, 0, 0]

@@ -14,6 +14,7 @@ import pytest
 from conftest import pid_alive
 from nbdist.cluster_protocol import ClusterDistributor, ClusterWorkerNode
 from nbdist.multiprocess import (
+    PREFETCH_SHORT,
     MultiprocessDistributor,
     MultiprocessWorkerNode,
     PickableTask,
@@ -360,8 +361,9 @@ def test_no_step_runs_twice_when_a_consumer_dies_mid_array(tmp_path):
     assert len(ran) == len(set(ran)), "a step ran twice"
     letters = {step: distributor.get_remote_exit_info(i)[0] for step, i in ids.items()}
     assert set(letters.values()) <= {"D", "U"}
+    # Lost: at most the task it ran and those whose events it had not sent yet (none if it was idle).
     lost = [step for step, letter in letters.items() if letter == "U"]
-    assert 1 <= len(lost) <= 10
+    assert len(lost) <= PREFETCH_SHORT + 1
     assert {str(step) for step, letter in letters.items() if letter == "D"} <= set(ran)
 
 
