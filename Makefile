@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
 
-.PHONY: lab demo test bench clean
+.PHONY: lab demo test bench reliability clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: $(VENV)/.test-installed
 ## make bench: the benchmark scripts (ratios against peers measured in the same run)
 bench: $(VENV)/.test-installed
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/session_throughput.py
+	$(PY) benchmarks/session_scale.py
+	$(PY) benchmarks/widget_refresh.py
+	$(PY) benchmarks/load_100k.py
+
+## make reliability: rerun the fault, load and bad-input suites and rewrite docs/RELIABILITY.md
+reliability: $(VENV)/.test-installed
+	$(PY) scripts/reliability_report.py
 
 clean:
 	rm -rf $(VENV) .nbdist build *.egg-info
