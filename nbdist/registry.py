@@ -2,7 +2,7 @@
 
 Tables::
 
-    sessions (id, pid, host, started, create_time, backend, closed)
+    sessions (id, pid, host, started, create_time, backend, closed, heartbeat)
     jobs     (id, name, kind, command, backend, session_id, created, n_steps, steps, initial_state,
               did_base, dids, spec, params, log_dir, script_dir, after, ended)
     steps    (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s,
@@ -35,7 +35,8 @@ BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, pid INTEGER, host TEXT, started REAL, create_time REAL, backend TEXT, closed REAL
+    id TEXT PRIMARY KEY, pid INTEGER, host TEXT, started REAL, create_time REAL, backend TEXT, closed REAL,
+    heartbeat REAL
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, kind TEXT NOT NULL, command TEXT NOT NULL,
@@ -118,8 +119,9 @@ class Registry:
         create_time = psutil.Process().create_time()
         with self.transaction():
             self._db.execute(
-                "INSERT INTO sessions (id, pid, host, started, create_time, backend, closed) VALUES (?,?,?,?,?,?,NULL)",
-                (session_id, os.getpid(), socket.gethostname(), time.time(), create_time, backend),
+                "INSERT INTO sessions (id, pid, host, started, create_time, backend, closed, heartbeat) "
+                "VALUES (?,?,?,?,?,?,NULL,?)",
+                (session_id, os.getpid(), socket.gethostname(), time.time(), create_time, backend, time.time()),
             )
 
     def close_session(self, session_id: str) -> None:
@@ -127,10 +129,15 @@ class Registry:
         with self.transaction():
             self._db.execute("UPDATE sessions SET closed = ? WHERE id = ?", (time.time(), session_id))
 
+    def beat(self, session_id: str) -> None:
+        """Say that a session is alive (sessions on other hosts are judged by this)."""
+        with self.transaction():
+            self._db.execute("UPDATE sessions SET heartbeat = ? WHERE id = ?", (time.time(), session_id))
+
     def sessions(self) -> dict[str, dict[str, Any]]:
         """Every session, by id."""
-        rows = self.query("SELECT id, pid, host, started, create_time, backend, closed FROM sessions")
-        keys = ("id", "pid", "host", "started", "create_time", "backend", "closed")
+        rows = self.query("SELECT id, pid, host, started, create_time, backend, closed, heartbeat FROM sessions")
+        keys = ("id", "pid", "host", "started", "create_time", "backend", "closed", "heartbeat")
         return {row[0]: dict(zip(keys, row)) for row in rows}
 
     # ------------------------------------------------------------------ jobs and steps

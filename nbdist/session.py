@@ -93,6 +93,7 @@ class Session(SessionCore):
         self._poller: threading.Thread | None = None
         self._last_registry_check = 0.0
         self._full_polls: dict[str, float] = {}
+        self._last_beat = time.time()
         self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
 

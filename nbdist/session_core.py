@@ -48,6 +48,8 @@ POLL_MAX_SECONDS = 0.5
 POLL_COST_FACTOR = 10
 # How often requests from other processes (CLI kill/retry) and other kernels' jobs are read.
 REGISTRY_CHECK_SECONDS = 0.5
+# A session on another host (shared folder) is taken for dead when its heartbeat is this much older.
+HEARTBEAT_SECONDS = 30.0
 # Up to this many live tasks a poll asks for all their reports; beyond, it asks for those that ended
 # and a window of WINDOW_PER_RECORD queued steps per job, and for all every FULL_POLL_SECONDS.
 FULL_REPORT_LIMIT = 2000
@@ -83,6 +85,7 @@ class SessionCore:
     _poller: threading.Thread | None
     _last_registry_check: float
     _full_polls: dict[str, float]
+    _last_beat: float
     _closed: bool
 
     # ================================================================== launching
@@ -518,6 +521,10 @@ class SessionCore:
     def _check_registry(self) -> bool:
         """Requests other processes left for this session, and progress of other kernels' jobs."""
         changed = False
+        now = time.time()
+        if now - self._last_beat >= HEARTBEAT_SECONDS:
+            self._last_beat = now
+            self.registry.beat(self.id)
         for job_id, action, indices in self.registry.take_requests(self.id):
             rec = self._records.get(job_id)
             if rec is None:

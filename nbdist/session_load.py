@@ -100,13 +100,18 @@ def _set_quietly(rec: JobRecord, index: int, state: State) -> None:
 
 
 def session_alive(info: dict[str, Any] | None) -> bool:
-    """True if the session described by a ``sessions`` row may still run (unknown hosts count as alive)."""
+    """True if the session described by a ``sessions`` row may still run.
+
+    On this host its process is checked (pid and start time); on another host, its heartbeat.
+    """
     import psutil
+
+    from .session_core import HEARTBEAT_SECONDS
 
     if info is None or info.get("closed"):
         return False
     if info.get("host") != socket.gethostname():
-        return True
+        return time.time() - float(info.get("heartbeat") or 0) < 3 * HEARTBEAT_SECONDS
     try:
         process = psutil.Process(int(info["pid"]))
         return abs(process.create_time() - float(info["create_time"] or 0)) < 1.0

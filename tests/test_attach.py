@@ -176,3 +176,19 @@ def test_attach_sees_a_retried_dependent_as_it_ran(tmp_path, fresh_default):
     child = again.get("child")
     assert child.state is State.DONE and [step.stdout() for step in child] == ["child 0\n", "child 1\n"]
     assert again.get("base").attempts[-1].state is State.DONE
+
+
+def test_which_sessions_count_as_alive():
+    import socket
+
+    from nbdist.session_load import session_alive
+
+    me = psutil.Process()
+    here = {"host": socket.gethostname(), "pid": me.pid, "create_time": me.create_time(), "closed": None}
+    assert session_alive(here)
+    assert not session_alive({**here, "closed": time.time()})
+    assert not session_alive({**here, "create_time": me.create_time() - 100})  # the pid was reused
+    assert not session_alive(None)
+    elsewhere = {"host": "another-node", "pid": 1, "create_time": 0, "closed": None}
+    assert session_alive({**elsewhere, "heartbeat": time.time() - 5})
+    assert not session_alive({**elsewhere, "heartbeat": time.time() - 3600})
