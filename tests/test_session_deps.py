@@ -144,3 +144,15 @@ def test_a_lost_attempt_is_retried(session, tmp_path):
     attempts = job.attempts
     assert [a.state for a in attempts] == [State.LOST, State.DONE]
     assert "consumer" in attempts[0].message
+
+
+def test_manual_retry_with_explicit_scales(session):
+    job = session.submit("exit 1", name="scaled", memory="100M", runtime="10s")
+    assert job.wait(10) is State.FAILED
+    job.retry(scale={"memory": 2, "runtime": 3})
+    assert job.wait(10) is State.FAILED
+    first, second = job.attempts
+    assert first.resources == {"cores": 1, "memory": "100M", "runtime": "10s"}
+    assert second.resources == {"cores": 1, "memory": 200, "runtime": 30}
+    job.retry(scale=2.0)  # a plain factor scales what the failure calls for: nothing after exit 1
+    assert job.wait(10) is State.FAILED and job.attempts[2].resources == second.resources
