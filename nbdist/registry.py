@@ -6,7 +6,7 @@ Tables::
     jobs     (id, name, kind, command, backend, session_id, created, n_steps, steps, initial_state,
               did_base, dids, spec, params, log_dir, script_dir, after, ended)
     steps    (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s,
-              max_rss_mb, usage, started, ended, updated)   -- a row once a step leaves its initial state
+              max_rss_mb, usage, started, ended, updated, limits)  -- once a step leaves its initial state
     attempts (job_id, idx, attempt, distributor_id, state, exit_code, message, usage, stdout, stderr,
               resources, started, ended)                    -- one row per finished attempt
     requests (id, session_id, job_id, action, arg, created) -- kill/retry asked by another process
@@ -47,7 +47,7 @@ CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
 CREATE TABLE IF NOT EXISTS steps (
     job_id INTEGER, idx INTEGER, step INTEGER, state TEXT, distributor_id TEXT, attempt INTEGER,
     exit_code INTEGER, message TEXT, runtime_s REAL, max_rss_mb REAL, usage TEXT, started REAL, ended REAL,
-    updated REAL, PRIMARY KEY (job_id, idx)
+    updated REAL, limits TEXT, PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS steps_updated ON steps(job_id, updated);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -62,15 +62,15 @@ CREATE TABLE IF NOT EXISTS requests (
 
 # A step's usage is that of its last finished attempt: a row written while a retry runs keeps it.
 _UPSERT_STEP = """
-INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (job_id, idx) DO UPDATE SET
+INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (job_id, idx) DO UPDATE SET
     step = excluded.step, state = excluded.state, distributor_id = excluded.distributor_id,
     attempt = excluded.attempt, exit_code = excluded.exit_code, message = excluded.message,
     runtime_s = excluded.runtime_s, max_rss_mb = excluded.max_rss_mb, usage = COALESCE(excluded.usage, steps.usage),
-    started = excluded.started, ended = excluded.ended, updated = excluded.updated
+    started = excluded.started, ended = excluded.ended, updated = excluded.updated, limits = excluded.limits
 """
 
 # (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s, max_rss_mb, usage,
-#  started, ended)
+#  started, ended, limits)
 StepWrite = tuple
 # (job_id, idx, attempt, distributor_id, state, exit_code, message, usage, stdout, stderr, resources,
 #  started, ended)
@@ -181,7 +181,7 @@ class Registry:
                 encoded[key] = _encode(value)
             return encoded[key]
 
-        steps = [row[:10] + (once(row[10]),) + row[11:13] + (now,) for row in steps]  # usage; updated
+        steps = [row[:10] + (once(row[10]),) + row[11:13] + (now, once(row[13])) for row in steps]
         attempts = [row[:7] + (once(row[7]),) + row[8:10] + (once(row[10]),) + row[11:]  # usage, resources
                     for row in attempts]
         with self.transaction():
@@ -219,9 +219,9 @@ class Registry:
         return decoded
 
     def step_rows(self, job_id: int, since: float | None = None) -> list[tuple]:
-        """The ``steps`` rows of a job (written so far, or updated at or after ``since``), 13 columns."""
+        """The ``steps`` rows of a job (written so far, or updated at or after ``since``), without ``updated``."""
         columns = ("job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s, max_rss_mb, "
-                   "usage, started, ended")
+                   "usage, started, ended, limits")
         if since is None:
             return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? ORDER BY idx", (job_id,))
         return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? AND updated >= ? ORDER BY idx",

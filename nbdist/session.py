@@ -436,7 +436,7 @@ class Session(SessionCore):
             if not attempts or attempts[-1].number < rec.attempts[index]:
                 attempts.append(Attempt(rec.attempts[index], rec.dids[index], rec.states[index],
                                         rec.exit_codes[index], rec.messages[index], {},
-                                        rec.log_paths(index), self._requested(rec, index)))
+                                        rec.log_paths(index), self._limits(rec, index)))
         return attempts
 
     # ================================================================== attach

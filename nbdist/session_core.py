@@ -589,7 +589,7 @@ def _step_row(rec: JobRecord, index: int) -> tuple:
     usage = rec.usage.pop(index, None)  # pending until written: usage is read back from the registry
     return (rec.id, index, rec.step_id(index), rec.states[index].value, rec.dids[index], rec.attempts[index],
             rec.exit_codes[index], rec.messages[index], rec.runtimes[index], rec.rss[index],
-            usage or None, rec.started[index], None)
+            usage or None, rec.started[index], None, rec.step_resources.get(index))
 
 
 def _unjson(text: str | None) -> Any:

@@ -13,6 +13,7 @@ Only one session wins an orphan (a compare-and-set on ``jobs.session_id``).
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -78,9 +79,11 @@ def overlay(rec: JobRecord, rows: list[tuple]) -> list[tuple[int, State]]:
     """Copy ``steps`` rows into the record's columns; return ``[(index, new state)]`` of changed states."""
     changes = []
     for row in rows:
-        _, index, _, state, did, attempt, exit_code, message, runtime, rss, usage, started, _ = row
+        _, index, _, state, did, attempt, exit_code, message, runtime, rss, _, started, _, limits = row
         if index >= rec.n:
             continue
+        if limits:
+            rec.step_resources[index] = json.loads(limits)  # scaled by retries: the next one scales on
         rec.dids[index] = did
         rec.attempts[index] = attempt or 1
         rec.exit_codes[index] = exit_code

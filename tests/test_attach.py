@@ -192,3 +192,18 @@ def test_which_sessions_count_as_alive():
     elsewhere = {"host": "another-node", "pid": 1, "create_time": 0, "closed": None}
     assert session_alive({**elsewhere, "heartbeat": time.time() - 5})
     assert not session_alive({**elsewhere, "heartbeat": time.time() - 3600})
+
+
+def test_scaled_resources_survive_attach(tmp_path, fresh_default):
+    root = str(tmp_path / "root")
+    with Session(parallelism=2, root=root) as first:
+        job = first.submit("sleep 5", name="slow", runtime=0.5)
+        assert job.wait(10) is State.TIMEOUT
+        job.retry()
+        assert job.wait(10) is State.TIMEOUT and job.attempts[-1].resources["runtime"] == 1
+    again = nbdist.attach(root)
+    slow = again.get("slow")
+    slow.retry()  # scaled from the last attempt's 1 s, not from the first 0.5 s
+    assert slow.attempts[-1].number == 3 and slow.attempts[-1].resources["runtime"] == 2
+    slow.cancel()
+    assert slow.wait(10) is State.KILLED
