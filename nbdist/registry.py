@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -98,9 +99,23 @@ class Registry:
         # WAL + NORMAL is durable across a killed process (only a power loss may drop the last commit).
         self._db.execute("PRAGMA synchronous = NORMAL")
         with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
+            statements = [statement for statement in _SCHEMA.split(";") if statement.strip()]
+            for statement in statements:
+                if "CREATE TABLE" in statement:
                     self._db.execute(statement)
+            self._add_missing_columns()
+            for statement in statements:
+                if "CREATE INDEX" in statement:
+                    self._db.execute(statement)
+
+    def _add_missing_columns(self) -> None:
+        """Bring a registry made by an earlier nbdist up to this schema (new columns come last)."""
+        for table, statement in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\)", _SCHEMA, re.DOTALL):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in re.findall(r"(?:^|,)\s*(\w+ (?:TEXT|REAL|INTEGER))", statement):
+                name, kind = column.split()
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def transaction(self) -> _Transaction:
         """``with registry.transaction():`` — one ``BEGIN IMMEDIATE … COMMIT`` (rolled back on error)."""

@@ -129,3 +129,17 @@ def test_a_failed_registry_write_is_kept_for_the_next_poll(tmp_path):
     finally:
         db.close()
     assert row == ("DONE", 0) and attempts == 1
+
+
+def test_a_registry_from_an_earlier_schema_is_brought_up_to_date(tmp_path):
+    db = sqlite3.connect(str(tmp_path / "registry.db"))
+    db.execute("CREATE TABLE steps (job_id INTEGER, idx INTEGER, step INTEGER, state TEXT, distributor_id TEXT, "
+               "attempt INTEGER, exit_code INTEGER, message TEXT, runtime_s REAL, max_rss_mb REAL, usage TEXT, "
+               "started REAL, ended REAL, PRIMARY KEY (job_id, idx)) WITHOUT ROWID")
+    db.execute("CREATE TABLE sessions (id TEXT PRIMARY KEY, pid INTEGER, host TEXT, started REAL, create_time REAL, "
+               "backend TEXT, closed REAL)")
+    db.commit()
+    db.close()
+    with Session(parallelism=1, root=str(tmp_path)) as session:
+        assert session.submit("echo still works", name="old").wait(10) is State.DONE
+        assert session.get("old").stdout() == "still works\n"
