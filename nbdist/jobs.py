@@ -291,7 +291,9 @@ class Job(_Handle):
     """A submitted job, or one step of an array.
 
     A Job is a ``concurrent.futures.Future``: ``result(timeout)`` returns the Job when it ended
-    ``DONE`` and raises :class:`JobFailed` otherwise; ``concurrent.futures.wait``/``as_completed``,
+    ``DONE`` and raises :class:`JobFailed` otherwise (a killed job too: its Future is never in the
+    Future's own "cancelled" state, so ``cancelled()`` stays False and ``await job`` raises
+    JobFailed, not CancelledError); ``concurrent.futures.wait``/``as_completed``,
     ``add_done_callback`` and ``await job`` work as for any Future.
     """
 
@@ -379,10 +381,6 @@ class Job(_Handle):
     def running(self) -> bool:
         """True while the job runs."""
         return self.state is State.RUNNING
-
-    def cancelled(self) -> bool:
-        """True when the job ended KILLED."""
-        return self.state is State.KILLED
 
     def retry(self, scale: float | dict[str, float] | None = None) -> Job:
         """Run a finished job again as a new attempt (resources scaled as for automatic retries)."""
@@ -494,10 +492,6 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
     def running(self) -> bool:
         """True while some step runs."""
         return bool(self._rec.by_state[State.RUNNING])
-
-    def cancelled(self) -> bool:
-        """True when every step ended KILLED."""
-        return self.state is State.KILLED
 
     def _failure_message(self) -> str:
         rec = self._rec

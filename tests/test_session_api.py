@@ -126,7 +126,13 @@ def test_repr_and_running(session):
         time.sleep(0.01)
     assert job.running() and repr(job) == f"<Job {job.id} 'r' RUNNING>"
     job.cancel()
-    assert job.wait(10) is State.KILLED and job.cancelled()
+    assert job.wait(10) is State.KILLED and not job.cancelled()  # Future-wise it failed: JobFailed
+
+    async def awaited():
+        with pytest.raises(nbdist.JobFailed, match="KILLED"):
+            await job
+
+    asyncio.run(awaited())
     assert repr(job) == f"<Job {job.id} 'r' KILLED>"
     done = session.submit("true", name="t")
     done.wait(10)
