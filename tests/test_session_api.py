@@ -148,7 +148,7 @@ def test_windowed_polls_of_many_live_tasks(session, tmp_path, monkeypatch):
     monkeypatch.setattr(core, "FULL_POLL_SECONDS", 1000.0)
     arr = session.array(f"mkdir {tmp_path}/s$NBDIST_STEP 2>/dev/null && exit 1; sleep 0.02", steps=40, name="many",
                         max_attempts=2)
-    slow = session.array("sleep 0.6", steps=2, name="slow")
+    slow = session.array("sleep 1", steps=2, name="slow")
     seen_running = False
     deadline = time.monotonic() + 30
     while not (arr.done() and slow.done()) and time.monotonic() < deadline:
