@@ -153,6 +153,9 @@ def _one_job(session: Session, name: str) -> Job:
 
 def _logs(session: Session, args: argparse.Namespace) -> int:
     job = _one_job(session, args.name)
+    while args.follow and job.log_paths is None and not job.done():  # PENDING: wait for it to be submitted
+        time.sleep(REFRESH_SECONDS)
+        session.poll()
     paths = job.log_paths
     if paths is None:
         print(f"nbdist: {job.name} has not started ({job.state.value}): no log yet", file=sys.stderr)
