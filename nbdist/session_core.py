@@ -5,7 +5,7 @@ Data flow::
     submit/array ──► JobRecord (columns) ──► backend.submit_*   (or PENDING until dependencies are DONE)
                           ▲                        │
                           │  poller thread: one get_task_reports(all live ids) per poll
-                          │  (> 2000 live: get_submitted_or_running(all) + reports of the few that changed)
+                          │  (> 256 live: get_submitted_or_running(all) + reports of the few that may have changed)
                           └────────────────────────┘
                           │  one registry transaction per poll (changed steps, finished attempts)
                           ▼
@@ -52,7 +52,7 @@ REGISTRY_CHECK_SECONDS = 0.5
 HEARTBEAT_SECONDS = 30.0
 # Up to this many live tasks a poll asks for all their reports; beyond, it asks for those that ended
 # and a window of WINDOW_PER_RECORD queued steps per job, and for all every FULL_POLL_SECONDS.
-FULL_REPORT_LIMIT = 2000
+FULL_REPORT_LIMIT = 256
 WINDOW_PER_RECORD = 256
 FULL_POLL_SECONDS = 10.0
 # Reports applied per hold of the session lock: small enough that a snapshot waits at most ~1 ms.
