@@ -181,10 +181,12 @@ class JobRecord:
 
     @property
     def all_terminal(self) -> bool:
+        """True when every step is in a terminal state."""
         return self.n_terminal == self.n
 
     @property
     def all_done(self) -> bool:
+        """True when every step is DONE."""
         return len(self.by_state[State.DONE]) == self.n
 
     def overall_state(self) -> State:
