@@ -54,13 +54,14 @@ class Snapshot:
         The step whose log tails are included (None for a plain job, or when no step is chosen).
     failure_groups
         ``[(message, [step ids]), ...]`` of failed steps grouped by message, largest first.
+    state
+        The State of the job, or the summary State of the array.
     """
 
     id: str
     name: str
     backend: str
     kind: str
-    state: State
     counts: dict[str, int]
     total: int
     done_fraction: float
@@ -74,6 +75,7 @@ class Snapshot:
     stdout_tail: str
     stderr_tail: str
     failure_groups: list[tuple[str, list[int]]] = field(default_factory=list)
+    state: State = State.PENDING  # the job's (or the array's summary) State, as ``handle.state``
 
 
 def _row(rec: JobRecord, index: int, now: float) -> StepRow:
