@@ -31,13 +31,31 @@ The Python API (the magics, the dashboard and the ``nbdist`` CLI are thin shells
 
 from __future__ import annotations
 
+import importlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .jobs import Array, Attempt, Job, JobFailed, LogPaths
-from .session import Session, UnknownJob
-from .snapshot import Snapshot, StepRow
-from .state import State
+if TYPE_CHECKING:
+    from .jobs import Array, Attempt, Job, JobFailed, LogPaths
+    from .session import Session, UnknownJob
+    from .snapshot import Snapshot, StepRow
+    from .state import State
+
+# The public classes are imported on first use: consumers and ``nbdist-worker`` import only the
+# backend modules of this package, and must start in milliseconds, not pay for sqlite and the session.
+_LAZY = {
+    "Array": ".jobs", "Attempt": ".jobs", "Job": ".jobs", "JobFailed": ".jobs", "LogPaths": ".jobs",
+    "Session": ".session", "UnknownJob": ".session", "Snapshot": ".snapshot", "StepRow": ".snapshot",
+    "State": ".state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nbdist' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -71,6 +89,8 @@ def default_session() -> Session:
     global _default
     with _default_lock:
         if _default is None or _default._closed:
+            from .session import Session
+
             _default = Session()
         return _default
 
@@ -107,6 +127,8 @@ def attach(root: str = ".nbdist", **session_options: Any) -> Session:
                 and not session_options:
             session = _default
         else:
+            from .session import Session
+
             session = Session(root=root, **session_options)
             _default = session
     session._attach()

@@ -60,13 +60,15 @@ KILL_GRACE_SECONDS = 2.0
 # stop() must return within a second, so its grace is short.
 STOP_GRACE_SECONDS = 0.2
 STOP_DEADLINE_SECONDS = 0.8
-# A job whose last step ran shorter than SHORT_TASK_SECONDS is "short"; only its steps are
-# prefetched, and only behind another short step. How many tasks of a job of short tasks a consumer may hold beyond the running one. Deep queues
-# amortise messages; they are refilled at half depth. Long tasks get one, so no consumer hoards work.
+# Prefetch: a consumer may hold queued tasks behind its running one, so it never waits on a
+# round-trip to the distributor between tasks. How deep depends on the job's pace (how long its
+# last step ran): short steps get a deep queue (fewer, bigger messages), steps up to a second get
+# one, and steps of unknown or long duration get none: they wait for a free consumer.
 PREFETCH_SHORT = 8
 SHORT_TASK_SECONDS = 0.05
-# A prefetched step waits behind a "short" step that has run this long while a consumer is idle:
-# the distributor takes it back and gives it to the idle one (work stealing).
+MEDIUM_TASK_SECONDS = 1.0
+# A queued step waits behind a running one that has taken this long, and at least twice its job's
+# pace, while another consumer is idle: the distributor takes it back (work stealing).
 STEAL_AFTER_SECONDS = 0.1
 
 
@@ -94,11 +96,11 @@ class _Record:
         "cancel_requested",
     )
 
-    def __init__(self, distributor_id: str, name: str, command: str, resources: Resources, job_id: str,
+    def __init__(self, distributor_id: str, name: str, stem: str, command: str, resources: Resources, job_id: str,
                  array_step_id: int | None) -> None:
         self.distributor_id = distributor_id
         self.name = name
-        self.stem = log_stem(name)
+        self.stem = stem
         self.command = command
         self.resources = resources
         self.job_id = job_id
@@ -184,8 +186,8 @@ class MultiprocessDistributor:
         # Arrays with max_concurrent: steps in flight per job id, and steps held back until one ends.
         self._in_flight: dict[str, int] = {}
         self._held: dict[str, deque[_Record]] = {}
-        # Jobs whose last finished step was short: their steps are prefetched deeper.
-        self._short_jobs: set[str] = set()
+        # How long the last finished step of each job ran: sets how deep its steps are prefetched.
+        self._job_pace: dict[str, float] = {}
         self._consumers: list[_ConsumerSlot] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -268,7 +270,7 @@ class MultiprocessDistributor:
         """Queue one task and return its distributor id."""
         resources = self._check(command, requested_resources)
         job_id = self._new_job_id()
-        record = _Record(job_id, name, command, resources, job_id, None)
+        record = _Record(job_id, name, log_stem(name), command, resources, job_id, None)
         self._enqueue([record])
         return job_id
 
@@ -279,7 +281,8 @@ class MultiprocessDistributor:
             raise ValueError(f"array_length must be a positive integer, not {array_length!r}")
         resources = self._check(command, requested_resources)
         job_id = self._new_job_id()
-        records = [_Record(f"{job_id}_{step}", name, command, resources, job_id, step) for step in range(array_length)]
+        stem = log_stem(name)
+        records = [_Record(f"{job_id}_{step}", name, stem, command, resources, job_id, step) for step in range(array_length)]
         self._enqueue(records)
         return {record.array_step_id: record.distributor_id for record in records}  # type: ignore[misc]
 
@@ -415,22 +418,33 @@ class MultiprocessDistributor:
                 return slot if in_use + cores <= self.parallelism else None
         if cores != 1:
             return None
-        if record.job_id not in self._short_jobs:
-            return None  # a task of unknown length waits for a free consumer, never behind another
+        depth = self._prefetch_depth(record.job_id)
         best = None
         now = time.time()
         for slot in usable:
             queued = len(slot.assigned) - 1
             running = slot.assigned[0]
-            if running.resources.cores != 1 or running.job_id not in self._short_jobs or queued >= PREFETCH_SHORT:
+            if running.resources.cores != 1 or queued >= min(depth, self._prefetch_depth(running.job_id)):
                 continue
-            if running.started is not None and now - running.started >= STEAL_AFTER_SECONDS:
+            if self._running_late(running, now) is None:
                 continue  # this one turned out slow: don't queue behind it
-            if queued > PREFETCH_SHORT // 2 and slot not in batches:  # refill at half depth, in one message
+            if queued > depth // 2 and slot not in batches:  # refill at half depth, in one message
                 continue
             if best is None or len(slot.assigned) < len(best.assigned):
                 best = slot
         return best
+
+    def _prefetch_depth(self, job_id: str) -> int:
+        pace = self._job_pace.get(job_id)
+        if pace is None or pace >= MEDIUM_TASK_SECONDS:
+            return 0
+        return PREFETCH_SHORT if pace < SHORT_TASK_SECONDS else 1
+
+    def _running_late(self, running: _Record, now: float) -> float | None:
+        """Seconds until ``running`` counts as slow (tasks queued behind it are taken back), None if it does."""
+        limit = max(STEAL_AFTER_SECONDS, 2 * self._job_pace.get(running.job_id, 0.0))
+        elapsed = now - running.started if running.started is not None else 0.0
+        return limit - elapsed if elapsed < limit else None
 
     def _assign(self, slot: _ConsumerSlot, record: _Record) -> PickableTask:
         env = {"JOB_ID": record.job_id, "NBDIST_DISTRIBUTOR_ID": record.distributor_id}
@@ -517,14 +531,12 @@ class MultiprocessDistributor:
             queued = [record for record in list(slot.assigned)[1:] if not record.recalled]
             if not queued:
                 continue
-            started = slot.assigned[0].started
-            waited = now - started if started is not None else 0.0
-            if waited >= STEAL_AFTER_SECONDS:
+            wait = self._running_late(slot.assigned[0], now)
+            if wait is None:
                 for record in queued:
                     record.recalled = True
                 send_message(slot.task_writer, ("unqueue", [record.distributor_id for record in queued]))
             else:
-                wait = STEAL_AFTER_SECONDS - waited
                 next_look = wait if next_look is None else min(next_look, wait)
         return next_look
 
@@ -548,10 +560,8 @@ class MultiprocessDistributor:
             self._finish(record, S.NO_DISTRIBUTOR_ID, payload)
         else:
             outcome: Outcome = payload
-            if outcome.usage.get("wall_s", 1.0) < SHORT_TASK_SECONDS:
-                self._short_jobs.add(record.job_id)
-            else:
-                self._short_jobs.discard(record.job_id)
+            if record.array_step_id is not None and "wall_s" in outcome.usage:
+                self._job_pace[record.job_id] = outcome.usage["wall_s"]
             self._finish(record, outcome.status, outcome.message, outcome.exit_code, outcome.signal, outcome.usage)
 
     def _finish(self, record: _Record, status: str, message: str, exit_code: int | None = None,

@@ -416,3 +416,12 @@ def test_steps_queued_behind_a_slow_step_are_taken_back(dist, tmp_path):
     slow_end = ends.pop(60)
     assert max(ends.values()) < slow_end - 1.5, "a step waited behind the slow one"
     assert {dist.get_remote_exit_info(i)[0] for i in steps.values()} == {"D"}
+
+
+def test_cancelling_queued_steps_of_a_throttled_array_does_not_stall_the_rest(dist):
+    blockers = [dist.submit_to_batch_distributor("sleep 30", f"b{i}", {}) for i in range(2)]
+    steps = dist.submit_array_to_batch_distributor("echo ok", "throttled", {"max_concurrent": 2}, 6)
+    dist.terminate_task_instances([steps[0], steps[1]])
+    dist.terminate_task_instances(blockers)
+    wait_finished(dist, [*blockers, *steps.values()], timeout=10)
+    assert [dist.get_remote_exit_info(steps[i])[0] for i in range(6)] == ["K", "K", "D", "D", "D", "D"]
