@@ -279,6 +279,11 @@ class _Handle(concurrent.futures.Future):
 
         return asyncio.shield(asyncio.wrap_future(self)).__await__()
 
+    @property
+    def session(self) -> Any:
+        """The :class:`~nbdist.Session` that owns this job or array."""
+        return self._session
+
     def wait(self, timeout: float | None = None) -> State:
         """Block until the work ends (or ``timeout`` seconds pass); return its State then.
 

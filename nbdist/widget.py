@@ -133,9 +133,7 @@ class Dashboard:
         array = getattr(handle, "array", None)
         self.preferred_step: int | None = handle.step if array is not None else None
         self.handle = array if array is not None else handle
-        # Handles know their session (``_session`` until the core makes it public).
-        self.session = (session or getattr(handle, "session", None) or getattr(handle, "_session", None)
-                        or nbdist.default_session())
+        self.session = session or getattr(handle, "session", None) or nbdist.default_session()
         self.page_size = page_size
         self.tail_lines = tail_lines
         self.page = 0
