@@ -39,11 +39,16 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "RemoteExitInfoNotAvailable",
     "TaskInstanceStatus",
     "ClusterDistributor",
     "ClusterWorkerNode",
     "ClusterQueue",
 ]
+
+
+class RemoteExitInfoNotAvailable(KeyError):
+    """Raised by ``get_remote_exit_info`` for an id this distributor never ran."""
 
 
 class TaskInstanceStatus:

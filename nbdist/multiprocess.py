@@ -30,17 +30,17 @@ import multiprocessing.connection
 import os
 import secrets
 import select
-import signal
 import tempfile
 import threading
 import time
 from collections import deque
 from typing import Any, Iterable
 
-from .cluster_protocol import TaskInstanceStatus as S
+from .cluster_protocol import RemoteExitInfoNotAvailable, TaskInstanceStatus as S
 from .resources import Resources, log_stem
 from .consumer import Consumer, PickableTask, receive_message, send_message
-from .runner import Outcome, TaskSpec, exit_message
+from .runner import Outcome, TaskSpec, exit_message, kill_tasks_by_id
+from .worker import MultiprocessWorkerNode
 
 __all__ = [
     "PickableTask",
@@ -70,10 +70,6 @@ MEDIUM_TASK_SECONDS = 1.0
 # A queued step waits behind a running one that has taken this long, and at least twice its job's
 # pace, while another consumer is idle: the distributor takes it back (work stealing).
 STEAL_AFTER_SECONDS = 0.1
-
-
-class RemoteExitInfoNotAvailable(KeyError):
-    """Raised by ``get_remote_exit_info`` for an id this distributor never ran."""
 
 
 def new_job_id_prefix() -> str:
@@ -593,7 +589,7 @@ class MultiprocessDistributor:
         # Events are batched, so the last ones may never have arrived: a task whose log file exists
         # had started (it is lost, and killed if still running); one without never started.
         lost = [r for r in slot.assigned if r.state == S.RUNNING or os.path.exists(r.log_path("o", self.log_dir))]
-        _kill_lost_tasks(lost)
+        kill_tasks_by_id([record.distributor_id for record in lost])
         for record in list(slot.assigned):
             if record in lost:
                 self._finish(record, S.UNKNOWN_ERROR, f"lost: its consumer process died ({how})")
@@ -618,7 +614,7 @@ class MultiprocessDistributor:
             tree = psutil.Process(slot.process.pid).children(recursive=True)
         except psutil.Error:
             tree = []
-        _kill_lost_tasks(list(slot.assigned))
+        kill_tasks_by_id([record.distributor_id for record in slot.assigned])
         for proc in tree:
             try:
                 proc.kill()
@@ -638,73 +634,3 @@ class MultiprocessDistributor:
                 self.stop()
             except Exception:  # interpreter shutdown: best effort
                 pass
-
-
-def _kill_lost_tasks(records: list[_Record]) -> None:
-    """SIGKILL every process of tasks whose consumer is gone, found by the id in their environment.
-
-    Their pids may not have reached us, and their daemons may have left the task's group, but every
-    descendant inherits ``NBDIST_DISTRIBUTOR_ID``. Scanning all processes is slow-ish; it only
-    happens when a consumer dies.
-    """
-    import psutil
-
-    if not records:
-        return
-    ids = {record.distributor_id for record in records}
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("NBDIST_DISTRIBUTOR_ID") in ids:
-                proc.kill()
-        except psutil.Error:
-            pass
-
-
-class MultiprocessWorkerNode:
-    """What a task started by the multiprocess distributor knows about itself (from its environment)."""
-
-    def __init__(self) -> None:
-        self._start = time.time()
-
-    @property
-    def distributor_id(self) -> str | None:
-        """``JOB_ID`` for a job, ``JOB_ID_ARRAY_STEP_ID`` for an array step, None outside a task."""
-        job_id = os.environ.get("JOB_ID")
-        if job_id is None:
-            return None
-        step = self.array_step_id
-        return job_id if step is None else f"{job_id}_{step}"
-
-    @property
-    def array_step_id(self) -> int | None:
-        """Return the array step id (None for a plain job)."""
-        step = os.environ.get("ARRAY_STEP_ID")
-        return int(step) if step not in (None, "") else None
-
-    def initialize_logfile(self, log_type: str, log_dir: str, name: str) -> str:
-        """``{log_dir}/{name}.o{id}`` for ``stdout``, ``.e{id}`` for ``stderr``."""
-        kinds = {"stdout": "o", "stderr": "e"}
-        if log_type not in kinds:
-            raise ValueError(f"log_type must be 'stdout' or 'stderr', not {log_type!r}")
-        return os.path.join(log_dir, f"{log_stem(name)}.{kinds[log_type]}{self.distributor_id}")
-
-    def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:
-        """``(D, …)`` for exit 0, ``(K, …)`` for SIGTERM/SIGKILL, ``(E, error_msg)`` otherwise."""
-        if exit_code == 0:
-            return S.DONE, "exit code 0"
-        signum = -exit_code if exit_code < 0 else (exit_code - 128 if exit_code > 128 else None)
-        if signum in (signal.SIGTERM, signal.SIGKILL):
-            return S.KILL_SELF, error_msg or exit_message(None, signum)
-        return S.ERROR, error_msg or exit_message(exit_code, None)
-
-    def get_usage_stats(self) -> dict[str, Any]:
-        """Wall seconds since this node object was made, CPU and max RSS of this process and its children."""
-        import resource
-
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return {
-            "wall_s": round(time.time() - self._start, 4),
-            "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 4),
-            "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 2),
-        }

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from .cluster_protocol import TaskInstanceStatus as S
 from .resources import format_memory, format_runtime
 
-__all__ = ["TaskSpec", "Outcome", "RunningTask", "become_subreaper", "exit_message"]
+__all__ = ["TaskSpec", "Outcome", "RunningTask", "become_subreaper", "exit_message", "kill_tasks_by_id"]
 
 # How often the RSS of a memory-limited task's tree is sampled: a shorter period catches fast
 # allocations earlier but costs a /proc scan each time.
@@ -285,6 +285,26 @@ def _open_log(path: str) -> int:
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         return os.open(path, flags, 0o644)
+
+
+def kill_tasks_by_id(distributor_ids: list[str]) -> None:
+    """SIGKILL every process whose environment says it belongs to one of these tasks.
+
+    For tasks whose consumer died: their pids may never have reached the distributor and their
+    daemons may have left the task's group, but every descendant inherits ``NBDIST_DISTRIBUTOR_ID``.
+    Scanning all processes is slow-ish; it only happens after a fault.
+    """
+    import psutil
+
+    wanted = set(distributor_ids)
+    if not wanted:
+        return
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("NBDIST_DISTRIBUTOR_ID") in wanted:
+                proc.kill()
+        except psutil.Error:
+            pass
 
 
 def _quote(text: str) -> str:

@@ -22,13 +22,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from .cluster_protocol import TaskInstanceStatus as S
 from .resources import log_stem, parse_memory, parse_runtime
-from .runner import RunningTask, TaskSpec, become_subreaper
+from .runner import RunningTask, TaskSpec, become_subreaper, exit_message
 
-__all__ = ["main", "exit_info_path", "read_exit_info", "current_distributor_id"]
+__all__ = ["main", "exit_info_path", "read_exit_info", "current_distributor_id", "MultiprocessWorkerNode"]
 
 
 def current_distributor_id() -> str | None:
@@ -42,6 +42,56 @@ def current_distributor_id() -> str | None:
         step = env.get("ARRAY_STEP_ID")
         return f"{env['JOB_ID']}_{step}" if step else env["JOB_ID"]
     return None
+
+
+class MultiprocessWorkerNode:
+    """What a task started by the multiprocess distributor knows about itself (from its environment)."""
+
+    def __init__(self) -> None:
+        self._start = time.time()
+
+    @property
+    def distributor_id(self) -> str | None:
+        """``JOB_ID`` for a job, ``JOB_ID_ARRAY_STEP_ID`` for an array step, None outside a task."""
+        job_id = os.environ.get("JOB_ID")
+        if job_id is None:
+            return None
+        step = self.array_step_id
+        return job_id if step is None else f"{job_id}_{step}"
+
+    @property
+    def array_step_id(self) -> int | None:
+        """Return the array step id (None for a plain job)."""
+        step = os.environ.get("ARRAY_STEP_ID")
+        return int(step) if step not in (None, "") else None
+
+    def initialize_logfile(self, log_type: str, log_dir: str, name: str) -> str:
+        """``{log_dir}/{name}.o{id}`` for ``stdout``, ``.e{id}`` for ``stderr``."""
+        kinds = {"stdout": "o", "stderr": "e"}
+        if log_type not in kinds:
+            raise ValueError(f"log_type must be 'stdout' or 'stderr', not {log_type!r}")
+        return os.path.join(log_dir, f"{log_stem(name)}.{kinds[log_type]}{self.distributor_id}")
+
+    def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:
+        """``(D, …)`` for exit 0, ``(K, …)`` for SIGTERM/SIGKILL, ``(E, error_msg)`` otherwise."""
+        if exit_code == 0:
+            return S.DONE, "exit code 0"
+        signum = -exit_code if exit_code < 0 else (exit_code - 128 if exit_code > 128 else None)
+        if signum in (signal.SIGTERM, signal.SIGKILL):
+            return S.KILL_SELF, error_msg or exit_message(None, signum)
+        return S.ERROR, error_msg or exit_message(exit_code, None)
+
+    def get_usage_stats(self) -> dict[str, Any]:
+        """Wall seconds since this node object was made, CPU and max RSS of this process and its children."""
+        import resource
+
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "wall_s": round(time.time() - self._start, 4),
+            "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 4),
+            "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 2),
+        }
 
 
 def exit_info_path(stdout_dir: str, name: str, distributor_id: str) -> str:
