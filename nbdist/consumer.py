@@ -136,6 +136,9 @@ class Consumer:
     @classmethod
     def serve(cls, task_fd: int, response_fd: int) -> None:
         """The consumer process's main: run tasks until told to stop or the distributor goes away."""
+        # pass_fds made the pipes inheritable: tasks must not inherit (and could write into) them.
+        os.set_inheritable(task_fd, False)
+        os.set_inheritable(response_fd, False)
         consumer = cls(
             multiprocessing.connection.Connection(task_fd, writable=False),
             multiprocessing.connection.Connection(response_fd, readable=False),

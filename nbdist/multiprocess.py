@@ -4,21 +4,23 @@ Data flow::
 
     caller threads ──submit/terminate──►  MultiprocessDistributor  (one lock, one dispatcher thread)
                                              │  ▲
-                              ("run", task)  │  │  [("started", id, pid), ("done", id, outcome), ...]
-                              ("kill", id)   ▼  │
+                       ("run", [tasks])      │  │  [("started", id, pid), ("done", id, outcome),
+                       ("kill", id)          │  │   ("returned", id), ...]
+                       ("unqueue", ids)      ▼  │
                                    Consumer 1 … Consumer N   (processes, one task at a time)
                                              │
                                    /bin/sh -c COMMAND  (own process group, logs redirected)
 
 The distributor alone decides which task starts where, so a task that is cancelled before it was
-handed to a consumer can never start. Each consumer holds at most its running task and one
-prefetched task, so a consumer never waits on a round-trip to the parent between tasks. A task
-that asks for ``cores=k`` runs on one consumer while ``k - 1`` others stay idle.
+handed to a consumer can never start. A consumer may hold queued tasks behind its running one
+(none for tasks of unknown length, one for steps under a second, up to ``PREFETCH_SHORT`` for
+tiny ones), so it never waits on a round-trip to the distributor between tasks; steps queued behind
+a step that turned out slow are taken back when another consumer is idle. A task that asks for
+``cores=k`` runs on one consumer while ``k - 1`` others stay idle.
 
-Consumers are started with the ``spawn`` method: forking a Jupyter kernel (threads, an event loop,
-open sockets) is not safe. A consumer that dies is noticed through its process sentinel: its running
-task is reported lost (``U``) and killed, its prefetched task goes back to the queue, and a new
-consumer takes its place.
+Consumers are fresh interpreters started with ``subprocess`` (see :class:`Consumer`). A consumer
+that dies is noticed through its pidfd: its running task is reported lost (``U``) and killed, the
+tasks it never started go back to the queue, and a new consumer takes its place.
 """
 
 from __future__ import annotations
@@ -143,6 +145,11 @@ class _ConsumerSlot:
         event_writer.close()
         self.assigned: deque[_Record] = deque()
         self.reader_open = True
+        self.broken = False  # a send failed: it is dying, give it nothing more
+
+    @property
+    def usable(self) -> bool:
+        return self.reader_open and not self.broken
 
     def slots_in_use(self) -> int:
         return self.assigned[0].resources.cores if self.assigned else 0
@@ -241,7 +248,8 @@ class MultiprocessDistributor:
             slot.process.join(1.0)
         self._wake()
         if self._thread is not None:
-            self._thread.join(1.0)
+            self._thread.join(2.0)
+        dispatcher_gone = self._thread is None or not self._thread.is_alive()
         with self._lock:
             for record in list(self._live.values()):
                 self._finish(record, S.KILL_SELF, "killed: the distributor stopped")
@@ -250,8 +258,11 @@ class MultiprocessDistributor:
                 slot.event_reader.close()
                 slot.process.close()
             self._consumers = []
-            self._wake_reader.close()
-            self._wake_writer.close()
+            if dispatcher_gone:  # never close a pipe under a thread still polling it
+                self._wake_reader.close()
+                self._wake_writer.close()
+            else:
+                logger.warning("the dispatcher thread did not stop in time")
             self.started = False
 
     def __enter__(self) -> "MultiprocessDistributor":
@@ -377,10 +388,7 @@ class MultiprocessDistributor:
                     self._finish(record, S.KILL_SELF, "cancelled before it started")
                 else:
                     record.cancel_requested = True  # if the consumer hands it back, it is not requeued
-                    try:
-                        send_message(record.consumer.task_writer, ("kill", distributor_id, self.kill_grace))
-                    except OSError:
-                        pass  # the consumer died; its sentinel handler reports the task
+                    self._send(record.consumer, ("kill", distributor_id, self.kill_grace))
 
     # ----------------------------------------------------------------- dispatcher
     def _dispatch(self) -> None:
@@ -402,13 +410,20 @@ class MultiprocessDistributor:
             pending.popleft()
             batches.setdefault(slot, []).append(self._assign(slot, record))
         for slot, tasks in batches.items():
-            send_message(slot.task_writer, ("run", tasks))
+            self._send(slot, ("run", tasks))
+
+    def _send(self, slot: _ConsumerSlot, message: tuple[Any, ...]) -> None:
+        """Send to a consumer; one that died takes no more work (its exit handler requeues what it held)."""
+        try:
+            send_message(slot.task_writer, message)
+        except OSError:
+            slot.broken = True
 
     def _pick_consumer(self, record: _Record, batches: dict[_ConsumerSlot, list[PickableTask]]) -> _ConsumerSlot | None:
         """An idle consumer if the task's cores are free; else, for 1-core tasks, one to prefetch onto."""
         cores = record.resources.cores
         in_use = sum(slot.slots_in_use() for slot in self._consumers)
-        usable = [slot for slot in self._consumers if slot.reader_open]
+        usable = [slot for slot in self._consumers if slot.usable]
         for slot in usable:
             if not slot.assigned:
                 return slot if in_use + cores <= self.parallelism else None
@@ -500,6 +515,11 @@ class MultiprocessDistributor:
         except (EOFError, OSError):
             slot.reader_open = False
             return
+        except Exception:  # a corrupt message must not kill the dispatcher: treat it as a dead consumer
+            logger.exception("unreadable message from consumer %s; replacing it", slot.process.pid)
+            slot.reader_open = False
+            slot.process.kill()
+            return
         returned = []
         for event in events:
             if event[0] == "returned":
@@ -508,17 +528,22 @@ class MultiprocessDistributor:
                 self._apply_event(slot, event)
         for record in returned:
             slot.assigned.remove(record)
-            if record.resources.max_concurrent is not None:
-                self._in_flight[record.job_id] -= 1
-            record.consumer = None
-            record.recalled = False
-            if record.cancel_requested:
-                self._finish(record, S.KILL_SELF, "cancelled before it started")
+            self._take_back(record)
         self._pending.extendleft(reversed([r for r in returned if r.state == S.QUEUED]))
+
+    def _take_back(self, record: _Record) -> None:
+        """A task a consumer held but never started: finished if it was cancelled, else ready to requeue."""
+        record.recalled = False
+        if record.cancel_requested:
+            self._finish(record, S.KILL_SELF, "cancelled before it started")  # frees its throttle slot
+            return
+        if record.resources.max_concurrent is not None:
+            self._in_flight[record.job_id] -= 1
+        record.consumer = None
 
     def _steal(self) -> float | None:
         """Take back steps queued behind a slow one when a consumer is idle; seconds to the next look."""
-        usable = [slot for slot in self._consumers if slot.reader_open]
+        usable = [slot for slot in self._consumers if slot.usable]
         if self._pending or self._stopping or all(slot.assigned for slot in usable):
             return None
         now = time.time()
@@ -531,7 +556,7 @@ class MultiprocessDistributor:
             if wait is None:
                 for record in queued:
                     record.recalled = True
-                send_message(slot.task_writer, ("unqueue", [record.distributor_id for record in queued]))
+                self._send(slot, ("unqueue", [record.distributor_id for record in queued]))
             else:
                 next_look = wait if next_look is None else min(next_look, wait)
         return next_look
@@ -594,10 +619,9 @@ class MultiprocessDistributor:
             if record in lost:
                 self._finish(record, S.UNKNOWN_ERROR, f"lost: its consumer process died ({how})")
             else:  # prefetched, never started: back to the front of the queue
-                if record.resources.max_concurrent is not None:
-                    self._in_flight[record.job_id] -= 1
-                record.consumer = None
-                self._pending.appendleft(record)
+                self._take_back(record)
+                if record.state == S.QUEUED:
+                    self._pending.appendleft(record)
         slot.assigned.clear()
         slot.task_writer.close()
         slot.event_reader.close()

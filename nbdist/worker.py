@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -129,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not words:
         print("nbdist-worker: no command given (use: nbdist-worker [options] -- COMMAND)", file=sys.stderr)
         return 2
-    command = words[0] if len(words) == 1 else " ".join(words)
+    # One word is a shell command line as it is; several are argv words, quoted back into one line.
+    command = words[0] if len(words) == 1 else shlex.join(words)
     distributor_id = args.distributor_id or current_distributor_id() or f"local{os.getpid()}"
     stderr_dir = args.stderr_dir or args.stdout_dir
     for folder in {args.stdout_dir, stderr_dir}:

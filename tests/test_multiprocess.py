@@ -425,3 +425,9 @@ def test_cancelling_queued_steps_of_a_throttled_array_does_not_stall_the_rest(di
     dist.terminate_task_instances(blockers)
     wait_finished(dist, [*blockers, *steps.values()], timeout=10)
     assert [dist.get_remote_exit_info(steps[i])[0] for i in range(6)] == ["K", "K", "D", "D", "D", "D"]
+
+
+def test_tasks_inherit_no_descriptor_of_the_distributor(dist):
+    job = dist.submit_to_batch_distributor("ls /proc/$$/fd", "fds", {})
+    wait_finished(dist, [job])
+    assert sorted(Path(dist.log_paths(job)[0]).read_text().split(), key=int) == ["0", "1", "2"]

@@ -71,3 +71,9 @@ def test_worker_without_command_says_how(tmp_path):
     result = run_worker(tmp_path, "--name", "x")
     assert result.returncode == 2 and "no command given" in result.stderr
     assert not list(Path(tmp_path).iterdir())
+
+
+def test_several_words_are_argv_quoted_back(tmp_path):
+    result = run_worker(tmp_path, "--name", "argv", "--id", "3", "--", "printf", "%s|", "two words", "$(echo no)")
+    assert result.returncode == 0
+    assert (tmp_path / "argv.o3").read_text() == "two words|$(echo no)|"
