@@ -431,3 +431,30 @@ def test_tasks_inherit_no_descriptor_of_the_distributor(dist):
     job = dist.submit_to_batch_distributor("ls /proc/$$/fd", "fds", {})
     wait_finished(dist, [job])
     assert sorted(Path(dist.log_paths(job)[0]).read_text().split(), key=int) == ["0", "1", "2"]
+
+
+def test_cancelled_tasks_held_by_a_dead_consumer_stay_cancelled(tmp_path):
+    distributor = MultiprocessDistributor("held", parallelism=2, log_dir=str(tmp_path / "logs"))
+    distributor.start()
+    runs = tmp_path / "runs"
+    try:
+        ids = distributor.submit_array_to_batch_distributor(f"echo $ARRAY_STEP_ID >> {runs}", "held", {}, 3000)
+        deadline = time.monotonic() + 10
+        while True:  # wait until a consumer holds prefetched tasks, then freeze it
+            with distributor._lock:
+                slot = next((s for s in distributor._consumers if len(s.assigned) > 2), None)
+                if slot is not None:
+                    os.kill(slot.process.pid, signal.SIGSTOP)
+                    held = [r.distributor_id for r in list(slot.assigned)[1:]]
+                    break
+            assert time.monotonic() < deadline, "no consumer ever held prefetched tasks"
+            time.sleep(0.001)
+        distributor.terminate_task_instances(held)  # the frozen consumer never reads these kills
+        os.kill(slot.process.pid, signal.SIGKILL)
+        wait_finished(distributor, ids.values(), timeout=60)
+    finally:
+        distributor.stop()
+    letters = {i: distributor.get_remote_exit_info(i)[0] for i in held}
+    assert "D" not in letters.values(), f"a cancelled task ran: {letters}"
+    ran = runs.read_text().split()
+    assert len(ran) == len(set(ran))
