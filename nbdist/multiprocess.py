@@ -39,7 +39,7 @@ from collections import deque
 from typing import Any, Iterable
 
 from .cluster_protocol import RemoteExitInfoNotAvailable, TaskInstanceStatus as S
-from .resources import Resources, log_stem
+from .resources import Resources, check_array_length, check_command, log_stem
 from .consumer import Consumer, PickableTask, receive_message, send_message
 from .runner import Outcome, TaskSpec, exit_message, kill_tasks_by_id
 from .worker import MultiprocessWorkerNode
@@ -117,6 +117,7 @@ class _Record:
         self.cancel_requested = False
 
     def log_path(self, kind: str, log_dir: str) -> str:
+        # resources.log_file's naming, with the stem computed once per submission (a hot path).
         folder = (self.resources.stdout_dir if kind == "o" else self.resources.stderr_dir) or log_dir
         return f"{folder}/{self.stem}.{kind}{self.distributor_id}"
 
@@ -284,8 +285,7 @@ class MultiprocessDistributor:
     def submit_array_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
                                           array_length: int) -> dict[int, str]:
         """Queue ``array_length`` steps (0 … n-1); return ``{step: "{job_id}_{step}"}``."""
-        if isinstance(array_length, bool) or not isinstance(array_length, int) or array_length < 1:
-            raise ValueError(f"array_length must be a positive integer, not {array_length!r}")
+        check_array_length(array_length)
         resources = self._check(command, requested_resources)
         job_id = self._new_job_id()
         stem = log_stem(name)
@@ -294,8 +294,7 @@ class MultiprocessDistributor:
         return {record.array_step_id: record.distributor_id for record in records}  # type: ignore[misc]
 
     def _check(self, command: str, requested_resources: dict[str, Any] | None) -> Resources:
-        if not isinstance(command, str) or not command.strip():
-            raise ValueError("command must be a non-empty string")
+        check_command(command)
         resources = Resources.parse(requested_resources, max_cores=self.parallelism)
         if resources.after:
             raise ValueError("the multiprocess backend does not take 'after': submit dependents when their dependencies are done")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "log_stem"]
+__all__ = [
+    "Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "log_stem", "log_file",
+    "check_command", "check_array_length",
+]
 
 KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd", "max_concurrent", "after")
 
@@ -84,6 +88,23 @@ def log_stem(name: str) -> str:
     """A file-name-safe form of a task name: it can never leave the log folder."""
     stem = _UNSAFE_NAME_CHARS.sub("_", name).lstrip(".") or "task"
     return stem[:100]
+
+
+def log_file(folder: str, name: str, kind: str, distributor_id: str) -> str:
+    """``{folder}/{name}.{kind}{id}``: ``o`` stdout, ``e`` stderr, ``x`` exit info (every backend's naming)."""
+    return os.path.join(folder, f"{log_stem(name)}.{kind}{distributor_id}")
+
+
+def check_command(command: object) -> None:
+    """A command is a non-empty shell command line."""
+    if not isinstance(command, str) or not command.strip():
+        raise ValueError("command must be a non-empty string")
+
+
+def check_array_length(array_length: object) -> None:
+    """An array has at least one step."""
+    if isinstance(array_length, bool) or not isinstance(array_length, int) or array_length < 1:
+        raise ValueError(f"array_length must be a positive integer, not {array_length!r}")
 
 
 @dataclass(frozen=True)

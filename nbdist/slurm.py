@@ -42,7 +42,7 @@ from typing import Any, Iterable
 from . import slurm_cli as cli
 from .cluster_protocol import TaskInstanceStatus as S
 from .multiprocess import MultiprocessWorkerNode, RemoteExitInfoNotAvailable
-from .resources import Resources, format_memory, log_stem
+from .resources import Resources, check_array_length, check_command, format_memory, log_file, log_stem
 from .runner import exit_message
 from .worker import current_distributor_id, exit_info_path, read_exit_info
 
@@ -120,7 +120,7 @@ class _Record:
 
     def log_path(self, kind: str) -> str:
         folder = self.stdout_dir if kind in "osx" else self.stderr_dir
-        return os.path.join(folder, f"{log_stem(self.name)}.{kind}{self.distributor_id}")
+        return log_file(folder, self.name, kind, self.distributor_id)
 
     def exit_info(self) -> dict[str, Any] | None:
         return read_exit_info(exit_info_path(self.stdout_dir, self.name, self.distributor_id))
@@ -253,8 +253,7 @@ class SlurmDistributor:
         ``requested_resources["max_concurrent"]`` becomes ``%K``. Steps see ``JOB_ID`` and
         ``ARRAY_STEP_ID`` (as well as Slurm's own variables).
         """
-        if isinstance(array_length, bool) or not isinstance(array_length, int) or array_length < 1:
-            raise ValueError(f"array_length must be a positive integer, not {array_length!r}")
+        check_array_length(array_length)
         resources = self._check(command, requested_resources)
         job_id = self._sbatch(command, name, resources, array_length=array_length)
         records = [_Record(f"{job_id}_{step}", name, resources, self.log_dir) for step in range(array_length)]
@@ -286,8 +285,7 @@ class SlurmDistributor:
         self._register([record])
 
     def _check(self, command: str, requested_resources: dict[str, Any] | None) -> Resources:
-        if not isinstance(command, str) or not command.strip():
-            raise ValueError("command must be a non-empty string")
+        check_command(command)
         resources = Resources.parse(requested_resources)
         for dependency in resources.after:
             if not cli.JOB_ID_RE.match(dependency):

@@ -26,7 +26,7 @@ import time
 from typing import Any, Sequence
 
 from .cluster_protocol import TaskInstanceStatus as S
-from .resources import log_stem, parse_memory, parse_runtime
+from .resources import log_file, parse_memory, parse_runtime
 from .runner import RunningTask, TaskSpec, become_subreaper, exit_message
 
 __all__ = ["main", "exit_info_path", "read_exit_info", "current_distributor_id", "MultiprocessWorkerNode"]
@@ -71,7 +71,7 @@ class MultiprocessWorkerNode:
         kinds = {"stdout": "o", "stderr": "e"}
         if log_type not in kinds:
             raise ValueError(f"log_type must be 'stdout' or 'stderr', not {log_type!r}")
-        return os.path.join(log_dir, f"{log_stem(name)}.{kinds[log_type]}{self.distributor_id}")
+        return log_file(log_dir, name, kinds[log_type], str(self.distributor_id))
 
     def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:
         """``(D, …)`` for exit 0, ``(K, …)`` for SIGTERM/SIGKILL, ``(E, error_msg)`` otherwise."""
@@ -97,7 +97,7 @@ class MultiprocessWorkerNode:
 
 def exit_info_path(stdout_dir: str, name: str, distributor_id: str) -> str:
     """Where ``nbdist-worker`` writes a task's exit info."""
-    return os.path.join(stdout_dir, f"{log_stem(name)}.x{distributor_id}")
+    return log_file(stdout_dir, name, "x", distributor_id)
 
 
 def read_exit_info(path: str) -> dict | None:
@@ -136,12 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr_dir = args.stderr_dir or args.stdout_dir
     for folder in {args.stdout_dir, stderr_dir}:
         os.makedirs(folder, exist_ok=True)
-    stem = log_stem(args.name)
     spec = TaskSpec(
         distributor_id,
         command,
-        os.path.join(args.stdout_dir, f"{stem}.o{distributor_id}"),
-        os.path.join(stderr_dir, f"{stem}.e{distributor_id}"),
+        log_file(args.stdout_dir, args.name, "o", distributor_id),
+        log_file(stderr_dir, args.name, "e", distributor_id),
         runtime_s=args.runtime,
         memory_mb=args.memory,
     )
