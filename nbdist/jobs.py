@@ -391,7 +391,7 @@ class Job(_Handle):
 
     def retry(self, scale: float | dict[str, float] | None = None) -> Job:
         """Run a finished job again as a new attempt (resources scaled as for automatic retries)."""
-        self._session._retry(self._rec, [self._index], scale, force=True)
+        self._session._retry(self._rec, [self._index], scale)
         return self
 
     def _failure_message(self) -> str:
@@ -485,7 +485,7 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
             ``{"runtime": 2, "memory": 1.5}``: per resource.
         """
         steps = self.failed()
-        self._session._retry(self._rec, [step._index for step in steps], scale, force=True)
+        self._session._retry(self._rec, [step._index for step in steps], scale)
         return steps
 
     def done(self) -> bool:

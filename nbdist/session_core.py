@@ -340,8 +340,7 @@ class SessionCore:
         self._wake()
         return any_live
 
-    def _retry(self, rec: JobRecord, indices: Sequence[int], scale: float | Mapping[str, float] | None,
-               force: bool) -> None:
+    def _retry(self, rec: JobRecord, indices: Sequence[int], scale: float | Mapping[str, float] | None) -> None:
         with self._lock:
             if not self._own(rec):
                 self._ask_owner(rec, "retry", list(indices))
@@ -535,7 +534,7 @@ class SessionCore:
                     self._cancel(rec, chosen)
                 elif action == "retry":
                     failed = [i for i in chosen if rec.states[i].is_failure]
-                    self._retry(rec, failed, None, force=True)
+                    self._retry(rec, failed, None)
             except Exception as exc:
                 logger.warning("request %s of %s failed: %s", action, rec.name, exc)
             changed = True

@@ -38,6 +38,8 @@ REFRESH_MARGIN_SECONDS = 5.0
 
 def load_record(session: SessionCore, row: dict[str, Any]) -> JobRecord:
     """A JobRecord from a ``jobs`` row and its ``steps`` rows."""
+    from .session_core import DEFAULT_SCALES
+
     steps_field = row["steps"]
     steps: Sequence[int] | None
     if steps_field is None:
@@ -54,7 +56,7 @@ def load_record(session: SessionCore, row: dict[str, Any]) -> JobRecord:
     rec.env = dict(spec.get("env") or {})
     rec.cwd = spec.get("cwd")
     rec.max_attempts = int(spec.get("max_attempts") or 1)
-    rec.scales = dict(spec.get("scales") or {"runtime": 1.5, "memory": 1.5})
+    rec.scales = dict(spec.get("scales") or DEFAULT_SCALES)
     rec.log_dir = row["log_dir"] or ""
     rec.script_dir = row["script_dir"]
     rec.script_chunk = int(spec.get("script_chunk") or 1)

@@ -207,3 +207,23 @@ def test_scaled_resources_survive_attach(tmp_path, fresh_default):
     assert slow.attempts[-1].number == 3 and slow.attempts[-1].resources["runtime"] == 2
     slow.cancel()
     assert slow.wait(10) is State.KILLED
+
+
+def test_a_registry_without_scales_gets_the_default_scales(tmp_path, fresh_default, monkeypatch):
+    import json
+    import sqlite3
+
+    import nbdist.session_core as core
+
+    root = str(tmp_path / "root")
+    with Session(parallelism=2, root=root) as first:
+        assert first.submit("true", name="old").wait(10) is State.DONE
+    db = sqlite3.connect(f"{root}/registry.db")
+    with db:  # a registry written before scales were stored with the job
+        (spec,) = db.execute("SELECT spec FROM jobs").fetchone()
+        db.execute("UPDATE jobs SET spec = ?", (json.dumps({k: v for k, v in json.loads(spec).items()
+                                                             if k != "scales"}),))
+    db.close()
+    monkeypatch.setattr(core, "DEFAULT_SCALES", {"runtime": 2.0, "memory": 3.0})
+    again = nbdist.attach(root)
+    assert again.get("old")._rec.scales == {"runtime": 2.0, "memory": 3.0}
