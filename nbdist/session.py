@@ -22,7 +22,7 @@ from .backends import load_backend
 from .jobs import Array, Attempt, Job, JobRecord, LogPaths, _Handle
 from .registry import Registry
 from .resources import Resources
-from .session_core import DEFAULT_SCALES, SessionCore, _unjson
+from .session_core import DEFAULT_SCALES, SessionCore, _unjson, check_backend_options
 from .session_load import claim_orphans, load_record
 from .snapshot import Snapshot, build_snapshot
 from .state import State
@@ -55,7 +55,8 @@ class Session(SessionCore):
     root
         Folder of the registry (``registry.db``), the logs (``logs/{name}/``) and per-step scripts.
     **backend_options
-        Passed to the backend's constructor.
+        Passed to the backend's constructor; an option it does not name is a ValueError listing
+        those it does (e.g. ``partition``, ``sbatch_args`` for Slurm).
 
     Examples
     --------
@@ -72,6 +73,7 @@ class Session(SessionCore):
             raise ValueError(f"parallelism must be a positive integer, not {parallelism!r}")
         self.backend_name = backend
         self._backend_classes: dict[str, type] = {backend: load_backend(backend)}
+        check_backend_options(backend, self._backend_classes[backend], backend_options)
         self.parallelism = parallelism
         self.root = os.path.abspath(root)
         self._backend_options = backend_options

@@ -19,6 +19,7 @@ single-task submission of the step with its own distributor id, hence its own lo
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -37,7 +38,7 @@ from .session_load import refresh_foreign, session_alive
 from .state import RETRYABLE_STATES, State
 from .sweep import STEP_ENV, script_command
 
-__all__ = ["SessionCore", "DEFAULT_SCALES"]
+__all__ = ["SessionCore", "DEFAULT_SCALES", "backend_options", "check_backend_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +95,21 @@ class SessionCore:
         if backend is None:
             cls = self._backend_classes.get(name) or load_backend(name)
             self._backend_classes[name] = cls
-            kwargs: dict[str, Any] = dict(self._backend_options) if name == self.backend_name else {}
-            if name == "multiprocess":
-                kwargs.setdefault("parallelism", self.parallelism or os.cpu_count() or 1)
-                kwargs.setdefault("log_dir", os.path.join(self.root, "logs"))
-            elif self.parallelism is not None and name == self.backend_name:
-                kwargs.setdefault("parallelism", self.parallelism)
-            backend = cls(name, **kwargs)
+            backend = cls(name, **self._backend_kwargs(name))
             backend.start()
             self._backends[name] = backend
         return backend
+
+    def _backend_kwargs(self, name: str) -> dict[str, Any]:
+        """The keyword arguments the backend ``name`` is constructed with."""
+        kwargs: dict[str, Any] = dict(self._backend_options) if name == self.backend_name else {}
+        if name == "multiprocess":
+            kwargs.setdefault("parallelism", self.parallelism or os.cpu_count() or 1)
+            kwargs.setdefault("log_dir", os.path.join(self.root, "logs"))
+        elif (self.parallelism is not None and name == self.backend_name
+              and "parallelism" in (backend_options(self._backend_classes[name]) or ())):
+            kwargs.setdefault("parallelism", self.parallelism)
+        return kwargs
 
     def _usable(self, name: str) -> bool:
         """True if the backend ``name`` can be loaded here."""
@@ -569,6 +575,25 @@ class SessionCore:
                         self._job_updates[job_id] = {**fields, **self._job_updates.get(job_id, {})}
         for handle in resolve:
             handle._resolve()
+
+
+def backend_options(cls: type) -> list[str] | None:
+    """The options a backend's constructor names (after the cluster name it is given first);
+    None when it names none but takes ``**kwargs``: then it checks its options itself."""
+    parameters = list(inspect.signature(cls).parameters.values())[1:]
+    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not named and any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return named
+
+
+def check_backend_options(name: str, cls: type, options: Mapping[str, Any]) -> None:
+    """Raise ValueError for an option the backend's constructor does not name (say a misspelt one)."""
+    valid = backend_options(cls)
+    unknown = sorted(set(options) - set(valid)) if valid is not None else []
+    if unknown:
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                         f"backend {name!r}; valid options: {', '.join(valid) or 'none'}")  # type: ignore[arg-type]
 
 
 def _reports(backend: Any, ids: list[str]) -> dict[str, Mapping[str, Any]]:

@@ -161,3 +161,21 @@ def test_windowed_polls_of_many_live_tasks(session, tmp_path, monkeypatch):
 def test_env_must_be_a_dict(session):
     with pytest.raises(ValueError, match="env must be a dict of strings"):
         session.submit("true", env=["A=1"])
+
+
+@pytest.mark.parametrize(("backend", "valid"), [("multiprocess", "kill_grace"), ("slurm", "partition, log_dir")])
+def test_unknown_backend_option_is_one_clear_error(tmp_path, backend, valid):
+    root = tmp_path / "root"
+    with pytest.raises(ValueError, match=f"unknown option 'partiton' for backend '{backend}'; valid options: .*{valid}"):
+        Session(backend=backend, root=str(root), partiton="debug")
+    assert not root.exists()  # nothing was created
+
+
+def test_parallelism_goes_only_to_a_backend_that_takes_it(tmp_path):
+    slurm = Session(backend="slurm", parallelism=2, root=str(tmp_path / "slurm"), partition="debug")
+    try:
+        assert slurm._backend_kwargs("slurm") == {"partition": "debug"}
+    finally:
+        slurm.close()
+    with Session(parallelism=2, root=str(tmp_path / "local")) as local:
+        assert local._backend_kwargs("multiprocess")["parallelism"] == 2
