@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keyword
 import logging
+import numbers
 import re
 import shlex
 import sys
@@ -33,7 +34,8 @@ MAX_ARRAY_STEPS = 1_000_000
 
 _PYTHON_EOF = "NBDIST_PYTHON_EOF"
 _STEP_RE = re.compile(r"\{\{\s*step\s*\}\}")
-_PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+# The core's placeholder syntax (nbdist.sweep), so the magic finds the same names.
+_PLACEHOLDER_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
 
 def parse_array_spec(spec: str) -> tuple[Sequence[int], int | None]:
@@ -97,19 +99,53 @@ def _one_line(exc: BaseException) -> str:
     return detail or type(exc).__name__
 
 
-def _python_command(body: str) -> str:
+def _python_command(body: str, params: Sequence[dict[str, Any]] | None = None) -> str:
     """A shell command running ``body`` with this kernel's interpreter (so the job sees its packages).
 
-    The body goes through a quoted here-document, which the shell leaves untouched; a ``{{param}}``
-    placeholder, replaced by the core with the shell-quoted value, therefore reaches Python as a
-    literal: ``0.1`` stays a number and ``two words`` arrives as the string ``'two words'``;
+    The body goes through a quoted here-document, which the shell leaves untouched. A ``{{param}}``
+    in it becomes an expression reading the value from the interpreter's arguments, where the core
+    puts it as one shell-quoted word: a value is data, never code (``abc``, ``1/0`` or ``os.sep``
+    arrive as strings). A parameter whose values (``params``, one dict per step) are all ``int`` is
+    an ``int``, all numbers a ``float``, all ``bool`` a ``bool``; anything else is its ``str``.
     ``{{step}}`` is the step id as an ``int``.
     """
     if any(line.strip() == _PYTHON_EOF for line in body.splitlines()):
         raise UsageError(f"a --python body may not contain a line {_PYTHON_EOF}")
+    from .sweep import placeholders
+
     # The core fills {{step}} with a shell variable, which a quoted here-document would leave as text.
     body = _STEP_RE.sub("int(__import__('os').environ['NBDIST_STEP'])", body)
-    return f"{shlex.quote(sys.executable)} - <<'{_PYTHON_EOF}'\n{body.rstrip()}\n{_PYTHON_EOF}\n"
+    names = placeholders(body)
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        column = [row[name] for row in params or () if name in row]
+        return _python_type(column).format(f"__import__('sys').argv[{names.index(name) + 1}]")
+
+    body = _PLACEHOLDER_RE.sub(value, body)
+    words = "".join(f" {{{{{name}}}}}" for name in names)
+    return f"{shlex.quote(sys.executable)} -{words} <<'{_PYTHON_EOF}'\n{body.rstrip()}\n{_PYTHON_EOF}\n"
+
+
+def _python_type(values: Sequence[Any]) -> str:
+    """The expression (a format of the argument's text) that gives a ``--python`` parameter its type."""
+    if values and all(isinstance(value, bool) for value in values):
+        return "({} == 'True')"
+    numbers_only = values and not any(isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      for value in values)
+    if numbers_only and all(isinstance(value, numbers.Integral) for value in values):
+        return "int({})"
+    if numbers_only and all(_is_float_text(str(value)) for value in values):
+        return "float({})"
+    return "{}"
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _split(line: str) -> list[str]:
@@ -195,7 +231,8 @@ class NbdistMagics(Magics):
         The body is a shell script (``/bin/sh``), or Python with ``--python``. What it prints goes to
         its log files (see the dashboard's log viewer or ``%nbdist logs NAME``), never to the notebook.
         Array steps see their step id as ``$NBDIST_STEP`` and ``{{step}}``; with ``--over`` each
-        parameter is ``{{name}}`` (shell-quoted; a Python literal with ``--python``) and ``$name``.
+        parameter is ``{{name}}`` (shell-quoted; with ``--python`` a Python value: a str, or an
+        int/float/bool when all its values are) and ``$name``.
 
         Examples::
 
@@ -277,16 +314,15 @@ class NbdistMagics(Magics):
         elif steps is None and _PLACEHOLDER_RE.search(cell):
             found = _PLACEHOLDER_RE.search(cell).group(0)  # type: ignore[union-attr]
             raise UsageError(f"the body uses {found} but there is no --array or --over to fill it")
-        command = cell
-        if args.python:
-            command = _python_command(cell)
+        sweep = None
         if steps is not None or over is not None:
             from .sweep import expand
 
             try:  # the core's own check of placeholders against parameters; nothing is run
-                expand(command, steps=steps, over=over)
+                sweep = expand(cell, steps=steps, over=over)
             except (ValueError, TypeError) as exc:
                 raise UsageError(_one_line(exc)) from None
+        command = _python_command(cell, sweep.params if sweep is not None else None) if args.python else cell
         options: dict[str, Any] = {"name": args.name, "cores": args.cores, "max_attempts": args.max_attempts}
         if args.memory is not None:
             options["memory"] = args.memory

@@ -6,16 +6,22 @@ namespace); every bad line must raise ``UsageError`` and submit nothing.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
 import nbdist
 from nbdist.magics import NbdistMagics
+from nbdist.sweep import expand, script_command, write_scripts
 
 WAIT_S = 60
 
@@ -128,12 +134,38 @@ def test_python_body_runs_with_the_kernel_interpreter(ip: Any, session: Any) -> 
 
 
 def test_python_placeholders_are_python_literals(ip: Any, session: Any) -> None:
-    ip.user_ns["words"] = {"w": ["two words", "it's", "$(touch pwned)", 0.5]}
-    cell(ip, "--name lit --over words --python --wait --quiet --out lit", "print(repr({{w}}))")
-    assert [job.stdout() for job in ip.user_ns["lit"]] == ["'two words'\n", '"it\'s"\n', "'$(touch pwned)'\n", "0.5\n"]
+    words = ["two words", "it's", "$(touch pwned)", "abc", "1/0", "os.sep", "__import__('os').system('touch pwned')"]
+    ip.user_ns["words"] = {"w": words, "n": [3], "x": [0.5], "b": [True]}
+    cell(ip, "--name lit --over words --python --wait --quiet --out lit", "print(repr({{w}}), {{n}} * 2, {{x}}, {{b}})")
+    assert [job.stdout() for job in ip.user_ns["lit"]] == [f"{word!r} 6 0.5 True\n" for word in words]
     cell(ip, "--name steps --array 0-4:2 --python --wait --quiet --out steps", "print({{step}} * 10)")
     assert [job.stdout() for job in ip.user_ns["steps"]] == ["0\n", "20\n", "40\n"]
     assert not Path("pwned").exists()
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+_CODE = st.sampled_from(["abc", "1/0", "os.sep", "__import__('os').system('touch pwned')", "'", '"""', "\\",
+                         "x; touch pwned", "$(touch pwned)", "\nimport os\n", "NBDIST_PYTHON_EOF", "-c", "--", ""])
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.one_of(st.lists(st.one_of(_CODE, _TEXT), min_size=1, max_size=3),
+                        st.lists(st.integers(), min_size=1, max_size=3),
+                        st.lists(st.floats(allow_nan=False), min_size=1, max_size=3)))
+def test_python_placeholder_values_are_data_never_code(ip: Any, values: list[Any]) -> None:
+    magics = ip.magics_manager.registry["NbdistMagics"]
+    ip.user_ns["_values"] = {"v": values}
+    request = magics._check_submit(magics._parse(magics.submit, "--over _values --python"),
+                                   "import sys\nprint(repr({{v}}))\n")
+    sweep = expand(request["command"], over=request["over"])
+    with tempfile.TemporaryDirectory() as scripts, tempfile.TemporaryDirectory() as folder:
+        chunk = write_scripts(scripts, request["command"], sweep)  # exactly what each step runs
+        steps = "; ".join(script_command(scripts, chunk, index) for index in range(len(values)))
+        done = subprocess.run(["/bin/sh", "-c", steps], cwd=folder, capture_output=True, timeout=30,
+                              env={"PATH": os.environ["PATH"], "HOME": folder})
+        assert os.listdir(folder) == []  # nothing was created: no code of a value ran
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().splitlines() == [repr(value) for value in values]
 
 
 def test_after_runs_in_order(ip: Any, session: Any) -> None:
