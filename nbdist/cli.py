@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -72,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parallelism", type=int)
     run.add_argument("--backend", default="multiprocess")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress line")
-    run.add_argument("words", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    run.add_argument("words", nargs="*", metavar="-- COMMAND",
+                     help="one word: a shell command line; several: a command and its arguments")
     return parser
 
 
@@ -214,12 +216,11 @@ def _retry(session: Session, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- run
 def _run(args: argparse.Namespace) -> int:
-    words = list(args.words)
-    if words and words[0] == "--":
-        words = words[1:]
+    words = args.words  # argparse has taken the "--" away
     if not words:
         raise ValueError("run needs a command: nbdist run [options] -- COMMAND")
-    command = words[0] if len(words) == 1 else " ".join(words)
+    # One word is a shell command line as it is; several are argv words, quoted back into one line.
+    command = words[0] if len(words) == 1 else shlex.join(words)
     options: dict[str, Any] = dict(name=args.name, cores=args.cores, memory=args.memory, runtime=args.runtime,
                                    max_attempts=args.max_attempts, after=args.after)
     with Session(backend=args.backend, parallelism=args.parallelism, root=args.root) as session:

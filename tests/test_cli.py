@@ -26,6 +26,16 @@ def test_run_array_reports_progress_and_fails_if_a_step_failed(tmp_path, capsys)
     assert main(["--root", root, "run", "--name", "fine", "--", "true"]) == 0
 
 
+def test_run_keeps_the_quoting_of_argv_words(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    assert main(["--root", root, "run", "--name", "argv", "--", sys.executable, "-c", "print('a  b'); print(1)"]) == 0
+    assert main(["--root", root, "run", "--name", "line", "--", "echo 'c  d' | tr c e"]) == 0
+    assert main(["--root", root, "logs", "argv"]) == 0
+    assert capsys.readouterr().out == "a  b\n1\n"
+    assert main(["--root", root, "logs", "line"]) == 0
+    assert capsys.readouterr().out == "e  d\n"
+
+
 def test_status_and_logs(tmp_path, capsys):
     root = str(tmp_path / "root")
     with Session(parallelism=2, root=root) as session:
