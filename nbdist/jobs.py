@@ -15,6 +15,7 @@ session to act (``cancel``, ``retry``).
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import time
 from collections.abc import Generator, Sequence
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from .sweep import Sweep
 
 __all__ = ["Job", "Array", "JobFailed", "Attempt", "LogPaths", "JobRecord", "read_tail"]
+
+logger = logging.getLogger(__name__)
 
 
 class LogPaths(NamedTuple):
@@ -242,15 +245,35 @@ class _Handle(concurrent.futures.Future):
     _rec: JobRecord
 
     def _resolve(self) -> None:
-        """Finish the Future from the record (called by the session, without its lock)."""
-        with self._condition:
-            if self._state == "FINISHED":  # type: ignore[attr-defined]
+        """Finish the Future from the record if its work has ended; a no-op otherwise.
+
+        Called by the session after it released its lock. The state is read and the Future finished
+        in one hold of the session's lock, so a retry in between cannot finish it with a live state,
+        and two threads resolving it finish it once. Callbacks run after the lock is released.
+        """
+        with self._session._lock, self._condition:
+            if self._state == "FINISHED" or not self._ended():  # type: ignore[attr-defined]
                 return
-        state = self.state
-        if state is State.DONE:
-            self.set_result(self)
-        else:
-            self.set_exception(JobFailed(self, state, self._failure_message()))
+            state = self.state
+            if state is State.DONE:
+                self._result = self
+                for waiter in self._waiters:  # type: ignore[attr-defined]
+                    waiter.add_result(self)
+            else:
+                self._exception = JobFailed(self, state, self._failure_message())
+                for waiter in self._waiters:  # type: ignore[attr-defined]
+                    waiter.add_exception(self)
+            self._state = "FINISHED"  # type: ignore[attr-defined]
+            self._condition.notify_all()
+            callbacks = list(self._done_callbacks)  # type: ignore[attr-defined]
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("exception calling callback for %r", self)
+
+    def _ended(self) -> bool:
+        raise NotImplementedError
 
     def _rearm(self) -> None:
         """Make a finished Future pending again (a retry starts a new outcome); callbacks already
@@ -394,6 +417,9 @@ class Job(_Handle):
         self._session._retry(self._rec, [self._index], scale)
         return self
 
+    def _ended(self) -> bool:
+        return self.state.is_terminal
+
     def _failure_message(self) -> str:
         return self._rec.failure_text(self._index)
 
@@ -499,6 +525,9 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
     def running(self) -> bool:
         """True while some step runs."""
         return bool(self._rec.by_state[State.RUNNING])
+
+    def _ended(self) -> bool:
+        return self._rec.all_terminal
 
     def _failure_message(self) -> str:
         rec = self._rec

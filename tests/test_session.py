@@ -141,3 +141,56 @@ def test_module_level_api_is_complete():
         assert hasattr(nbdist, name), name
     public = {name for name in dir(nbdist) if not name.startswith("_") and callable(getattr(nbdist, name))}
     assert public - {"annotations"} <= set(nbdist.__all__) | {"Any", "threading"}
+
+
+def test_a_retry_just_before_the_future_is_resolved_keeps_it_pending(session, tmp_path, monkeypatch):
+    marker = tmp_path / "fixed"
+    job = session.submit(f"test -e {marker}", name="raced")
+    write, retried = session.registry.write, []
+
+    def retry_in_between(*args):
+        # The poller recorded FAILED and has not resolved the Future yet: a retry comes in just now.
+        if job.state is State.FAILED and not retried:
+            retried.append(True)
+            marker.touch()
+            job.retry()
+        return write(*args)
+
+    monkeypatch.setattr(session.registry, "write", retry_in_between)
+    assert job.result(10) is job and retried
+    assert [attempt.state for attempt in job.attempts] == [State.FAILED, State.DONE]
+
+
+def test_resolving_from_many_threads_finishes_the_future_once(session):
+    import sys
+    import threading
+
+    old_interval = sys.getswitchinterval()
+    job = session.submit("exit 3", name="once")
+    assert job.wait(10) is State.FAILED
+    errors: list[BaseException] = []
+    calls: list[int] = []
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    try:
+        for round_ in range(300):
+            with session._lock:
+                job._rearm()
+            job.add_done_callback(lambda _job, round_=round_: calls.append(round_))
+            barrier = threading.Barrier(4)
+
+            def resolve():
+                barrier.wait()
+                try:
+                    job._resolve()
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=resolve) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert not errors and calls == list(range(300))
+    assert isinstance(job.exception(0), JobFailed)
