@@ -20,10 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Sweep", "expand", "parse_array_spec", "placeholders", "render", "write_manifest", "write_scripts",
-           "script_command", "chunk_size", "STEP_ENV", "INDEX_EXPR"]
+__all__ = ["MAX_ARRAY_STEPS", "Sweep", "expand", "parse_array_spec", "placeholders", "render", "write_manifest",
+           "write_scripts", "script_command", "chunk_size", "STEP_ENV", "INDEX_EXPR"]
 
 STEP_ENV = "NBDIST_STEP"
+# The largest array spec accepted (magic and CLI): far above any interactive use, low enough that a
+# typo such as ``0-9999999999`` fails at once instead of building a billion-step list.
+MAX_ARRAY_STEPS = 1_000_000
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Parameters become environment variables: these would break the shell or nbdist itself.
@@ -229,7 +232,8 @@ def _check_names(command: str, names: list[str]) -> None:
 def parse_array_spec(spec: str) -> tuple[list[int] | range, int | None]:
     """``"10"`` → ``range(10)``; ``"0-9"``, ``"1,3,5-7"``, ``"0-99%4"`` (at most 4 at once), Slurm-style.
 
-    Returns ``(steps, max_concurrent)``.
+    Returns ``(steps, max_concurrent)``. Raises ValueError for a malformed spec or one of more than
+    :data:`MAX_ARRAY_STEPS` steps (counted per range before any list is built).
     """
     text = spec.strip()
     limit: int | None = None
@@ -238,11 +242,15 @@ def parse_array_spec(spec: str) -> tuple[list[int] | range, int | None]:
         if not tail.isdigit() or int(tail) < 1:
             raise ValueError(f"array spec {spec!r}: the part after % must be a positive count")
         limit = int(tail)
+    too_many = f"array spec {spec!r}: more than {MAX_ARRAY_STEPS} steps"
     if text.isdigit():
         if int(text) < 1:
             raise ValueError(f"array spec {spec!r}: a count must be positive")
+        if int(text) > MAX_ARRAY_STEPS:
+            raise ValueError(too_many)
         return range(int(text)), limit
-    steps: list[int] = []
+    ranges = []
+    total = 0
     for part in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*(?::\s*(\d+))?)?\s*", part)
         if not match:
@@ -252,8 +260,11 @@ def parse_array_spec(spec: str) -> tuple[list[int] | range, int | None]:
         stride = int(match.group(3)) if match.group(3) else 1
         if last < first or stride < 1:
             raise ValueError(f"array spec {spec!r}: range {part.strip()!r} is empty")
-        steps.extend(range(first, last + 1, stride))
-    return steps, limit
+        total += (last - first) // stride + 1  # not len(range): a typo's range may not fit a C size
+        ranges.append(range(first, last + 1, stride))
+        if total > MAX_ARRAY_STEPS:
+            raise ValueError(too_many)
+    return [step for steps in ranges for step in steps], limit
 
 
 def chunk_size(command: str, sweep: Sweep) -> int:

@@ -100,7 +100,8 @@ def test_console_script_and_bad_input(tmp_path):
                           timeout=30).returncode == 0
 
 
-@pytest.mark.parametrize("argv", [["run"], ["run", "--array", "x", "--", "true"]])
+@pytest.mark.parametrize("argv", [["run"], ["run", "--array", "x", "--", "true"],
+                                  ["run", "--array", "0-9999999999", "--", "true"]])
 def test_run_usage_errors(tmp_path, capsys, argv):
     assert main(["--root", str(tmp_path / "r"), *argv]) == 2
     assert capsys.readouterr().err.startswith("nbdist: ")

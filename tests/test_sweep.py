@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbdist import Session, State
-from nbdist.sweep import expand, parse_array_spec, placeholders, render, script_command, write_scripts
+from nbdist.sweep import MAX_ARRAY_STEPS, expand, parse_array_spec, placeholders, render, script_command, write_scripts
 
 
 def test_grid_is_the_cartesian_product():
@@ -75,6 +76,18 @@ def test_array_spec_parsing():
     assert parse_array_spec("0-99%4")[1] == 4
     with pytest.raises(ValueError, match="array spec"):
         parse_array_spec("a-b")
+
+
+def test_array_spec_size_is_capped_per_range_before_any_list_is_built():
+    assert len(parse_array_spec(f"0-{MAX_ARRAY_STEPS - 1}")[0]) == MAX_ARRAY_STEPS
+    for spec in (f"0-{MAX_ARRAY_STEPS}", f"1,0-{MAX_ARRAY_STEPS - 1}", f"0-{MAX_ARRAY_STEPS}%4", f"{MAX_ARRAY_STEPS + 1}"):
+        with pytest.raises(ValueError, match=f"more than {MAX_ARRAY_STEPS} steps"):
+            parse_array_spec(spec)
+    started = time.perf_counter()
+    for spec in ("0-9999999999", "0-9999999999999999999:1", "5,0-99999999999", "99999999999999"):
+        with pytest.raises(ValueError, match="more than"):
+            parse_array_spec(spec)
+    assert time.perf_counter() - started < 1
 
 
 def test_non_contiguous_steps_keep_their_ids():
