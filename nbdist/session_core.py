@@ -34,7 +34,7 @@ from .backends import load_backend
 from .jobs import JobRecord, _Handle
 from .registry import Registry
 from .resources import parse_memory, parse_runtime
-from .session_load import refresh_foreign, session_alive
+from .session_load import claim, refresh_foreign, session_alive
 from .state import RETRYABLE_STATES, State
 from .sweep import STEP_ENV, script_command
 
@@ -393,11 +393,8 @@ class SessionCore:
         """True if this session owns ``rec`` — taking it over first when its session is gone."""
         if rec.owned:
             return True
-        if session_alive(self.registry.sessions().get(rec.session_id or "")):
-            return False
-        if self.registry.claim_job(rec.id, rec.session_id, self.id):
-            rec.session_id, rec.owned = self.id, True
-        return rec.owned
+        owner = self.registry.sessions().get(rec.session_id or "")
+        return not session_alive(owner) and claim(self, rec, owner)
 
     def _ask_owner(self, rec: JobRecord, action: str, indices: list[int]) -> bool:
         """Another live session owns this job: leave it a request in the registry."""

@@ -27,7 +27,7 @@ from .sweep import Sweep
 if TYPE_CHECKING:
     from .session_core import SessionCore
 
-__all__ = ["load_record", "claim_orphans", "refresh_foreign", "session_alive"]
+__all__ = ["load_record", "claim", "claim_orphans", "refresh_foreign", "session_alive"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +137,22 @@ def claim_orphans(session: SessionCore, sessions: dict[str, dict[str, Any]], tak
             continue
         if not take_over and (rec.by_state[State.PENDING] or session._persistent(rec.backend)):
             continue  # left for a session that will run or adopt them
-        if not session.registry.claim_job(rec.id, rec.session_id, session.id):
-            continue  # another session took it over first
-        rec.session_id = session.id
-        rec.owned = True
-        _take_over(session, rec, owner)
+        claim(session, rec, owner)
+
+
+def claim(session: SessionCore, rec: JobRecord, owner: dict[str, Any] | None) -> bool:
+    """Take over an orphaned job (its session ``owner`` is gone): True if this session won it.
+
+    Only one session wins (a compare-and-set in the registry); the winner records how the dead
+    session's local steps ended, adopts its persistent ones and launches its PENDING ones (the
+    session's lock is held).
+    """
+    if not session.registry.claim_job(rec.id, rec.session_id, session.id):
+        return False  # another session took it over first
+    rec.session_id = session.id
+    rec.owned = True
+    _take_over(session, rec, owner)
+    return True
 
 
 def _take_over(session: SessionCore, rec: JobRecord, owner: dict[str, Any] | None) -> None:
@@ -184,11 +195,7 @@ def refresh_foreign(session: SessionCore, records: list[JobRecord]) -> bool:
             session._set(rec, index, state)
             session._dirty.discard((rec, index))  # their owner writes them, not us
             changed = True
-        if not rec.all_terminal and not session_alive(sessions.get(rec.session_id or "")):
-            owner = sessions.get(rec.session_id or "")
-            if session.registry.claim_job(rec.id, rec.session_id, session.id):
-                rec.session_id = session.id
-                rec.owned = True
-                _take_over(session, rec, owner)
-                changed = True
+        owner = sessions.get(rec.session_id or "")
+        if not rec.all_terminal and not session_alive(owner) and claim(session, rec, owner):
+            changed = True
     return changed

@@ -227,3 +227,53 @@ def test_a_registry_without_scales_gets_the_default_scales(tmp_path, fresh_defau
     monkeypatch.setattr(core, "DEFAULT_SCALES", {"runtime": 2.0, "memory": 3.0})
     again = nbdist.attach(root)
     assert again.get("old")._rec.scales == {"runtime": 2.0, "memory": 3.0}
+
+
+ORPHAN_KERNEL = textwrap.dedent(
+    """
+    import sys, time
+    from nbdist import Session
+
+    if __name__ == "__main__":
+        root, marker = sys.argv[1], sys.argv[2]
+        session = Session(parallelism=2, root=root)
+        running = session.submit("exec sleep 60", name="running")
+        stuck = session.submit(f"test -e {marker} || exec sleep 60", name="stuck")
+        while running.state is not running.state.RUNNING or stuck.state is not stuck.state.RUNNING:
+            time.sleep(0.02)
+        time.sleep(0.3)  # one more poll: the registry has them RUNNING
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_kill_or_retry_takes_over_a_job_whose_kernel_died_after_attach(tmp_path, fresh_default, monkeypatch):
+    import nbdist.session_core as core
+
+    # This session never looks at other kernels' jobs on its own: the kill and the retry must take
+    # the orphans over themselves.
+    monkeypatch.setattr(core, "REGISTRY_CHECK_SECONDS", 1e9)
+    root, marker = str(tmp_path / "root"), tmp_path / "fixed"
+    script = tmp_path / "kernel.py"
+    script.write_text(ORPHAN_KERNEL)
+    kernel = subprocess.Popen([sys.executable, str(script), root, str(marker)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout.readline().strip() == "ready"
+        tree = psutil.Process(kernel.pid).children(recursive=True)
+        session = nbdist.attach(root)  # the kernel is alive: its jobs stay its own
+        running, stuck = session.get("running"), session.get("stuck")
+        assert running.state is State.RUNNING and stuck.state is State.RUNNING
+        kernel.send_signal(signal.SIGKILL)
+        kernel.wait(5)
+    finally:
+        kernel.kill()
+        kernel.stdout.close()
+    assert _wait_for(lambda: not any(_exists(proc) for proc in tree))
+
+    running.cancel()
+    assert running.wait(5) is State.KILLED and str(kernel.pid) in running.message
+    marker.touch()
+    stuck.retry()
+    assert stuck.wait(10) is State.DONE and stuck.attempts[-1].number == 2
+    assert session.registry.jobs()[0]["session_id"] == session.id
