@@ -169,7 +169,12 @@ class NbdistMagics(Magics):
         super().__init__(shell)
         # The session the magics use: the default one until ``%nbdist attach`` or ``%nbdist backend``.
         self._session: Any = None
+        # Sessions of ``%%submit --backend B`` cells whose B is not the current session's (one each).
         self._by_backend: dict[str, Any] = {}
+        # Sessions that ``%nbdist backend``/``attach`` replaced: their jobs are still shown, and each
+        # is closed as soon as none of its jobs is live (a closed session stays readable).
+        self._replaced: list[Any] = []
+        self._closing: list[Any] = []
         self._nbdist_parser = _build_nbdist_parser()
 
     # -- sessions ---------------------------------------------------------------------------
@@ -177,8 +182,8 @@ class NbdistMagics(Magics):
         """The session for ``backend`` (the current one when None); a UsageError if it cannot start."""
         import nbdist
 
-        current = self._session or nbdist.default_session()
-        if backend is None or backend == getattr(current, "backend_name", None):
+        current = self._current()
+        if backend is None or backend == current.backend_name:
             return current
         if backend not in self._by_backend:
             try:
@@ -187,13 +192,57 @@ class NbdistMagics(Magics):
                 raise UsageError(f"--backend {backend}: {_one_line(exc)}") from None
         return self._by_backend[backend]
 
-    @staticmethod
-    def _lookup(session: Any, name: str, what: str = "job or array") -> Any:
-        try:
-            return session.get(name)
-        except (KeyError, LookupError, ValueError):
-            known = ", ".join(sorted({str(getattr(h, "name", None) or h.id) for h in session.jobs()})[:10])
-            raise UsageError(f"no {what} named {name!r}" + (f" (known: {known})" if known else "")) from None
+    def _current(self) -> Any:
+        import nbdist
+
+        return self._session or nbdist.default_session()
+
+    def sessions(self) -> list[Any]:
+        """Every session whose jobs ``%nbdist`` shows: the current one, ``--backend`` ones, replaced ones."""
+        self._close_idle()
+        found: list[Any] = []
+        for session in (self._current(), *self._by_backend.values(), *reversed(self._replaced)):
+            if all(session is not other for other in found):
+                found.append(session)
+        return found
+
+    def _replace(self, old: Any, new: Any) -> None:
+        """``new`` takes the place of ``old``: close ``old`` now if it is idle, else once it is."""
+        if old is new or any(old is other for other in self._replaced):
+            return
+        self._replaced.append(old)
+        self._closing.append(old)
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close the replaced sessions none of whose jobs is live (stops their consumers and poller)."""
+        for session in list(self._closing):
+            if all(handle.done() for handle in session.jobs()):
+                self._closing.remove(session)
+                session.close()
+
+    def _lookup(self, name: str, what: str = "job or array", session: Any = None) -> Any:
+        """The newest job or array called ``name`` in ``session`` (default: in every session shown)."""
+        sessions = [session] if session is not None else self.sessions()
+        found = []
+        for candidate in sessions:
+            try:
+                found.append(candidate.get(name))
+            except (KeyError, LookupError, ValueError):
+                continue
+        if found:
+            root = sessions[0].root
+            return max(found, key=lambda handle: (handle.session.root == root, _number(handle.id)))
+        known = ", ".join(sorted({str(getattr(h, "name", None) or h.id) for s in sessions for h in s.jobs()})[:10])
+        raise UsageError(f"no {what} named {name!r}" + (f" (known: {known})" if known else "")) from None
+
+    def _handles(self) -> list[Any]:
+        """Every job and array of every session shown, once each, in submission order."""
+        handles: dict[tuple[str, str], Any] = {}
+        for session in self.sessions():
+            for handle in session.jobs():
+                handles.setdefault((session.root, handle.id), handle)
+        return sorted(handles.values(), key=lambda handle: (handle.session.root, _number(handle.id)))
 
     def _user_ns(self) -> dict[str, Any]:
         """The notebook's namespace (magics always run inside a shell)."""
@@ -249,7 +298,7 @@ class NbdistMagics(Magics):
         args = self._parse(self.submit, line)
         request = self._check_submit(args, cell)
         session = self.session(args.backend)
-        after = [self._lookup(session, name, "job or array for --after") for name in args.after]
+        after = [self._lookup(name, "job or array for --after", session) for name in args.after]
         try:
             if request["steps"] is None and request["over"] is None:
                 handle = session.submit(request["command"], after=after, **request["options"])
@@ -366,21 +415,20 @@ class NbdistMagics(Magics):
     def _cmd_status(self, args: Any) -> None:
         from . import render
 
-        session = self.session()
         if args.name:
-            snapshot = session.snapshot(self._lookup(session, args.name))
+            handle = self._lookup(args.name)
+            snapshot = handle.session.snapshot(handle)
             display({"text/plain": render.snapshot_text(snapshot), "text/html": render.snapshot_html(snapshot)},
                     raw=True)
             return
-        handles = list(session.jobs())
-        snapshots = [session.snapshot(handle, page_size=1, tail_lines=0) for handle in handles]
+        snapshots = [handle.session.snapshot(handle, page_size=1, tail_lines=0) for handle in self._handles()]
         display({"text/plain": _status_text(snapshots), "text/html": _status_html(snapshots)}, raw=True)
 
     def _cmd_show(self, args: Any) -> None:
         from .widget import show
 
-        session = self.session()
-        display(show(self._lookup(session, args.name), session=session))
+        handle = self._lookup(args.name)
+        display(show(handle, session=handle.session))
 
     def _cmd_logs(self, args: Any) -> None:
         if args.tail is not None and args.tail < 1:
@@ -409,8 +457,7 @@ class NbdistMagics(Magics):
     def _cmd_wait(self, args: Any) -> None:
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"--timeout {args.timeout}: must be positive")
-        session = self.session()
-        handles = [self._lookup(session, name) for name in args.names] if args.names else list(session.jobs())
+        handles = [self._lookup(name) for name in args.names] if args.names else self._handles()
         for handle in handles:
             try:
                 handle.wait(timeout=args.timeout)
@@ -421,10 +468,12 @@ class NbdistMagics(Magics):
     def _cmd_attach(self, args: Any) -> None:
         import nbdist
 
+        old = self._current()
         try:
             self._session = nbdist.attach(args.root)
         except (ValueError, OSError, KeyError) as exc:
             raise UsageError(f"attach {args.root}: {_one_line(exc)}") from None
+        self._replace(old, self._session)
         self._cmd_status(_Namespace(name=None))
 
     def _cmd_backend(self, args: Any) -> None:
@@ -435,23 +484,32 @@ class NbdistMagics(Magics):
         if args.name is None:
             if args.parallelism is not None:
                 raise UsageError("--parallelism needs a backend name, e.g. %nbdist backend multiprocess --parallelism 4")
-            sys.stdout.write(f"{self.session().backend_name}\n")
+            sys.stdout.write(f"{self._current().backend_name}\n")
             return
-        options = {} if args.parallelism is None else {"parallelism": args.parallelism}
-        try:
-            session = nbdist.Session(backend=args.name, **options)
-        except (ValueError, KeyError, ImportError, RuntimeError) as exc:
-            raise UsageError(f"backend {args.name}: {_one_line(exc)}") from None
+        old = self._current()
+        if args.parallelism is None and args.name == old.backend_name:
+            return
+        if args.parallelism is None and args.name in self._by_backend:
+            session = self._by_backend.pop(args.name)
+        else:
+            try:
+                session = nbdist.Session(backend=args.name, **({} if args.parallelism is None
+                                                               else {"parallelism": args.parallelism}))
+            except (ValueError, KeyError, ImportError, RuntimeError) as exc:
+                raise UsageError(f"backend {args.name}: {_one_line(exc)}") from None
+            if args.name in self._by_backend:
+                self._replace(self._by_backend.pop(args.name), session)
         # The magics and the Python API keep using one session: the new one becomes the default.
         self._session = session
         nbdist.set_default_session(session)
+        self._replace(old, session)
 
     def _target(self, target: str, need_step: bool = False) -> Any:
         """The job, array or array step named by ``NAME[:STEP]``."""
         from .widget import step_job
 
         name, step = _split_step(target)
-        handle = self._lookup(self.session(), name)
+        handle = self._lookup(name)
         if step is None:
             if need_step and _is_array(handle):
                 raise UsageError(f"{name!r} is an array: name a step, e.g. {name}:0")
@@ -460,6 +518,11 @@ class NbdistMagics(Magics):
             return step_job(handle, step)
         except KeyError:
             raise UsageError(f"{name!r} has no step {step}") from None
+
+
+def _number(job_id: Any) -> int:
+    """A registry id as a number, for ordering (ids of one registry grow with submission)."""
+    return int(job_id) if str(job_id).isdigit() else -1
 
 
 def _is_array(handle: Any) -> bool:

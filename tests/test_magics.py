@@ -14,12 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from conftest import pid_alive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
 import nbdist
+from nbdist.backends import BUILTIN_BACKENDS
 from nbdist.magics import NbdistMagics
 from nbdist.sweep import expand, script_command, write_scripts
 
@@ -43,12 +46,24 @@ def session(ip: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     session = nbdist.Session(root=str(tmp_path / ".nbdist"), parallelism=2)
     magics = ip.magics_manager.registry["NbdistMagics"]
     magics._session = session
-    magics._by_backend.clear()
     try:
         yield session
     finally:
+        for other in (magics._session, *magics._by_backend.values(), *magics._closing):
+            if other is not None:
+                other.close()
         magics._session = None
+        magics._by_backend.clear()
+        magics._replaced.clear()
+        magics._closing.clear()
+        nbdist.set_default_session(None)
         session.close()
+
+
+@pytest.fixture()
+def local2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second real backend: the multiprocess distributor registered under the name ``local2``."""
+    monkeypatch.setitem(BUILTIN_BACKENDS, "local2", BUILTIN_BACKENDS["multiprocess"])
 
 
 def cell(ip: Any, line: str, body: str) -> None:
@@ -219,6 +234,53 @@ def test_attach_gives_back_jobs(ip: Any, session: Any, tmp_path: Path, capsys: p
 def test_backend_shows_the_current_backend(ip: Any, session: Any, capsys: pytest.CaptureFixture[str]) -> None:
     ip.run_line_magic("nbdist", "backend")
     assert capsys.readouterr().out == f"{session.backend_name}\n"
+
+
+def test_backend_switch_closes_the_idle_session_and_keeps_its_jobs(ip: Any, session: Any,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cell(ip, "--name before --wait --quiet", "echo before")
+    consumers = [child.pid for child in psutil.Process().children(recursive=True)]
+    assert consumers
+    ip.run_line_magic("nbdist", "backend multiprocess --parallelism 1")
+    assert ip.magics_manager.registry["NbdistMagics"]._session is not session
+    assert session._closed and not any(pid_alive(pid) for pid in consumers)  # no consumer, no poller left
+    capsys.readouterr()
+    ip.run_line_magic("nbdist", "logs before")
+    ip.run_line_magic("nbdist", "status")
+    out = capsys.readouterr().out
+    assert out.startswith("before\n") and "before" in out.splitlines()[1] and "DONE 1" in out
+
+
+def test_replaced_session_with_live_work_stays_until_it_ends(ip: Any, session: Any,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cell(ip, "--name long --quiet", "echo started; sleep 60")
+    ip.run_line_magic("nbdist", "backend multiprocess --parallelism 1")
+    assert not session._closed
+    ip.run_line_magic("nbdist", "kill long")
+    assert session.get("long").wait(timeout=WAIT_S) == nbdist.State.KILLED
+    ip.run_line_magic("nbdist", "status")
+    assert "KILLED 1" in capsys.readouterr().out
+    assert session._closed  # its only job ended: closed at the next look
+
+
+def test_jobs_of_a_backend_option_are_seen_by_status_logs_kill_wait(ip: Any, session: Any, local2: None,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    magics = ip.magics_manager.registry["NbdistMagics"]
+    cell(ip, "--name other --backend local2 --quiet", "echo other; sleep 60")
+    cell(ip, "--name quick --backend local2 --quiet", "echo quick")
+    other = magics._by_backend["local2"]
+    assert other.get("other").session is other
+    ip.run_line_magic("nbdist", "wait quick")
+    assert other.get("quick").state == nbdist.State.DONE
+    ip.run_line_magic("nbdist", "kill other")
+    assert other.get("other").wait(timeout=WAIT_S) == nbdist.State.KILLED
+    capsys.readouterr()
+    ip.run_line_magic("nbdist", "logs quick")
+    ip.run_line_magic("nbdist", "status")
+    out = capsys.readouterr().out
+    assert out.startswith("quick\n") and "other" in out and "KILLED 1" in out
+    ip.run_line_magic("nbdist", "backend local2")  # the session of the --backend cells becomes the current one
+    assert magics._session is other and not magics._by_backend and session._closed
 
 
 # -- bad lines: one UsageError, nothing submitted ---------------------------------------------
