@@ -131,3 +131,36 @@ def test_a_session_opens_no_listener_either(tmp_path):
         steps.wait(30)
     assert listening <= listening_before
     assert [job.exit_code for job in steps] == [0, 0, 0]
+
+
+def test_registry_locked_by_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    import nbdist
+
+    root = tmp_path / ".nbdist"
+    with nbdist.Session(root=str(root), parallelism=2) as session:
+        warmup = session.submit("true", name="warmup")
+        warmup.wait(30)
+        locker = subprocess.Popen(
+            [sys.executable, "-c", (
+                "import sqlite3, sys, time\n"
+                f"db = sqlite3.connect({str(root / 'registry.db')!r}, isolation_level=None)\n"
+                "db.execute('BEGIN EXCLUSIVE')\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(2)\n"
+                "db.execute('COMMIT')\n")],
+            stdout=subprocess.PIPE, text=True)
+        assert locker.stdout.readline().strip() == "locked"
+        steps = session.array("echo {{x}}", over={"x": list(range(20))}, name="under-lock")
+        assert steps.wait(60).is_terminal
+        assert locker.wait(10) == 0
+        locker.stdout.close()
+        assert [job.stdout() for job in steps] == [f"{x}\n" for x in range(20)]
+    later = nbdist.attach(str(root), parallelism=1)
+    try:
+        assert later.get("under-lock").counts()["DONE"] == 20
+    finally:
+        later.close()
+        nbdist.set_default_session(None)
