@@ -14,6 +14,7 @@ import numbers
 import re
 import shlex
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -398,7 +399,8 @@ class NbdistMagics(Magics):
             %nbdist kill NAME[:STEP]          kill a job, an array, or one step of it
             %nbdist retry NAME [--scale F]    re-run failed steps (resources × F for TIMEOUT/OUT_OF_MEMORY)
             %nbdist wait [NAME ...] [--timeout S]
-                                              block until finished (every job when no NAME)
+                                              block until finished (every job when no NAME); after S
+                                              seconds, say which are still running
             %nbdist attach [ROOT]             reconnect to the jobs of an earlier kernel (default .nbdist)
             %nbdist backend [NAME] [--parallelism N]
                                               show or switch the backend of the magics' session
@@ -435,8 +437,6 @@ class NbdistMagics(Magics):
             raise UsageError(f"--tail {args.tail}: must be at least 1")
         job = self._target(args.target, need_step=True)
         text = (job.stderr if args.err else job.stdout)(tail=args.tail)
-        if isinstance(text, (list, tuple)):
-            text = "\n".join(text)
         sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
 
     def _cmd_kill(self, args: Any) -> None:
@@ -458,12 +458,12 @@ class NbdistMagics(Magics):
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"--timeout {args.timeout}: must be positive")
         handles = [self._lookup(name) for name in args.names] if args.names else self._handles()
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
         for handle in handles:
-            try:
-                handle.wait(timeout=args.timeout)
-            except TimeoutError:
-                raise UsageError(f"wait: {getattr(handle, 'name', None) or handle.id} still running after "
-                                 f"{args.timeout:g}s") from None
+            handle.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        running = [handle.name for handle in handles if not handle.done()]
+        if running:
+            sys.stdout.write(f"still running after {args.timeout:g}s: {', '.join(running)}\n")
 
     def _cmd_attach(self, args: Any) -> None:
         import nbdist

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,20 @@ def test_jobs_of_a_backend_option_are_seen_by_status_logs_kill_wait(ip: Any, ses
     assert out.startswith("quick\n") and "other" in out and "KILLED 1" in out
     ip.run_line_magic("nbdist", "backend local2")  # the session of the --backend cells becomes the current one
     assert magics._session is other and not magics._by_backend and session._closed
+
+
+def test_wait_timeout_says_what_still_runs(ip: Any, session: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    cell(ip, "--name napping --quiet", "sleep 60")
+    cell(ip, "--name quick --wait --quiet", "true")
+    capsys.readouterr()
+    started = time.monotonic()
+    ip.run_line_magic("nbdist", "wait --timeout 0.5")
+    assert time.monotonic() - started < 5
+    assert capsys.readouterr().out == "still running after 0.5s: napping\n"
+    ip.run_line_magic("nbdist", "wait quick --timeout 5")
+    assert capsys.readouterr().out == ""
+    ip.run_line_magic("nbdist", "kill napping")
+    session.get("napping").wait(timeout=WAIT_S)
 
 
 # -- bad lines: one UsageError, nothing submitted ---------------------------------------------
