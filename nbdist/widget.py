@@ -24,6 +24,7 @@ import uuid
 from typing import Any
 
 from . import render
+from .state import State
 
 __all__ = ["REFRESH_SECONDS", "Dashboard", "refresher_running", "show", "step_job"]
 
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 0.25
 # After this many consecutive refresh errors a dashboard stops refreshing (its session is gone).
 MAX_REFRESH_ERRORS = 5
-# States a "retry failed" button applies to: terminal and not DONE.
-_RETRYABLE = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED")
 _ALL = ""  # the filter value meaning "every state"
 # Characters of each log tail sent to the browser: with a page of rows this keeps a refresh under the
 # 20 KB budget even when a step prints very long lines; the full log is one `%nbdist logs` away.
@@ -164,9 +163,10 @@ class Dashboard:
         if self.preferred_step is not None:
             return self.preferred_step
         rows = list(self.snapshot.rows) if hasattr(self, "snapshot") else []
-        for wanted in (("RUNNING",), _RETRYABLE):
-            for row in rows:
-                if render.state_name(row.state) in wanted:
+        states = [State(render.state_name(row.state)) for row in rows]
+        for wanted in (lambda state: state is State.RUNNING, lambda state: state.is_failure):
+            for row, state in zip(rows, states):
+                if wanted(state):
                     return row.step
         return rows[0].step if rows else None
 
@@ -258,7 +258,7 @@ class Dashboard:
     def _apply(self, snap: Any) -> None:
         """Draw one snapshot into the widgets."""
         counts = {name: n for name, n in render.nonzero_counts(snap.counts)}
-        failed = any(counts.get(name) for name in _RETRYABLE)
+        failed = any(State(name).is_failure for name in counts)  # what "retry failed" applies to
         self._set(self.header, "value", render.header_html(snap))
         self._set(self.progress, "value", float(snap.done_fraction or 0.0))
         style = ("danger" if failed else "success") if snap.all_terminal else ("warning" if failed else "info")

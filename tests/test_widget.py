@@ -17,11 +17,12 @@ pytest.importorskip("ipywidgets")
 
 from ipywidgets import Widget
 
+from nbdist import State
 from nbdist import widget as widget_module
 from nbdist.widget import Dashboard
 
-STATES = ("PENDING", "QUEUED", "RUNNING", "DONE", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED")
-TERMINAL = {"DONE", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "KILLED", "LOST", "SKIPPED"}
+STATES = tuple(state.value for state in State)
+TERMINAL = {state.value for state in State if state.is_terminal}
 XSS = "<img src=x onerror=alert(1)>"
 
 
@@ -184,6 +185,14 @@ def test_header_progress_failures() -> None:
     assert "DONE 3" in dashboard.header.value and "FAILED 1" in dashboard.header.value
     assert "ValueError: boom" in dashboard.failures.value and "×1" in dashboard.failures.value
     assert dashboard.kill_all_button.disabled and not dashboard.retry_button.disabled
+
+
+@pytest.mark.parametrize("state", list(State), ids=[state.value for state in State])
+def test_retry_and_log_step_follow_the_state_module(state: State) -> None:
+    dashboard, _, _ = make(["DONE", state.value])
+    assert dashboard.retry_button.disabled is not state.is_failure
+    assert dashboard.log_step == (1 if state.is_failure or state is State.RUNNING else 0)
+    dashboard.close()
 
 
 def test_log_viewer_follows_running_then_selected_step() -> None:
