@@ -216,3 +216,24 @@ def test_quickstart_dashboard_in_chromium(lab: dict[str, Any], page: Any) -> Non
         time.sleep(0.1)
     assert not pid_alive(pid), f"the killed step's process {pid} still runs"
     assert page.dialogs == []
+
+    # Parameter values and stderr lines are text too: a failing step whose value and error are HTML
+    # (names cannot carry HTML: the core accepts only letters, digits and ._+=-).
+    source = ('%%submit --name xss-params --over "[{\'p\': \'<img src=p onerror=alert(3)>\'}]"\n'
+              'echo {{p}}; echo "<img src=q onerror=alert(4)>" >&2; exit 1')
+    page.evaluate("""(source) => {
+        const app = window.jupyterapp;
+        const notebook = app.shell.currentWidget.content;
+        notebook.activeCellIndex = notebook.widgets.length - 1;
+        return app.commands.execute('notebook:insert-cell-below').then(() => {
+            notebook.activeCell.model.sharedModel.setSource(source);
+            return app.commands.execute('notebook:run-cell');
+        });
+    }""", source)
+    xss = _dashboard_of(page, _cell_index(page, "--name xss-params"))
+    xss.get_by_text(re.compile(r"FAILED 1")).first.wait_for()
+    xss.locator("pre.nbdist-log").filter(has_text="<img src=p onerror=alert(3)>").first.wait_for()
+    xss.get_by_text("<img src=q onerror=alert(4)>").first.wait_for()  # the failure group's line
+    page.wait_for_timeout(1000)
+    assert page.dialogs == [], f"HTML in a parameter or stderr opened a dialog: {page.dialogs}"
+    assert page.locator(".jp-OutputArea-output img[src='p'], .jp-OutputArea-output img[src='q']").count() == 0
