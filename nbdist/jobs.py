@@ -122,6 +122,9 @@ class JobRecord:
         # Failed steps grouped by "STATE: message", kept current by move(): snapshots never scan.
         self.failure_groups: dict[str, set[int]] = {}
         self._failure_key: dict[int, str] = {}
+        # Retried steps of an array with max_concurrent that wait (QUEUED) until fewer than that many
+        # of its steps are at the backend: index → message of the attempt, in arrival order.
+        self.held: dict[int, str] = {}
         self.handles: dict[int, Job] = {}
         self.array_handle: Array | None = None
         self.cancelled = False
@@ -181,6 +184,16 @@ class JobRecord:
             limits = self._base_limits = {key: self.resources[key] for key in ("cores", "memory", "runtime")
                                           if self.resources.get(key) is not None}
         return limits
+
+    @property
+    def max_concurrent(self) -> int | None:
+        """At most this many steps of the array run at once (None: no limit)."""
+        return self.resources.get("max_concurrent") if self.kind == "array" else None
+
+    @property
+    def at_backend(self) -> int:
+        """Steps QUEUED or RUNNING at the backend (retries held back by max_concurrent are not)."""
+        return len(self.by_state[State.QUEUED]) + len(self.by_state[State.RUNNING]) - len(self.held)
 
     @property
     def all_terminal(self) -> bool:

@@ -235,8 +235,10 @@ class Session(SessionCore):
             self._poller.join(5)
         with self._lock:
             for rec in self._records.values():
-                if rec.owned and rec.by_state[State.PENDING]:
-                    for index in sorted(rec.by_state[State.PENDING]):
+                if rec.owned and (rec.by_state[State.PENDING] or rec.held):
+                    waiting = sorted(rec.by_state[State.PENDING] | set(rec.held))
+                    rec.held.clear()
+                    for index in waiting:
                         self._set(rec, index, State.KILLED, "cancelled: its session closed before it started")
             backends = list(self._backends.items())
         for name, backend in backends:

@@ -14,7 +14,9 @@ Data flow::
 Everything that changes a record happens under ``_lock``; Futures are resolved after the lock is
 released, so a done-callback may call back into the session. Dependencies are gated here, not in the
 backend: a dependent job reaches the backend only when its dependencies are DONE. A retry is a new
-single-task submission of the step with its own distributor id, hence its own logs and exit info.
+single-task submission of the step with its own distributor id, hence its own logs and exit info;
+for an array with ``max_concurrent`` it is held (QUEUED) until fewer than that many of the array's
+steps are at the backend.
 """
 
 from __future__ import annotations
@@ -136,11 +138,8 @@ class SessionCore:
                 requested[key] = resources[key]
         if index is None and rec.kind == "array" and resources.get("max_concurrent"):
             requested["max_concurrent"] = resources["max_concurrent"]
-        env = dict(rec.env)
-        if index is not None and rec.kind == "array":
-            env["ARRAY_STEP_ID"] = str(index)  # the seed's variable, as the array step would see it
-        if env:
-            requested["env"] = env
+        if rec.env:
+            requested["env"] = dict(rec.env)
         if rec.cwd:
             requested["cwd"] = rec.cwd
         return requested
@@ -153,11 +152,15 @@ class SessionCore:
         return sweep.array_prologue() + rec.command
 
     def _step_command(self, rec: JobRecord, index: int) -> str:
+        """The command of one step submitted alone (a retry): a plain job for the backend."""
         if rec.kind == "job":
             return rec.command
+        # $ARRAY_STEP_ID in the command expands as in the array, but it is not exported: the
+        # processes it starts (a worker node) must see a plain job's identity, which it now is.
+        prologue = f"unset ARRAY_STEP_ID; ARRAY_STEP_ID={index}\n"
         if rec.script_dir is not None:
-            return script_command(rec.script_dir, rec.script_chunk, index)
-        return f"{STEP_ENV}={rec.step_id(index)}; export {STEP_ENV}\n{rec.command}"
+            return prologue + script_command(rec.script_dir, rec.script_chunk, index)
+        return f"{prologue}{STEP_ENV}={rec.step_id(index)}; export {STEP_ENV}\n{rec.command}"
 
     def _launch(self, rec: JobRecord) -> None:
         """Submit a PENDING record to its backend (lock held)."""
@@ -222,6 +225,8 @@ class SessionCore:
         if old is state:
             return
         if state.is_terminal and not old.is_terminal:
+            if rec.held:
+                self._release(rec)  # a slot of the array's max_concurrent may have freed
             handle = rec.handles.get(index)
             if handle is not None:
                 self._to_resolve.append(handle)
@@ -305,22 +310,47 @@ class SessionCore:
             scaled["memory"] = math.ceil(parse_memory(resources["memory"]) * wanted["memory"])
         old_scaled = rec.step_resources.get(index)
         rec.step_resources[index] = scaled
-        try:
-            backend = self._backend(rec.backend)
-            did = backend.submit_to_batch_distributor(self._step_command(rec, index), rec.name,
-                                                      self._requested(rec, index))
-        except BaseException:
-            if old_scaled is None:
-                rec.step_resources.pop(index, None)
-            else:
-                rec.step_resources[index] = old_scaled
-            raise
-        rec.dids[index] = did
-        rec.queue_cursor = min(rec.queue_cursor, index)  # queued again: back in the poll's window
+        message = f"attempt {rec.attempts[index] + 1} (after {previous.value})"
+        limit = rec.max_concurrent
+        # The step itself may still count as at the backend (an automatic retry of a RUNNING step).
+        others = rec.at_backend - (rec.states[index] in (State.QUEUED, State.RUNNING))
+        if limit is not None and others >= limit:
+            rec.held[index] = message  # submitted by _release when one of the array's steps ends
+            message += f"; waiting for a free slot (max_concurrent={limit})"
+        else:
+            try:
+                self._submit_step(rec, index)
+            except BaseException:
+                if old_scaled is None:
+                    rec.step_resources.pop(index, None)
+                else:
+                    rec.step_resources[index] = old_scaled
+                raise
         rec.attempts[index] += 1
         rec.exit_codes[index] = rec.runtimes[index] = rec.rss[index] = rec.started[index] = None
+        self._set(rec, index, State.QUEUED, message)
+
+    def _submit_step(self, rec: JobRecord, index: int) -> None:
+        """Submit one step alone to the backend, as a plain job with its own distributor id."""
+        did = self._backend(rec.backend).submit_to_batch_distributor(self._step_command(rec, index), rec.name,
+                                                                     self._requested(rec, index))
+        rec.dids[index] = did
+        rec.queue_cursor = min(rec.queue_cursor, index)  # queued again: back in the poll's window
         self._live.setdefault(rec.backend, {})[did] = (rec, index)
-        self._set(rec, index, State.QUEUED, f"attempt {rec.attempts[index]} (after {previous.value})")
+
+    def _release(self, rec: JobRecord) -> None:
+        """Submit held retries while fewer than max_concurrent of the array's steps are at the backend."""
+        limit = rec.max_concurrent or 0
+        while rec.held and not self._closed and rec.at_backend < limit:
+            index = next(iter(rec.held))
+            message = rec.held.pop(index)
+            try:
+                self._submit_step(rec, index)
+            except Exception as exc:
+                logger.warning("retry of %s:%s failed: %s", rec.name, rec.step_id(index), exc)
+                self._set(rec, index, State.FAILED, f"{message}; could not submit: {exc}")
+                continue
+            self._set(rec, index, State.QUEUED, message)
 
     def _cancel(self, rec: JobRecord, indices: Iterable[int]) -> bool:
         with self._lock:
@@ -328,12 +358,15 @@ class SessionCore:
                 return self._ask_owner(rec, "kill", list(indices))
             any_live = False
             kill: list[str] = []
+            indices = list(indices)
+            # Held retries first, all of them: killing one must not let another one be submitted.
+            dropped = {index for index in indices if rec.held.pop(index, None) is not None}
             for index in indices:
                 state = rec.states[index]
                 if state.is_terminal:
                     continue
                 any_live = True
-                if state is State.PENDING:
+                if state is State.PENDING or index in dropped:
                     self._set(rec, index, State.KILLED, "cancelled before it started")
                 else:
                     kill.append(rec.dids[index])  # type: ignore[arg-type]

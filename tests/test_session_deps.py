@@ -156,3 +156,65 @@ def test_manual_retry_with_explicit_scales(session):
     assert second.resources == {"cores": 1, "memory": 200, "runtime": 30}
     job.retry(scale=2.0)  # a plain factor scales what the failure calls for: nothing after exit 1
     assert job.wait(10) is State.FAILED and job.attempts[2].resources == second.resources
+
+
+def _peak(log) -> int:
+    """Most steps running at once, from "start T" / "end T" lines."""
+    events = sorted((float(time_), kind) for kind, time_ in (line.split() for line in log.read_text().splitlines()))
+    running = peak = 0
+    for _, kind in events:
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    return peak
+
+
+TIMED = "echo start $(date +%s.%N) >> {log}; sleep 0.3; echo end $(date +%s.%N) >> {log}; "
+
+
+def test_retry_failed_respects_max_concurrent(tmp_path):
+    log, marker = tmp_path / "log", tmp_path / "fixed"
+    with Session(parallelism=4, root=str(tmp_path / "root")) as session:
+        arr = session.array(TIMED.format(log=log) + f"test -e {marker}", steps=6, name="limited", max_concurrent=2)
+        assert arr.wait(20) is State.FAILED and _peak(log) == 2
+        log.unlink()
+        marker.touch()
+        assert len(arr.retry_failed()) == 6
+        assert arr.counts()["QUEUED"] + arr.counts()["RUNNING"] == 6
+        assert arr.wait(20) is State.DONE and _peak(log) == 2
+        assert {job.attempts[-1].number for job in arr} == {2}
+
+
+def test_automatic_retries_respect_max_concurrent(tmp_path):
+    log = tmp_path / "log"
+    first_time = f"mkdir {tmp_path}/s$NBDIST_STEP 2>/dev/null && exit 1; "
+    with Session(parallelism=4, root=str(tmp_path / "root")) as session:
+        arr = session.array(TIMED.format(log=log) + first_time + "true", steps=6, name="auto", max_concurrent=2,
+                            max_attempts=2)
+        assert arr.wait(30) is State.DONE and _peak(log) == 2
+        assert {job.attempts[-1].number for job in arr} == {2}
+
+
+def test_cancel_drops_retries_held_by_max_concurrent(tmp_path):
+    with Session(parallelism=4, root=str(tmp_path / "root")) as session:
+        arr = session.array("exit 1", steps=4, name="held", max_concurrent=1)
+        assert arr.wait(10) is State.FAILED
+        arr.retry_failed()
+        assert arr.cancel()
+        assert arr.wait(10) is State.KILLED and arr.counts()["KILLED"] == 4
+
+
+def test_a_retried_step_has_a_plain_jobs_identity(session, tmp_path):
+    import sys
+
+    marker = tmp_path / "fixed"
+    whoami = f"{sys.executable} -c 'from nbdist.worker import MultiprocessWorkerNode as W; print(W().distributor_id)'"
+    arr = session.array(f"{whoami}; echo step $ARRAY_STEP_ID $NBDIST_STEP; test -e {marker}", steps=range(5, 7),
+                        name="who")
+    assert arr.wait(10) is State.FAILED
+    assert arr[1].stdout() == f"{arr[1].distributor_id}\nstep 1 6\n"
+    marker.touch()
+    arr.retry_failed()
+    assert arr.wait(10) is State.DONE
+    # The retry is a plain job for the backend: its worker node says so; $ARRAY_STEP_ID still expands.
+    assert "_" not in arr[1].distributor_id
+    assert arr[1].stdout() == f"{arr[1].distributor_id}\nstep 1 6\n"
