@@ -24,10 +24,10 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
+from . import render
 from .jobs import Array, Job
-from .resources import format_runtime
 from .session import Session, UnknownJob
 from .snapshot import Snapshot
 from .state import State
@@ -106,40 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------- status
 def _status(session: Session, args: argparse.Namespace) -> int:
     if args.name is None:
-        jobs = session.jobs()
-        if not jobs:
-            print(f"no jobs in {session.root}")
-            return 0
-        print(f"{'ID':>5}  {'NAME':<24} {'KIND':<5} {'STATE':<13} {'DONE':>11}  {'FAILED':>6}  {'AGE':>8}")
-        for handle in jobs:
-            snap = session.snapshot(handle, page_size=1, tail_lines=0)
-            failed = sum(count for state, count in snap.counts.items() if State(state).is_failure)
-            done = f"{snap.counts['DONE']}/{snap.total}"
-            age = format_runtime(max(0.0, time.time() - handle._rec.created))
-            print(f"{snap.id:>5}  {snap.name[:24]:<24} {snap.kind:<5} {snap.state.value:<13} {done:>11}  "
-                  f"{failed:>6}  {age:>8}")
+        snapshots = [session.snapshot(handle, page_size=1, tail_lines=0) for handle in session.jobs()]
+        print(render.status_text(snapshots, empty=f"no jobs in {session.root}"))
         return 0
-    snap = session.snapshot(args.name, state=args.state, page=args.page)
-    _print_snapshot(snap, sys.stdout)
+    print(render.snapshot_text(session.snapshot(args.name, state=args.state, page=args.page)))
     return 0
-
-
-def _print_snapshot(snap: Snapshot, out: TextIO) -> None:
-    counts = "  ".join(f"{state} {count}" for state, count in snap.counts.items() if count)
-    out.write(f"{snap.kind} {snap.id} {snap.name}: {snap.state.value}  [{counts}]  {snap.elapsed_s:.1f}s\n")
-    out.write(f"{'STEP':>6}  {'STATE':<13} {'EXIT':>4}  {'TIME':>8}  {'RSS MB':>7}  {'TRY':>3}  MESSAGE\n")
-    for row in snap.rows:
-        step = "-" if row.step is None else str(row.step)
-        code = "" if row.exit_code is None else str(row.exit_code)
-        runtime = "" if row.runtime_s is None else f"{row.runtime_s:.2f}s"
-        rss = "" if row.max_rss_mb is None else f"{row.max_rss_mb:.1f}"
-        out.write(f"{step:>6}  {row.state.value:<13} {code:>4}  {runtime:>8}  {rss:>7}  {row.attempt:>3}  "
-                  f"{row.message or ''}\n")
-    if snap.pages > 1:
-        out.write(f"page {snap.page + 1}/{snap.pages} (--page N)\n")
-    for message, steps in snap.failure_groups:
-        shown = ", ".join(str(step) for step in steps[:20]) + (" …" if len(steps) > 20 else "")
-        out.write(f"{len(steps)} × {message}: steps {shown}\n")
 
 
 # ---------------------------------------------------------------------------------------- logs
@@ -221,8 +192,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("run needs a command: nbdist run [options] -- COMMAND")
     # One word is a shell command line as it is; several are argv words, quoted back into one line.
     command = words[0] if len(words) == 1 else shlex.join(words)
-    options: dict[str, Any] = dict(name=args.name, cores=args.cores, memory=args.memory, runtime=args.runtime,
-                                   max_attempts=args.max_attempts, after=args.after)
+    options: dict[str, Any] = {"name": args.name, "cores": args.cores, "memory": args.memory,
+                               "runtime": args.runtime, "max_attempts": args.max_attempts, "after": args.after}
     with Session(backend=args.backend, parallelism=args.parallelism, root=args.root) as session:
         if args.after:
             session._attach(take_over=False)

@@ -424,7 +424,9 @@ class NbdistMagics(Magics):
                     raw=True)
             return
         snapshots = [handle.session.snapshot(handle, page_size=1, tail_lines=0) for handle in self._handles()]
-        display({"text/plain": _status_text(snapshots), "text/html": _status_html(snapshots)}, raw=True)
+        empty = "no jobs yet: submit one with %%submit"
+        display({"text/plain": render.status_text(snapshots, empty=empty),
+                 "text/html": render.status_html(snapshots, empty=empty)}, raw=True)
 
     def _cmd_show(self, args: Any) -> None:
         from .widget import show
@@ -560,37 +562,6 @@ def _build_nbdist_parser() -> MagicArgumentParser:
     backend.add_argument("name", nargs="?")
     backend.add_argument("--parallelism", type=int)
     return parser
-
-
-def _status_text(snapshots: list[Any]) -> str:
-    from .render import nonzero_counts
-
-    if not snapshots:
-        return "no jobs yet: submit one with %%submit"
-    lines = []
-    for snap in snapshots:
-        counts = "  ".join(f"{name} {n}" for name, n in nonzero_counts(snap.counts))
-        lines.append(f"{snap.kind:5} {snap.name or snap.id!s:24} {snap.total:>7}  {counts}")
-    return "\n".join(lines)
-
-
-def _status_html(snapshots: list[Any]) -> str:
-    import html
-
-    from .render import nonzero_counts, state_color
-
-    if not snapshots:
-        return "<i>no jobs yet: submit one with <code>%%submit</code></i>"
-    rows = []
-    for snap in snapshots:
-        counts = " ".join(
-            f'<span style="color:{state_color(name)}">{html.escape(name)} {n}</span>'
-            for name, n in nonzero_counts(snap.counts)
-        )
-        rows.append(f"<tr><td>{html.escape(str(snap.kind))}</td><td>{html.escape(str(snap.name or snap.id))}</td>"
-                    f'<td style="text-align:right">{snap.total}</td><td>{counts}</td></tr>')
-    return ('<table class="nbdist-status"><thead><tr><th>kind</th><th>name</th><th>steps</th><th>states</th></tr>'
-            f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -27,6 +27,8 @@ __all__ = [
     "snapshot_text",
     "state_color",
     "state_name",
+    "status_html",
+    "status_text",
     "tail_text",
 ]
 
@@ -276,3 +278,30 @@ def snapshot_html(snapshot: Any, *, max_rows: int | None = None,
             parts.append(f"<div><b>{html.escape(label + step)}</b>{pre_html(text)}</div>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def status_text(snapshots: Sequence[Any], *, empty: str = "no jobs yet") -> str:
+    """One line per job or array: kind, name, steps, counts (``%nbdist status``, ``nbdist status``)."""
+    if not snapshots:
+        return empty
+    lines = []
+    for snap in snapshots:
+        counts = "  ".join(f"{name} {n}" for name, n in nonzero_counts(snap.counts))
+        lines.append(f"{snap.kind:5} {snap.name or snap.id!s:24} {snap.total:>7}  {counts}")
+    return "\n".join(lines)
+
+
+def status_html(snapshots: Sequence[Any], *, empty: str = "no jobs yet") -> str:
+    """The table of :func:`status_text`, escaped."""
+    if not snapshots:
+        return f"<i>{html.escape(empty)}</i>"
+    rows = []
+    for snap in snapshots:
+        counts = " ".join(
+            f'<span style="color:{state_color(name)}">{html.escape(name)} {n}</span>'
+            for name, n in nonzero_counts(snap.counts)
+        )
+        rows.append(f"<tr><td>{html.escape(str(snap.kind))}</td><td>{html.escape(str(snap.name or snap.id))}</td>"
+                    f'<td style="text-align:right">{snap.total}</td><td>{counts}</td></tr>')
+    return ('<table class="nbdist-status"><thead><tr><th>kind</th><th>name</th><th>steps</th><th>states</th></tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")

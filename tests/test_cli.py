@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nbdist import Session, State
+from nbdist import Session, State, render
 from nbdist.cli import main
 
 NBDIST = os.path.join(os.path.dirname(sys.executable), "nbdist")
@@ -43,10 +43,16 @@ def test_status_and_logs(tmp_path, capsys):
         session.array("echo step $NBDIST_STEP; exit {{step}}", steps=2, name="arr").wait(10)
     assert main(["--root", root, "status"]) == 0
     listing = capsys.readouterr().out
-    assert "job" in listing and "arr" in listing and "FAILED" in listing and "1/2" in listing
+    assert listing.splitlines()[1].split() == ["array", "arr", "2", "DONE", "1", "FAILED", "1"]
     assert main(["--root", root, "status", "arr"]) == 0
     detail = capsys.readouterr().out
-    assert "array" in detail and "exit code 1" in detail and "1 × FAILED: exit code 1: steps 1" in detail
+    assert "array arr" in detail and "exit code 1" in detail and "failed ×1 (steps 1)" in detail
+    # The terminal draws what the notebook draws: the same functions of nbdist.render.
+    with Session(root=root) as session:
+        session._attach(take_over=False)
+        snapshots = [session.snapshot(handle, page_size=1, tail_lines=0) for handle in session.jobs()]
+        assert listing == render.status_text(snapshots) + "\n"
+        assert detail == render.snapshot_text(session.snapshot("arr")) + "\n"
     assert main(["--root", root, "logs", "job", "--tail", "1"]) == 0
     assert capsys.readouterr().out == "two\n"
     assert main(["--root", root, "logs", "job", "--err"]) == 0

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbdist import Session, State
-from nbdist.sweep import MAX_ARRAY_STEPS, expand, parse_array_spec, placeholders, render, script_command, write_scripts
+from nbdist.sweep import (
+    MAX_ARRAY_STEPS,
+    expand,
+    parse_array_spec,
+    placeholders,
+    render,
+    script_command,
+    write_scripts,
+)
 
 
 def test_grid_is_the_cartesian_product():
