@@ -183,6 +183,7 @@ class NbdistMagics(Magics):
         """The session for ``backend`` (the current one when None); a UsageError if it cannot start."""
         import nbdist
 
+        self._close_idle()  # every cell is a chance to let a replaced session go
         current = self._current()
         if backend is None or backend == current.backend_name:
             return current

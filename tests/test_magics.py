@@ -259,9 +259,10 @@ def test_replaced_session_with_live_work_stays_until_it_ends(ip: Any, session: A
     assert not session._closed
     ip.run_line_magic("nbdist", "kill long")
     assert session.get("long").wait(timeout=WAIT_S) == nbdist.State.KILLED
+    cell(ip, "--name next --quiet", "true")
+    assert session._closed  # its only job ended: closed at the next cell
     ip.run_line_magic("nbdist", "status")
     assert "KILLED 1" in capsys.readouterr().out
-    assert session._closed  # its only job ended: closed at the next look
 
 
 def test_jobs_of_a_backend_option_are_seen_by_status_logs_kill_wait(ip: Any, session: Any, local2: None,
