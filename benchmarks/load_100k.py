@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import psutil
+from throughput import run_xargs
 
 from nbdist.multiprocess import MultiprocessDistributor
-from throughput import run_xargs
 
 
 def main() -> None:

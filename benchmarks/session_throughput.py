@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from throughput import run_xargs  # the same peer as the backend benchmark
+
 from nbdist import Session, State
-
-
-def run_xargs(n: int, folder: Path) -> float:
-    """``xargs -P 2`` running ``echo task $1`` with .out/.err/.rc per task."""
-    script = f'echo task $1 >"{folder}/$1.out" 2>"{folder}/$1.err"; echo $? >"{folder}/$1.rc"'
-    numbers = "".join(f"{i}\n" for i in range(n)).encode()
-    started = time.perf_counter()
-    subprocess.run(["xargs", "-P", "2", "-I{}", "sh", "-c", script, "sh", "{}"], input=numbers, check=True)
-    elapsed = time.perf_counter() - started
-    assert len(list(folder.glob("*.rc"))) == n
-    return elapsed
 
 
 def run_session(session: Session, n: int, name: str) -> float:
@@ -51,7 +41,7 @@ def main() -> None:
         for rep in range(args.repeat):
             target = folder / f"xargs-{rep}"
             target.mkdir()
-            times["xargs"].append(run_xargs(args.n, target))
+            times["xargs"].append(run_xargs(args.n, target, "echo task $1"))
             times["session"].append(run_session(session, args.n, f"w{rep}"))
     med = {key: statistics.median(values) for key, values in times.items()}
     ratio = med["session"] / med["xargs"]
