@@ -38,11 +38,12 @@ import time
 from collections import deque
 from typing import Any, Iterable
 
-from .cluster_protocol import RemoteExitInfoNotAvailable, TaskInstanceStatus as S
-from .resources import Resources, check_array_length, check_command, log_stem
+from .cluster_protocol import RemoteExitInfoNotAvailable
+from .cluster_protocol import TaskInstanceStatus as S
 from .consumer import Consumer, PickableTask, receive_message, send_message
+from .resources import Resources, check_array_length, check_command, log_stem
 from .runner import Outcome, TaskSpec, exit_message, kill_tasks_by_id
-from .worker import MultiprocessWorkerNode
+from .worker import MultiprocessWorkerNode, worker_entry_point
 
 __all__ = [
     "PickableTask",
@@ -199,8 +200,8 @@ class MultiprocessDistributor:
     # ----------------------------------------------------------------- protocol properties
     @property
     def worker_node_entry_point(self) -> str:
-        """The installed command that runs one task the way a consumer does."""
-        return "nbdist-worker"
+        """The installed ``nbdist-worker``, which runs one task the way a consumer does."""
+        return worker_entry_point()
 
     @property
     def cluster_name(self) -> str:

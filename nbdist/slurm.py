@@ -33,8 +33,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
-import sys
 import threading
 import time
 from typing import Any, Iterable
@@ -42,9 +40,16 @@ from typing import Any, Iterable
 from . import slurm_cli as cli
 from .cluster_protocol import TaskInstanceStatus as S
 from .multiprocess import MultiprocessWorkerNode, RemoteExitInfoNotAvailable
-from .resources import Resources, check_array_length, check_command, format_memory, log_file, log_stem
+from .resources import (
+    Resources,
+    check_array_length,
+    check_command,
+    format_memory,
+    log_file,
+    log_stem,
+)
 from .runner import exit_message
-from .worker import current_distributor_id, exit_info_path, read_exit_info
+from .worker import current_distributor_id, exit_info_path, read_exit_info, worker_entry_point
 
 __all__ = ["SlurmDistributor", "SlurmWorkerNode", "SlurmUnavailable"]
 
@@ -179,10 +184,7 @@ class SlurmDistributor:
     @property
     def worker_node_entry_point(self) -> str:
         """``nbdist-worker`` of this Python environment (next to ``sys.executable``, so a venv works)."""
-        candidate = os.path.join(os.path.dirname(sys.executable), "nbdist-worker")
-        if os.access(candidate, os.X_OK):
-            return candidate
-        return shutil.which("nbdist-worker") or candidate
+        return worker_entry_point()
 
     @property
     def cluster_name(self) -> str:

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -29,7 +30,8 @@ from .cluster_protocol import TaskInstanceStatus as S
 from .resources import log_file, parse_memory, parse_runtime
 from .runner import RunningTask, TaskSpec, become_subreaper, exit_message
 
-__all__ = ["main", "exit_info_path", "read_exit_info", "current_distributor_id", "MultiprocessWorkerNode"]
+__all__ = ["main", "exit_info_path", "read_exit_info", "current_distributor_id", "MultiprocessWorkerNode",
+           "worker_entry_point"]
 
 
 def current_distributor_id() -> str | None:
@@ -93,6 +95,14 @@ class MultiprocessWorkerNode:
             "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 4),
             "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 2),
         }
+
+
+def worker_entry_point() -> str:
+    """Path of ``nbdist-worker`` in this Python environment (next to ``sys.executable``, so a venv works)."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "nbdist-worker")
+    if os.access(candidate, os.X_OK):
+        return candidate
+    return shutil.which("nbdist-worker") or candidate
 
 
 def exit_info_path(stdout_dir: str, name: str, distributor_id: str) -> str:

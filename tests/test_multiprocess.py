@@ -60,7 +60,8 @@ def test_it_follows_the_protocol(dist):
     assert isinstance(dist, ClusterDistributor)
     assert isinstance(MultiprocessWorkerNode(), ClusterWorkerNode)
     assert dist.cluster_name == "test"
-    assert dist.worker_node_entry_point == "nbdist-worker"
+    entry_point = dist.worker_node_entry_point
+    assert os.path.basename(entry_point) == "nbdist-worker" and os.access(entry_point, os.X_OK)
     task = PickableTask("7", "true")
     assert (task.distributor_id, task.command, task.task_type) == ("7", "true", "array")
 
