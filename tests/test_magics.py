@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from conftest import pid_alive
 from hypothesis import given, settings
@@ -240,7 +239,8 @@ def test_backend_shows_the_current_backend(ip: Any, session: Any, capsys: pytest
 def test_backend_switch_closes_the_idle_session_and_keeps_its_jobs(ip: Any, session: Any,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     cell(ip, "--name before --wait --quiet", "echo before")
-    consumers = [child.pid for child in psutil.Process().children(recursive=True)]
+    # This session's consumers only: other fixtures (a JupyterLab) may have children of their own.
+    consumers = [slot.process.pid for backend in session._backends.values() for slot in backend._consumers]
     assert consumers
     ip.run_line_magic("nbdist", "backend multiprocess --parallelism 1")
     assert ip.magics_manager.registry["NbdistMagics"]._session is not session
