@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 from nbdist.slurm import SlurmDistributor
 
@@ -28,6 +29,21 @@ def slurm_unreachable_reason() -> str | None:
         return (f"no Slurm controller answers (SLURM_CONF={os.environ.get('SLURM_CONF')}): "
                 f"{result.stderr.strip()[:200]}; start one with scripts/slurm-local.sh start")
     return None
+
+
+def use_local_slurm() -> Iterator[None]:
+    """Module fixture body: the cluster of scripts/slurm-local.sh (SLURM_CONF from the environment,
+    else its default folder), or a skip saying why there is none (a failure under NBDIST_REQUIRE_ALL)."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        default_conf = os.path.join(SLURM_DIR, "slurm.conf")
+        if "SLURM_CONF" not in os.environ and os.path.exists(default_conf):
+            patch.setenv("SLURM_CONF", default_conf)
+        reason = slurm_unreachable_reason()
+        if reason:
+            pytest.skip(reason)
+        yield
 
 
 def live_jobs() -> list[str]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_helpers import SLURM_DIR, slurm_unreachable_reason
+from slurm_helpers import use_local_slurm
 
 pytestmark = pytest.mark.slurm
 
@@ -28,17 +28,7 @@ SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 CELL_TIMEOUT_S = 180
 
 
-@pytest.fixture(scope="module", autouse=True)
-def slurm_cluster():
-    """The cluster of scripts/slurm-local.sh (SLURM_CONF from the environment, else its default folder)."""
-    with pytest.MonkeyPatch.context() as patch:
-        default_conf = os.path.join(SLURM_DIR, "slurm.conf")
-        if "SLURM_CONF" not in os.environ and os.path.exists(default_conf):
-            patch.setenv("SLURM_CONF", default_conf)
-        reason = slurm_unreachable_reason()
-        if reason:
-            pytest.skip(reason)
-        yield
+slurm_cluster = pytest.fixture(scope="module", autouse=True)(use_local_slurm)
 
 
 def jobs_under(folder: Path) -> list[str]:

@@ -5,7 +5,6 @@ Skips without a reachable Slurm (``scripts/slurm-local.sh start``), like ``tests
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,10 @@ import textwrap
 import time
 
 import pytest
+from slurm_helpers import live_jobs, use_local_slurm
 
 import nbdist
 from nbdist import State
-from slurm_helpers import SLURM_DIR, live_jobs, slurm_unreachable_reason
 
 pytestmark = pytest.mark.slurm
 
@@ -39,16 +38,7 @@ KERNEL = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def slurm_cluster():
-    with pytest.MonkeyPatch.context() as patch:
-        default_conf = os.path.join(SLURM_DIR, "slurm.conf")
-        if "SLURM_CONF" not in os.environ and os.path.exists(default_conf):
-            patch.setenv("SLURM_CONF", default_conf)
-        reason = slurm_unreachable_reason()
-        if reason:
-            pytest.skip(reason)
-        yield
+slurm_cluster = pytest.fixture(scope="module", autouse=True)(use_local_slurm)
 
 
 def test_slurm_jobs_survive_the_kernel_and_are_adopted(tmp_path):

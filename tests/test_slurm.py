@@ -15,37 +15,27 @@ import time
 from pathlib import Path
 
 import pytest
-
-from nbdist.cluster_protocol import ClusterDistributor, ClusterWorkerNode
-from nbdist.multiprocess import RemoteExitInfoNotAvailable
-from nbdist.slurm import SlurmDistributor, SlurmWorkerNode
 from slurm_helpers import (
     SCRIPT,
     SLURM_DIR,
     cancel_all_jobs,
     cli_calls,
     counting_wrappers,
-    slurm_unreachable_reason,
+    use_local_slurm,
     wait_done,
     wait_no_live_jobs,
     wait_state,
 )
 
+from nbdist.cluster_protocol import ClusterDistributor, ClusterWorkerNode
+from nbdist.multiprocess import RemoteExitInfoNotAvailable
+from nbdist.slurm import SlurmDistributor, SlurmWorkerNode
+
 pytestmark = pytest.mark.slurm
 PY = shlex.quote(sys.executable)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def slurm_cluster():
-    """The cluster of scripts/slurm-local.sh (SLURM_CONF from the environment, else its default folder)."""
-    with pytest.MonkeyPatch.context() as patch:
-        default_conf = os.path.join(SLURM_DIR, "slurm.conf")
-        if "SLURM_CONF" not in os.environ and os.path.exists(default_conf):
-            patch.setenv("SLURM_CONF", default_conf)
-        reason = slurm_unreachable_reason()
-        if reason:
-            pytest.skip(reason)
-        yield
+slurm_cluster = pytest.fixture(scope="module", autouse=True)(use_local_slurm)
 
 
 @pytest.fixture(autouse=True)
