@@ -20,7 +20,7 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 
 ## make lab: install nbdist with Jupyter and open JupyterLab on notebooks/
 lab: $(VENV)/.jupyter-installed
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## make demo: run a small array end to end and print each step's state, exit code and log
 demo: $(VENV)/.jupyter-installed
