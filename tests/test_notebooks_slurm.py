@@ -11,21 +11,17 @@ the same cluster are neither counted nor cancelled.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from nbval_helpers import CELL_TIMEOUT_S, ROOT, run_nbval
 from slurm_helpers import use_local_slurm
 
 pytestmark = pytest.mark.slurm
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "slurm-quickstart.ipynb"
-SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
-CELL_TIMEOUT_S = 180
 
 
 slurm_cluster = pytest.fixture(scope="module", autouse=True)(use_local_slurm)
@@ -49,16 +45,8 @@ def test_slurm_quickstart_under_nbval(tmp_path: Path) -> None:
     pytest.importorskip("nbval")
     workdir = tmp_path / "nb"
     workdir.mkdir()
-    shutil.copy(NOTEBOOK, workdir / NOTEBOOK.name)
-    (workdir / "pytest.ini").write_text("[pytest]\n")
-    env = dict(os.environ, IPYTHONDIR=str(tmp_path / ".ipython"), JUPYTER_PLATFORM_DIRS="1",
-               JUPYTER_RUNTIME_DIR=str(tmp_path / ".runtime"))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(workdir),
-               "-c", str(workdir / "pytest.ini"), "--nbval", "--nbval-sanitize-with", str(SANITIZE),
-               "--nbval-cell-timeout", str(CELL_TIMEOUT_S), NOTEBOOK.name]
     try:
-        result = subprocess.run(command, check=False, cwd=workdir, env=env, capture_output=True, text=True,
-                                timeout=CELL_TIMEOUT_S * 5)
+        result = run_nbval(NOTEBOOK, workdir, tmp_path, timeout=CELL_TIMEOUT_S * 5)
     finally:
         # Slurm jobs outlive the kernel: wait for the notebook's own jobs to leave squeue, and cancel
         # what is still there after 30 s (a failed cell must not leave work on the cluster).
