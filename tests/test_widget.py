@@ -19,44 +19,12 @@ from ipywidgets import Widget
 
 from nbdist import State
 from nbdist import widget as widget_module
+from nbdist.snapshot import Snapshot, StepRow
 from nbdist.widget import Dashboard
 
 STATES = tuple(state.value for state in State)
 TERMINAL = {state.value for state in State if state.is_terminal}
 XSS = "<img src=x onerror=alert(1)>"
-
-
-@dataclass
-class Row:
-    step: int
-    distributor_id: str
-    state: str
-    exit_code: int | None
-    runtime_s: float | None
-    max_rss_mb: float | None
-    attempt: int
-    message: str = ""
-
-
-@dataclass
-class Snap:
-    id: str
-    name: str
-    backend: str
-    kind: str
-    counts: dict[str, int]
-    total: int
-    done_fraction: float
-    elapsed_s: float
-    all_terminal: bool
-    rows: list[Row]
-    page: int
-    pages: int
-    filter_state: str | None
-    log_step: int | None
-    stdout_tail: str
-    stderr_tail: str
-    failure_groups: list[tuple[str, list[int]]]
 
 
 @dataclass
@@ -97,22 +65,22 @@ class FakeSession:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def snapshot(self, handle: Any, *, state: str | None = None, page: int = 0, page_size: int = 50,
-                 log_step: int | None = None, tail_lines: int = 20) -> Snap:
+                 log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
         self.calls.append({"state": state, "page": page, "page_size": page_size, "log_step": log_step})
         counts = {name: 0 for name in STATES}
         for value in self.states:
             counts[value] += 1
         chosen = [i for i, value in enumerate(self.states) if state is None or value == state]
         pages = max(1, -(-len(chosen) // page_size))
-        rows = [Row(i, f"1_{i}", self.states[i], 1 if self.states[i] == "FAILED" else None, 0.5, 3.0, 1)
-                for i in chosen[page * page_size:(page + 1) * page_size]]
+        rows = [StepRow(i, f"1_{i}", State(self.states[i]), 1 if self.states[i] == "FAILED" else None, 0.5, 3.0, 1,
+                        "") for i in chosen[page * page_size:(page + 1) * page_size]]
         out, err = self.logs.get(log_step, ("", "")) if log_step is not None else ("", "")
         failed = [i for i, value in enumerate(self.states) if value == "FAILED"]
         total = len(self.states)
         finished = sum(counts[name] for name in TERMINAL)
-        return Snap("abc123", self.name, "multiprocess", "array", counts, total, finished / total, 1.0,
-                    finished == total, rows, page, pages, state, log_step, out, err,
-                    [("ValueError: boom", failed)] if failed else [])
+        return Snapshot("abc123", self.name, "multiprocess", "array", counts, total, finished / total, 1.0,
+                        finished == total, rows, page, pages, State(state) if state else None, log_step, out, err,
+                        [("ValueError: boom", failed)] if failed else [])
 
 
 @pytest.fixture()
