@@ -236,10 +236,7 @@ class MultiprocessDistributor:
             self._pending.clear()
             self._held.clear()
             for slot in self._consumers:
-                try:
-                    send_message(slot.task_writer, ("stop", STOP_GRACE_SECONDS))
-                except OSError:
-                    pass
+                self._send(slot, ("stop", STOP_GRACE_SECONDS))
         for slot in list(self._consumers):
             slot.process.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
@@ -340,18 +337,19 @@ class MultiprocessDistributor:
     def get_remote_exit_info(self, distributor_id: str) -> tuple[str, str]:
         """``(status, message)``: ``D`` exit 0, ``E`` exit code, ``K`` killed, ``Z`` over a limit, ``U`` lost."""
         with self._lock:
-            record = self._records.get(distributor_id)
-            if record is None:
-                raise RemoteExitInfoNotAvailable(f"unknown distributor id {distributor_id!r}")
+            record = self._known(distributor_id)
             return record.state, record.message
 
     def get_usage_stats(self, distributor_id: str) -> dict[str, Any]:
         """Wall seconds, CPU seconds (user + system) and max RSS (MB) of a finished task."""
         with self._lock:
-            record = self._records.get(distributor_id)
-            if record is None:
-                raise RemoteExitInfoNotAvailable(f"unknown distributor id {distributor_id!r}")
-            return dict(record.usage)
+            return dict(self._known(distributor_id).usage)
+
+    def _known(self, distributor_id: str) -> _Record:
+        record = self._records.get(distributor_id)
+        if record is None:
+            raise RemoteExitInfoNotAvailable(f"unknown distributor id {distributor_id!r}")
+        return record
 
     def get_task_reports(self, distributor_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Everything known about each task, in one call (the session's poller uses this)."""
@@ -528,18 +526,22 @@ class MultiprocessDistributor:
                 self._apply_event(slot, event)
         for record in returned:
             slot.assigned.remove(record)
-            self._take_back(record)
-        self._pending.extendleft(reversed([r for r in returned if r.state == S.QUEUED]))
+        self._take_back(returned)
 
-    def _take_back(self, record: _Record) -> None:
-        """A task a consumer held but never started: finished if it was cancelled, else ready to requeue."""
-        record.recalled = False
-        if record.cancel_requested:
-            self._finish(record, S.KILL_SELF, "cancelled before it started")  # frees its throttle slot
-            return
-        if record.resources.max_concurrent is not None:
-            self._in_flight[record.job_id] -= 1
-        record.consumer = None
+    def _take_back(self, records: list[_Record]) -> None:
+        """Tasks a consumer held but never started: the cancelled ones end, the others go back to
+        the front of the queue in their order."""
+        requeued = []
+        for record in records:
+            record.recalled = False
+            if record.cancel_requested:
+                self._finish(record, S.KILL_SELF, "cancelled before it started")  # frees its throttle slot
+                continue
+            if record.resources.max_concurrent is not None:
+                self._in_flight[record.job_id] -= 1
+            record.consumer = None
+            requeued.append(record)
+        self._pending.extendleft(reversed(requeued))
 
     def _steal(self) -> float | None:
         """Take back steps queued behind a slow one when a consumer is idle; seconds to the next look."""
@@ -615,13 +617,9 @@ class MultiprocessDistributor:
         # had started (it is lost, and killed if still running); one without never started.
         lost = [r for r in slot.assigned if r.state == S.RUNNING or os.path.exists(r.log_path("o", self.log_dir))]
         kill_tasks_by_id([record.distributor_id for record in lost])
-        for record in list(slot.assigned):
-            if record in lost:
-                self._finish(record, S.UNKNOWN_ERROR, f"lost: its consumer process died ({how})")
-            else:  # prefetched, never started: back to the front of the queue
-                self._take_back(record)
-                if record.state == S.QUEUED:
-                    self._pending.appendleft(record)
+        for record in lost:
+            self._finish(record, S.UNKNOWN_ERROR, f"lost: its consumer process died ({how})")
+        self._take_back([record for record in slot.assigned if record not in lost])  # never started
         slot.assigned.clear()
         slot.task_writer.close()
         slot.event_reader.close()
