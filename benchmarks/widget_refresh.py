@@ -19,7 +19,7 @@ from typing import Any
 from ipywidgets import Widget
 
 import nbdist
-from nbdist.widget import Dashboard
+from nbdist.views.widget import Dashboard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps=args.steps, name="bench")
             dashboard = Dashboard(array, session=session)
             # The refresher thread would do this; here it is driven directly to measure each refresh.
-            from nbdist import widget as widget_module
+            from nbdist.views import widget as widget_module
 
             widget_module._REFRESHER.discard(dashboard)
             cpu_ms: list[float] = []

@@ -36,18 +36,12 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .jobs import Array, Attempt, Job, JobFailed, LogPaths
-    from .session import Session, UnknownJob
-    from .snapshot import Snapshot, StepRow
-    from .state import State
+    from .session import Array, Attempt, Job, JobFailed, LogPaths, Session, Snapshot, State, StepRow, UnknownJob
 
 # The public classes are imported on first use: consumers and ``nbdist-worker`` import only the
 # backend modules of this package, and must start in milliseconds, not pay for sqlite and the session.
-_LAZY = {
-    "Array": ".jobs", "Attempt": ".jobs", "Job": ".jobs", "JobFailed": ".jobs", "LogPaths": ".jobs",
-    "Session": ".session", "UnknownJob": ".session", "Snapshot": ".snapshot", "StepRow": ".snapshot",
-    "State": ".state",
-}
+_LAZY = {name: ".session" for name in (
+    "Array", "Attempt", "Job", "JobFailed", "LogPaths", "Session", "Snapshot", "State", "StepRow", "UnknownJob")}
 
 
 def __getattr__(name: str) -> Any:
@@ -89,7 +83,7 @@ def default_session() -> Session:
     global _default
     with _default_lock:
         if _default is None or _default._closed:
-            from .session import Session
+            from .session.session import Session
 
             _default = Session()
         return _default
@@ -127,7 +121,7 @@ def attach(root: str = ".nbdist", **session_options: Any) -> Session:
                 and not session_options:
             session = _default
         else:
-            from .session import Session
+            from .session.session import Session
 
             session = Session(root=root, **session_options)
             _default = session
@@ -137,13 +131,13 @@ def attach(root: str = ".nbdist", **session_options: Any) -> Session:
 
 def show(handle: Any, **options: Any) -> Any:
     """The live dashboard of a job or array (``nbdist.widget``)."""
-    from .widget import show as _show
+    from .views.widget import show as _show
 
     return _show(handle, **options)
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbdist``: register the magics."""
-    from .magics import load_ipython_extension as _load
+    from .views.magics import load_ipython_extension as _load
 
     _load(ipython)

@@ -181,7 +181,7 @@ def test_attach_sees_a_retried_dependent_as_it_ran(tmp_path, fresh_default):
 def test_which_sessions_count_as_alive():
     import socket
 
-    from nbdist.session_load import session_alive
+    from nbdist.session.ownership import session_alive
 
     me = psutil.Process()
     here = {"host": socket.gethostname(), "pid": me.pid, "create_time": me.create_time(), "closed": None}
@@ -213,7 +213,7 @@ def test_a_registry_without_scales_gets_the_default_scales(tmp_path, fresh_defau
     import json
     import sqlite3
 
-    import nbdist.session_core as core
+    import nbdist.session.lifecycle as core
 
     root = str(tmp_path / "root")
     with Session(parallelism=2, root=root) as first:
@@ -249,7 +249,7 @@ ORPHAN_KERNEL = textwrap.dedent(
 
 
 def test_kill_or_retry_takes_over_a_job_whose_kernel_died_after_attach(tmp_path, fresh_default, monkeypatch):
-    import nbdist.session_core as core
+    import nbdist.session.lifecycle as core
 
     # This session never looks at other kernels' jobs on its own: the kill and the retry must take
     # the orphans over themselves.

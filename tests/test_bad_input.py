@@ -14,7 +14,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import nbdist
-from nbdist.cli import main as cli_main
+from nbdist.views.cli import main as cli_main
 from nbdist.multiprocess import MultiprocessDistributor
 
 

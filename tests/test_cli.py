@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from nbdist import Session, State, render
-from nbdist.cli import main
+from nbdist import Session, State
+from nbdist.views import render
+from nbdist.views.cli import main
 
 NBDIST = os.path.join(os.path.dirname(sys.executable), "nbdist")
 

@@ -23,8 +23,8 @@ from IPython.core.error import UsageError
 
 import nbdist
 from nbdist.backends import BUILTIN_BACKENDS
-from nbdist.magics import NbdistMagics
-from nbdist.sweep import expand, script_command, write_scripts
+from nbdist.views.magics import NbdistMagics
+from nbdist.session.sweep import expand, script_command, write_scripts
 
 WAIT_S = 60
 
@@ -103,7 +103,7 @@ def test_job_runs_and_its_output_stays_out_of_the_notebook(ip: Any, session: Any
 
 def test_submit_shows_a_dashboard(ip: Any, session: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     shown: list[Any] = []
-    monkeypatch.setattr("nbdist.magics.display", lambda obj, **kw: shown.append(obj))
+    monkeypatch.setattr("nbdist.views.magics.display", lambda obj, **kw: shown.append(obj))
     cell(ip, "--name shown --wait", "echo hi")
     (dashboard,) = shown
     assert dashboard.snapshot.name == "shown" and dashboard.snapshot.all_terminal

@@ -11,7 +11,7 @@ import pytest
 
 from nbdist import Session, State
 from nbdist.backends import available_backends, load_backend
-from nbdist.registry import Registry
+from nbdist.session.registry import Registry
 
 
 def test_wal_and_busy_timeout(tmp_path):

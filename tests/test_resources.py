@@ -7,7 +7,8 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from nbdist.resources import Resources, format_memory, format_runtime, log_stem, parse_memory, parse_runtime
+from nbdist.cluster_protocol.naming import log_stem
+from nbdist.cluster_protocol.resources import Resources, format_memory, format_runtime, parse_memory, parse_runtime
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,7 @@ def test_repr_and_running(session):
 
 
 def test_windowed_polls_of_many_live_tasks(session, tmp_path, monkeypatch):
-    import nbdist.session_core as core
+    import nbdist.session.lifecycle as core
 
     # Make "many" small: the windowed poll (ended tasks + a window of queued ones) does all the work.
     monkeypatch.setattr(core, "FULL_REPORT_LIMIT", 5)

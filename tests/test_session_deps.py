@@ -207,7 +207,7 @@ def test_a_retried_step_has_a_plain_jobs_identity(session, tmp_path):
     import sys
 
     marker = tmp_path / "fixed"
-    whoami = f"{sys.executable} -c 'from nbdist.worker import MultiprocessWorkerNode as W; print(W().distributor_id)'"
+    whoami = f"{sys.executable} -c 'from nbdist.multiprocess import MultiprocessWorkerNode as W; print(W().distributor_id)'"
     arr = session.array(f"{whoami}; echo step $ARRAY_STEP_ID $NBDIST_STEP; test -e {marker}", steps=range(5, 7),
                         name="who")
     assert arr.wait(10) is State.FAILED

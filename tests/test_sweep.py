@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbdist import Session, State
-from nbdist.sweep import (
+from nbdist.session.sweep import (
     MAX_ARRAY_STEPS,
     expand,
     parse_array_spec,

@@ -18,9 +18,9 @@ pytest.importorskip("ipywidgets")
 from ipywidgets import Widget
 
 from nbdist import State
-from nbdist import widget as widget_module
-from nbdist.snapshot import Snapshot, StepRow
-from nbdist.widget import Dashboard
+from nbdist.views import widget as widget_module
+from nbdist.session.snapshot import Snapshot, StepRow
+from nbdist.views.widget import Dashboard
 
 STATES = tuple(state.value for state in State)
 TERMINAL = {state.value for state in State if state.is_terminal}
@@ -318,7 +318,7 @@ def test_dashboard_with_real_session(tmp_path: Any) -> None:
 def test_show_without_ipywidgets_draws_text_and_html(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from nbdist.widget import show
+    from nbdist.views.widget import show
 
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets now raises ImportError
     session = FakeSession(["DONE", "FAILED"], name="<i>plain</i>")

@@ -22,8 +22,8 @@ __all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "available_backends", "load_
 logger = logging.getLogger(__name__)
 
 BUILTIN_BACKENDS: dict[str, str] = {
-    "multiprocess": "nbdist.multiprocess:MultiprocessDistributor",
-    "slurm": "nbdist.slurm:SlurmDistributor",
+    "multiprocess": "nbdist.backends.multiprocess:MultiprocessDistributor",
+    "slurm": "nbdist.backends.slurm:SlurmDistributor",
 }
 ENTRY_POINT_GROUP = "nbdist.backends"
 

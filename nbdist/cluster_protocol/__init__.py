@@ -30,20 +30,33 @@ The names and signatures follow Jobmon's ``ClusterDistributor`` protocol (the se
     distributor ids that must finish with exit 0 first (backends that schedule dependencies
     themselves, like Slurm's ``--dependency=afterok``); the multiprocess backend rejects it.
 
-nbdist backends also offer, beyond Jobmon's protocol, ``get_task_reports(ids)`` (status, message,
-exit code, signal, usage and times of many tasks in one call) and ``log_paths(id)``.
+Beyond Jobmon's protocol, a backend may offer capabilities, each a runtime-checkable Protocol the
+session tests with ``isinstance`` (never by backend name or ``hasattr``):
+
+- :class:`ReportingDistributor`: ``get_task_reports(ids)`` (a :class:`TaskReport` per task, many
+  tasks in one call) and ``log_paths(id)`` (where the task's stdout/stderr really are);
+- :class:`AdoptingDistributor`: ``adopt(id, name, requested_resources)``, for tasks that outlive
+  the process that submitted them (Slurm jobs): a new session tracks them again;
+- :class:`SessionDefaults`: ``session_defaults(root, parallelism)`` (constructor keywords a session
+  passes, e.g. a log folder under its root) and ``max_cores(options)`` (the most cores one task may
+  ask for, or None when the cluster decides).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 __all__ = [
-    "RemoteExitInfoNotAvailable",
-    "TaskInstanceStatus",
+    "AdoptingDistributor",
     "ClusterDistributor",
-    "ClusterWorkerNode",
     "ClusterQueue",
+    "ClusterWorkerNode",
+    "RemoteExitInfoNotAvailable",
+    "ReportingDistributor",
+    "SessionDefaults",
+    "TaskInstanceStatus",
+    "TaskReport",
 ]
 
 
@@ -166,3 +179,60 @@ class ClusterWorkerNode(Protocol):
     def get_usage_stats(self) -> dict[str, Any]: ...
 
     def initialize_logfile(self, log_type: str, log_dir: str, name: str) -> str: ...
+
+
+class TaskReport(TypedDict, total=False):
+    """Everything a backend knows about one task (``get_task_reports``).
+
+    ``limit`` says which enforced limit ended a ``Z`` task — ``"runtime"`` or ``"memory"`` — as data,
+    so the session never reads it out of the message's words.
+    """
+
+    status: str
+    message: str
+    exit_code: int | None
+    signal: int | None
+    limit: Literal["runtime", "memory"] | None
+    usage: dict[str, Any]
+    pid: int | None
+    submitted: float | None
+    started: float | None
+    ended: float | None
+    reason: str | None
+
+
+@runtime_checkable
+class ReportingDistributor(Protocol):
+    """A distributor that reports many tasks in one call and says where their logs are."""
+
+    def get_task_reports(self, distributor_ids: Iterable[str]) -> dict[str, TaskReport]:
+        """A report per known id among ``distributor_ids`` (unknown ids are left out)."""
+        ...
+
+    def log_paths(self, distributor_id: str) -> tuple[str, str]:
+        """``(stdout, stderr)`` file paths of a task."""
+        ...
+
+
+@runtime_checkable
+class AdoptingDistributor(Protocol):
+    """A distributor whose tasks outlive their submitter: another process can track them again."""
+
+    def adopt(self, distributor_id: str, name: str, requested_resources: dict[str, Any]) -> None:
+        """Track a task submitted by another process (e.g. a kernel that died)."""
+        ...
+
+
+@runtime_checkable
+class SessionDefaults(Protocol):
+    """A distributor that tells a session how to construct it and how big one task may be."""
+
+    @classmethod
+    def session_defaults(cls, root: str, parallelism: int | None) -> dict[str, Any]:
+        """Constructor keywords for a session rooted at ``root`` (a log folder under it, say)."""
+        ...
+
+    @classmethod
+    def max_cores(cls, options: Mapping[str, Any]) -> int | None:
+        """The most cores one task may ask for with these constructor options (None: no local bound)."""
+        ...

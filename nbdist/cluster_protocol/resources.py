@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = [
-    "Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "log_stem", "log_file",
-    "check_command", "check_array_length",
+    "Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "check_command",
+    "check_array_length",
 ]
 
 KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd", "max_concurrent", "after")
@@ -79,20 +79,6 @@ def format_runtime(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
     return "".join(parts) or "0s"
-
-
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]")
-
-
-def log_stem(name: str) -> str:
-    """A file-name-safe form of a task name: it can never leave the log folder."""
-    stem = _UNSAFE_NAME_CHARS.sub("_", name).lstrip(".") or "task"
-    return stem[:100]
-
-
-def log_file(folder: str, name: str, kind: str, distributor_id: str) -> str:
-    """``{folder}/{name}.{kind}{id}``: ``o`` stdout, ``e`` stderr, ``x`` exit info (every backend's naming)."""
-    return os.path.join(folder, f"{log_stem(name)}.{kind}{distributor_id}")
 
 
 def check_command(command: object) -> None:

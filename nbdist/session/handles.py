@@ -22,7 +22,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
-from .resources import log_stem
+from ..cluster_protocol.naming import log_stem
 from .state import TERMINAL_STATES, State
 
 if TYPE_CHECKING:

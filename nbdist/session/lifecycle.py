@@ -32,11 +32,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .backends import load_backend
-from .jobs import JobRecord, _Handle
+from ..backends import load_backend
+from .handles import JobRecord, _Handle
 from .registry import Registry
-from .resources import parse_memory, parse_runtime
-from .session_load import claim, refresh_foreign, session_alive
+from ..cluster_protocol.resources import parse_memory, parse_runtime
+from .ownership import claim, refresh_foreign, session_alive
 from .state import RETRYABLE_STATES, State
 from .sweep import STEP_ENV, script_command
 

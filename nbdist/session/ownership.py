@@ -20,12 +20,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .jobs import JobRecord
+from .handles import JobRecord
 from .state import State
 from .sweep import Sweep
 
 if TYPE_CHECKING:
-    from .session_core import SessionCore
+    from .lifecycle import SessionCore
 
 __all__ = ["load_record", "claim", "claim_orphans", "refresh_foreign", "session_alive"]
 
@@ -38,7 +38,7 @@ REFRESH_MARGIN_SECONDS = 5.0
 
 def load_record(session: SessionCore, row: dict[str, Any]) -> JobRecord:
     """A JobRecord from a ``jobs`` row and its ``steps`` rows."""
-    from .session_core import DEFAULT_SCALES
+    from .lifecycle import DEFAULT_SCALES
 
     steps_field = row["steps"]
     steps: Sequence[int] | None
@@ -111,7 +111,7 @@ def session_alive(info: dict[str, Any] | None) -> bool:
     """
     import psutil
 
-    from .session_core import HEARTBEAT_SECONDS
+    from .lifecycle import HEARTBEAT_SECONDS
 
     if info is None or info.get("closed"):
         return False

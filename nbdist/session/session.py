@@ -18,12 +18,12 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .backends import load_backend
-from .jobs import Array, Attempt, Job, JobRecord, LogPaths, _Handle
+from ..backends import load_backend
+from .handles import Array, Attempt, Job, JobRecord, LogPaths, _Handle
 from .registry import Registry
-from .resources import Resources
-from .session_core import DEFAULT_SCALES, SessionCore, _unjson, check_backend_options
-from .session_load import claim_orphans, load_record
+from ..cluster_protocol.resources import Resources
+from .lifecycle import DEFAULT_SCALES, SessionCore, _unjson, check_backend_options
+from .ownership import claim_orphans, load_record
 from .snapshot import Snapshot, build_snapshot
 from .state import State
 from .sweep import Sweep, expand, placeholders, write_manifest, write_scripts

@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .jobs import read_tail
+from .handles import read_tail
 from .state import State
 
 if TYPE_CHECKING:
-    from .jobs import JobRecord
+    from .handles import JobRecord
 
 __all__ = ["Snapshot", "StepRow", "build_snapshot", "MAX_FAILURE_GROUPS"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from .cluster_protocol import TaskInstanceStatus as S
+from ..cluster_protocol import TaskInstanceStatus as S
 
 __all__ = ["State", "TERMINAL_STATES", "FAILURE_STATES", "RETRYABLE_STATES"]
 

@@ -27,11 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import render
-from .jobs import Array, Job
-from .session import Session, UnknownJob
-from .snapshot import Snapshot
-from .state import State
-from .sweep import parse_array_spec
+from ..session import Array, Job, Session, Snapshot, State, UnknownJob
+from ..session.sweep import parse_array_spec
 
 __all__ = ["main"]
 

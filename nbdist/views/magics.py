@@ -23,8 +23,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
-from .resources import parse_memory, parse_runtime
-from .sweep import MAX_ARRAY_STEPS
+from ..cluster_protocol.resources import parse_memory, parse_runtime
+from ..session.sweep import MAX_ARRAY_STEPS
 
 __all__ = ["MAX_ARRAY_STEPS", "NbdistMagics", "load_ipython_extension", "parse_array_spec"]
 
@@ -43,7 +43,7 @@ def parse_array_spec(spec: str) -> tuple[Sequence[int], int | None]:
     ``0-99%4`` runs at most 4 steps at once; at most :data:`MAX_ARRAY_STEPS` steps. The grammar and
     the cap are the core's (:func:`nbdist.sweep.parse_array_spec`); this turns its errors into a UsageError.
     """
-    from .sweep import parse_array_spec as core_parse
+    from ..session.sweep import parse_array_spec as core_parse
 
     if not spec.strip():
         raise UsageError("--array needs a spec, e.g. 10, 0-99, 0-99:2 or 1,5,7")
@@ -107,7 +107,7 @@ def _python_command(body: str, params: Sequence[dict[str, Any]] | None = None) -
     """
     if any(line.strip() == _PYTHON_EOF for line in body.splitlines()):
         raise UsageError(f"a --python body may not contain a line {_PYTHON_EOF}")
-    from .sweep import placeholders
+    from ..session.sweep import placeholders
 
     # The core fills {{step}} with a shell variable, which a quoted here-document would leave as text.
     body = _STEP_RE.sub("int(__import__('os').environ['NBDIST_STEP'])", body)

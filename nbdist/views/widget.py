@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from . import render
-from .state import State
+from ..session import State
 
 __all__ = ["REFRESH_SECONDS", "Dashboard", "refresher_running", "show", "step_job"]
 

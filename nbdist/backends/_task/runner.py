@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .cluster_protocol import TaskInstanceStatus as S
-from .resources import format_memory, format_runtime
+from ...cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol.resources import format_memory, format_runtime
 
 __all__ = ["TaskSpec", "Outcome", "RunningTask", "become_subreaper", "exit_message", "kill_tasks_by_id"]
 

@@ -18,8 +18,8 @@ import sys
 from collections import deque
 from typing import Any
 
-from .cluster_protocol import TaskInstanceStatus as S
-from .runner import Outcome, RunningTask, TaskSpec, become_subreaper
+from ...cluster_protocol import TaskInstanceStatus as S
+from .._task.runner import Outcome, RunningTask, TaskSpec, become_subreaper
 
 __all__ = ["PickableTask", "Consumer", "send_message", "receive_message"]
 
@@ -94,7 +94,7 @@ class Consumer:
     def start(self) -> None:
         """Start the consumer's interpreter; it reads tasks from ``task_queue``."""
         fds = (self.task_queue.fileno(), self.response_queue.fileno())
-        code = f"from nbdist.consumer import Consumer; Consumer.serve({fds[0]}, {fds[1]})"
+        code = f"from nbdist.backends.multiprocess.consumer import Consumer; Consumer.serve({fds[0]}, {fds[1]})"
         env = dict(os.environ)
         # The child must import this very nbdist, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))

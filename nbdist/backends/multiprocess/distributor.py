@@ -38,12 +38,14 @@ import time
 from collections import deque
 from typing import Any, Iterable
 
-from .cluster_protocol import RemoteExitInfoNotAvailable
-from .cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol import RemoteExitInfoNotAvailable
+from ...cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol.naming import log_stem
+from ...cluster_protocol.resources import Resources, check_array_length, check_command
+from .._task.node import worker_entry_point
+from .._task.runner import Outcome, TaskSpec, exit_message, kill_tasks_by_id
 from .consumer import Consumer, PickableTask, receive_message, send_message
-from .resources import Resources, check_array_length, check_command, log_stem
-from .runner import Outcome, TaskSpec, exit_message, kill_tasks_by_id
-from .worker import MultiprocessWorkerNode, worker_entry_point
+from .node import MultiprocessWorkerNode
 
 __all__ = [
     "PickableTask",

@@ -12,7 +12,7 @@ import subprocess
 from datetime import datetime
 from typing import Iterable
 
-from .cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol import TaskInstanceStatus as S
 
 __all__ = [
     "SlurmUnavailable", "run_cli", "parse_squeue", "squeue_env", "compress_ids", "error_text", "epoch",

@@ -37,19 +37,14 @@ import threading
 import time
 from typing import Any, Iterable
 
-from . import slurm_cli as cli
-from .cluster_protocol import TaskInstanceStatus as S
-from .multiprocess import MultiprocessWorkerNode, RemoteExitInfoNotAvailable
-from .resources import (
-    Resources,
-    check_array_length,
-    check_command,
-    format_memory,
-    log_file,
-    log_stem,
-)
-from .runner import exit_message
-from .worker import current_distributor_id, exit_info_path, read_exit_info, worker_entry_point
+from ...cluster_protocol import RemoteExitInfoNotAvailable
+from ...cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol.naming import log_file, log_stem
+from ...cluster_protocol.resources import Resources, check_array_length, check_command, format_memory
+from .._task.exit_info import exit_info_path, read_exit_info
+from .._task.node import WorkerNode, current_distributor_id, worker_entry_point
+from .._task.runner import exit_message
+from . import cli
 
 __all__ = ["SlurmDistributor", "SlurmWorkerNode", "SlurmUnavailable"]
 
@@ -588,7 +583,7 @@ def _remove_if_empty(path: str) -> None:
         pass
 
 
-class SlurmWorkerNode(MultiprocessWorkerNode):
+class SlurmWorkerNode(WorkerNode):
     """What a task running as a Slurm job knows about itself (from Slurm's environment)."""
 
     @property

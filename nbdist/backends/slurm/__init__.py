@@ -1,0 +1,8 @@
+"""The Slurm backend: every task one ``sbatch`` job (an array one ``sbatch --array``), watched by ``squeue``."""
+
+from __future__ import annotations
+
+from .cli import SlurmUnavailable
+from .distributor import SlurmDistributor, SlurmWorkerNode
+
+__all__ = ["SlurmDistributor", "SlurmUnavailable", "SlurmWorkerNode"]
