@@ -13,11 +13,16 @@ when present. A plugin that fails to load is logged and skipped, never fatal.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
-from importlib import metadata
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "available_backends", "load_backend"]
+if TYPE_CHECKING:
+    from importlib import metadata
+
+__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "available_backends", "backend_options",
+           "check_backend_options", "load_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +34,10 @@ ENTRY_POINT_GROUP = "nbdist.backends"
 
 
 def _plugins() -> dict[str, metadata.EntryPoint]:
+    # importlib.metadata is imported here, not at the top: a consumer imports this package and must
+    # start in milliseconds.
+    from importlib import metadata
+
     try:
         points = metadata.entry_points(group=ENTRY_POINT_GROUP)
     except Exception as exc:  # a broken distribution's metadata must not break nbdist
@@ -70,3 +79,22 @@ def load_backend(name: str) -> type:
     except Exception as exc:
         logger.warning("backend plugin %r (%s) failed to load: %s", name, point.value, exc)
         raise ValueError(f"backend plugin {name!r} failed to load: {exc}") from exc
+
+
+def backend_options(cls: type) -> list[str] | None:
+    """The options a backend's constructor names (after the cluster name it is given first);
+    None when it names none but takes ``**kwargs``: then it checks its options itself."""
+    parameters = list(inspect.signature(cls).parameters.values())[1:]
+    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not named and any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return named
+
+
+def check_backend_options(name: str, cls: type, options: Mapping[str, Any]) -> None:
+    """Raise ValueError for an option the backend's constructor does not name (say a misspelt one)."""
+    valid = backend_options(cls)
+    unknown = sorted(set(options) - set(valid)) if valid is not None else []
+    if unknown:
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                         f"backend {name!r}; valid options: {', '.join(valid) or 'none'}")  # type: ignore[arg-type]

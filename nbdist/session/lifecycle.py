@@ -21,7 +21,6 @@ steps are at the backend.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import logging
@@ -32,7 +31,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..backends import load_backend
+from ..backends import backend_options, load_backend
 from .handles import JobRecord, _Handle
 from .registry import Registry
 from ..cluster_protocol.resources import parse_memory, parse_runtime
@@ -40,7 +39,7 @@ from .ownership import claim, refresh_foreign, session_alive
 from .state import RETRYABLE_STATES, State
 from .sweep import STEP_ENV, script_command
 
-__all__ = ["SessionCore", "DEFAULT_SCALES", "backend_options", "check_backend_options"]
+__all__ = ["SessionCore", "DEFAULT_SCALES"]
 
 logger = logging.getLogger(__name__)
 
@@ -605,25 +604,6 @@ class SessionCore:
                         self._job_updates[job_id] = {**fields, **self._job_updates.get(job_id, {})}
         for handle in resolve:
             handle._resolve()
-
-
-def backend_options(cls: type) -> list[str] | None:
-    """The options a backend's constructor names (after the cluster name it is given first);
-    None when it names none but takes ``**kwargs``: then it checks its options itself."""
-    parameters = list(inspect.signature(cls).parameters.values())[1:]
-    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not named and any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return named
-
-
-def check_backend_options(name: str, cls: type, options: Mapping[str, Any]) -> None:
-    """Raise ValueError for an option the backend's constructor does not name (say a misspelt one)."""
-    valid = backend_options(cls)
-    unknown = sorted(set(options) - set(valid)) if valid is not None else []
-    if unknown:
-        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
-                         f"backend {name!r}; valid options: {', '.join(valid) or 'none'}")  # type: ignore[arg-type]
 
 
 def _reports(backend: Any, ids: list[str]) -> dict[str, Mapping[str, Any]]:

@@ -18,11 +18,11 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..backends import load_backend
+from ..backends import check_backend_options, load_backend
 from .handles import Array, Attempt, Job, JobRecord, LogPaths, _Handle
 from .registry import Registry
 from ..cluster_protocol.resources import Resources
-from .lifecycle import DEFAULT_SCALES, SessionCore, _unjson, check_backend_options
+from .lifecycle import DEFAULT_SCALES, SessionCore, _unjson
 from .ownership import claim_orphans, load_record
 from .snapshot import Snapshot, build_snapshot
 from .state import State
