@@ -1,0 +1,71 @@
+"""``python -m nbdist.backends._task.pycall CALL [ITEMS]``: run one Python call as a task.
+
+The call file (:mod:`nbdist.cluster_protocol.pycall`) holds the function and its arguments; for a
+map, ITEMS holds one item per step and this step's is item ``$NBDIST_STEP``. The outcome is written
+to ``{stem}.r{distributor id}`` beside the call file, and the exit code says how it went:
+
+- the function returned: its value is written, exit 0;
+- it raised: the traceback goes to stderr (the step's ``.e`` log), the exception is written, exit 1;
+- it called ``sys.exit(n)``: exit ``n``, nothing written (as for a script);
+- its value cannot be pickled: that reason is written as a ``TypeError`` and printed, exit 1.
+
+A kill, a limit or a crash (a segfault) ends the process as they end any task.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ...cluster_protocol.pycall import RAISED_EXIT_CODE, read_call, read_item, result_path_for, write_error, \
+    write_value
+from .node import current_distributor_id
+
+__all__ = ["main", "run_call"]
+
+
+def run_call(call_file: str, items_file: str | None, distributor_id: str) -> int:
+    """Make the call, write its outcome, and return the exit code the task should end with."""
+    result = result_path_for(call_file, distributor_id)
+    try:
+        call = read_call(call_file, apply_environment=True)
+        args, kwargs = call.args, call.kwargs
+        if items_file is not None:
+            item = read_item(items_file, int(os.environ["NBDIST_STEP"]))
+            if call.item_as_kwargs:
+                kwargs = {**kwargs, **item}
+            else:
+                args = (item, *args)
+        value = call.function(*args, **kwargs)
+    except Exception as exc:
+        traceback.print_exc()
+        write_error(result, exc)
+        return RAISED_EXIT_CODE
+    try:
+        write_value(result, value)
+    except Exception as exc:
+        reason = TypeError(f"the function returned a {type(value).__qualname__} that cannot be pickled: {exc}")
+        print(f"TypeError: {reason}", file=sys.stderr)
+        write_error(result, reason)
+        return RAISED_EXIT_CODE
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m nbdist.backends._task.pycall``."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if len(words) not in (1, 2):
+        print("usage: python -m nbdist.backends._task.pycall CALL [ITEMS]", file=sys.stderr)
+        return 2
+    distributor_id = current_distributor_id() or f"local{os.getpid()}"
+    try:
+        return run_call(words[0], words[1] if len(words) == 2 else None, distributor_id)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

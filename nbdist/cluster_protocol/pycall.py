@@ -1,0 +1,237 @@
+"""Python calls as tasks: the files a call travels in, and the command that runs one.
+
+A function call (or one step of a map) is an ordinary task whose command runs
+``python -m nbdist.backends._task.pycall CALL [ITEMS]``; every backend runs it like any command, so
+logs, limits, kill, usage and exit codes are the same as for shell work. The files live beside the
+job's logs::
+
+    {log_dir}/{stem}.c{job}      the call: function, shared args/kwargs, the kernel's sys.path   (once)
+    {log_dir}/{stem}.i{job}      a map's items, one pickle each behind an offset table            (once)
+    {log_dir}/{stem}.r{task id}  the outcome of one task: its value, or the exception it raised
+
+A map's shared arguments and its function are written once, not once per step; a step reads only
+its own item (it seeks to it). An outcome is written by streaming the pickle to the file, and read
+the same way, so a 100 MB result is never held twice as bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .naming import log_file
+
+__all__ = ["CALL_MODULE", "Call", "RemoteError", "RemoteTraceback", "call_command", "call_path", "items_path",
+           "read_call", "read_item", "read_outcome", "result_path", "result_path_for", "write_call", "write_error",
+           "write_items", "write_value"]
+
+# The module that runs a call on the task's side (by name: the protocol imports no backend).
+CALL_MODULE = "nbdist.backends._task.pycall"
+# Exit code of a task whose function raised (as the interpreter's own for an uncaught exception).
+RAISED_EXIT_CODE = 1
+_OFFSET = struct.Struct("<Q")
+
+
+class RemoteTraceback(Exception):
+    """The traceback printed on the task's side, as the ``__cause__`` of the exception re-raised here."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+class RemoteError(Exception):
+    """An exception raised by a task's function that could not travel back as itself.
+
+    ``type_name`` is the qualified name of the original type and ``remote_traceback`` the traceback
+    printed on the task's side (also in its stderr log).
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteError, (self.type_name, str(self).partition(": ")[2], self.remote_traceback))
+
+
+@dataclass
+class Call:
+    """What a task needs to make one call: ``function(*args, item?, **kwargs)``."""
+
+    function: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    sys_path: list[str] = field(default_factory=list)
+    # For a map: the item is passed as the first positional argument (before ``args``), or as the
+    # keyword arguments themselves when ``item_as_kwargs`` (a grid's step: its parameters by name).
+    item_as_kwargs: bool = False
+
+
+def _dumps(value: Any) -> bytes:
+    import cloudpickle
+
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _dump(value: Any, handle: io.BufferedWriter) -> None:
+    import cloudpickle
+
+    cloudpickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _write_atomic(path: str, write: Any) -> None:
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def call_path(log_dir: str, name: str, job_id: str) -> str:
+    """Where a job's call is written."""
+    return log_file(log_dir, name, "c", job_id)
+
+
+def items_path(log_dir: str, name: str, job_id: str) -> str:
+    """Where a map's items are written."""
+    return log_file(log_dir, name, "i", job_id)
+
+
+def result_path(log_dir: str, name: str, distributor_id: str) -> str:
+    """Where the task ``distributor_id`` writes its outcome."""
+    return log_file(log_dir, name, "r", distributor_id)
+
+
+def result_path_for(call_file: str, distributor_id: str) -> str:
+    """The outcome path of task ``distributor_id`` of the job whose call is ``call_file`` (its folder, its stem)."""
+    folder, base = os.path.split(call_file)
+    stem, sep, _job = base.rpartition(".c")
+    if not sep:
+        raise ValueError(f"{call_file} is not a call file")
+    return log_file(folder, stem, "r", distributor_id)
+
+
+def write_call(path: str, call: Call) -> None:
+    """Pickle ``call`` to ``path``; raises ``TypeError`` naming what could not be pickled.
+
+    The kernel's ``sys.path`` comes first, as a plain pickle: the task applies it before it
+    unpickles the function, which may be a reference to a module only that path reaches.
+    """
+    try:
+        data = _dumps(call)
+    except Exception as exc:  # cloudpickle raises TypeError, PicklingError, AttributeError, …
+        raise TypeError(f"the function or its arguments cannot be pickled: {exc}") from exc
+    header = pickle.dumps(list(call.sys_path), pickle.HIGHEST_PROTOCOL)
+    _write_atomic(path, lambda handle: (handle.write(header), handle.write(data)))
+
+
+def write_items(path: str, items: Iterable[Any]) -> int:
+    """Pickle each item on its own behind an offset table, so a step reads only its own; the count."""
+    blobs = []
+    for index, item in enumerate(items):
+        try:
+            blobs.append(_dumps(item))
+        except Exception as exc:
+            raise TypeError(f"item {index} cannot be pickled: {exc}") from exc
+
+    def write(handle: io.BufferedWriter) -> None:
+        handle.write(_OFFSET.pack(len(blobs)))
+        offset = _OFFSET.size * (len(blobs) + 1)
+        for blob in blobs:
+            handle.write(_OFFSET.pack(offset))
+            offset += len(blob)
+        for blob in blobs:
+            handle.write(blob)
+
+    _write_atomic(path, write)
+    return len(blobs)
+
+
+def read_call(path: str, apply_environment: bool = False) -> Call:
+    """The call written by :func:`write_call`.
+
+    With ``apply_environment`` (the task's side), the kernel's ``sys.path`` entries this process lacks
+    are put in front of its own before the function is unpickled.
+    """
+    with open(path, "rb") as handle:
+        sys_path = pickle.load(handle)
+        if apply_environment:
+            sys.path[:0] = [entry for entry in sys_path if entry not in sys.path]
+        return pickle.load(handle)
+
+
+def read_item(path: str, index: int) -> Any:
+    """Item ``index`` of a map, read without reading the others."""
+    with open(path, "rb") as handle:
+        (count,) = _OFFSET.unpack(handle.read(_OFFSET.size))
+        if not 0 <= index < count:
+            raise IndexError(f"item {index} of {count}")
+        handle.seek(_OFFSET.size * (index + 1))
+        (offset,) = _OFFSET.unpack(handle.read(_OFFSET.size))
+        handle.seek(offset)
+        return pickle.load(handle)
+
+
+def write_value(path: str, value: Any) -> None:
+    """Stream the function's return value to ``path`` (raises if it cannot be pickled; nothing is left)."""
+    _write_atomic(path, lambda handle: (handle.write(b"V"), _dump(value, handle)))
+
+
+def write_error(path: str, exc: BaseException) -> None:
+    """Write the exception a function raised, as itself when it pickles, else as a :class:`RemoteError`."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None  # frames hold locals that need not (or cannot) travel
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+    try:
+        data = _dumps((exc, text))
+        pickle.loads(data)  # an exception can pickle but fail to unpickle (a custom __init__)
+    except Exception:
+        data = _dumps((RemoteError(kind, str(exc), text), text))
+    _write_atomic(path, lambda handle: (handle.write(b"E"), handle.write(data)))
+
+
+def read_outcome(path: str) -> tuple[bool, Any]:
+    """``(True, value)`` or ``(False, exception)`` from a task's outcome file.
+
+    The exception carries the remote traceback as its ``__cause__`` (a :class:`RemoteTraceback`),
+    as ``concurrent.futures.ProcessPoolExecutor`` does.
+    """
+    with open(path, "rb") as handle:
+        kind = handle.read(1)
+        if kind == b"V":
+            return True, pickle.load(handle)
+        if kind != b"E":
+            raise ValueError(f"{path} is not an nbdist result file")
+        exc, text = pickle.load(handle)
+    exc.__cause__ = RemoteTraceback(text)
+    return False, exc
+
+
+def call_command(call: str, items: str | None = None, python: str | None = None) -> str:
+    """The shell command that runs a call (and, for a map, the step's item) with ``python``.
+
+    ``python`` defaults to this interpreter (``sys.executable``), so the task sees the kernel's
+    packages; ``PYTHONUNBUFFERED=1`` makes its prints reach the log as they happen.
+    """
+    import shlex
+
+    words: Sequence[str] = [python or sys.executable, "-m", CALL_MODULE, call] + ([items] if items else [])
+    return "PYTHONUNBUFFERED=1 exec " + " ".join(shlex.quote(word) for word in words)
