@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# A real single-node Slurm on loopback for nbdist's tests: munge + slurmctld + slurmd, all state in one folder.
+# A real two-node Slurm on loopback for nbdist's tests: munge + slurmctld + one slurmd per node (n1, n2), each
+# node with two GPUs (GRES backed by plain files: allocation is real, devices are not), all state in one folder.
 #
-#   scripts/slurm-local.sh start         install (root + apt) if missing, start the daemons, wait for an idle node
-#   scripts/slurm-local.sh env           print the `export SLURM_CONF=...` lines clients need (eval them)
-#   scripts/slurm-local.sh status        print the node state; exit 0 only when the cluster answers
-#   scripts/slurm-local.sh restart-ctld  stop and start slurmctld alone (tests: the controller restarts mid-array)
-#   scripts/slurm-local.sh stop          cancel every job, shut the daemons down, leave no process behind
+#   scripts/slurm-local.sh start          install (root + apt) if missing, start the daemons, wait for idle nodes
+#   scripts/slurm-local.sh env            print the `export SLURM_CONF=...` lines clients need (eval them)
+#   scripts/slurm-local.sh status         print the node states; exit 0 only when the cluster answers
+#   scripts/slurm-local.sh restart-ctld   stop and start slurmctld alone (tests: the controller restarts mid-array)
+#   scripts/slurm-local.sh kill-node N    SIGKILL node N's slurmd and its job steps (tests: a node dies mid-array)
+#   scripts/slurm-local.sh start-node N   start node N's slurmd again and return it to service
+#   scripts/slurm-local.sh stop           cancel every job, shut the daemons down, leave no process behind
 #
 # State lives in ${NBDIST_SLURM_DIR:-/tmp/nbdist-slurm}. `start` is idempotent. Facts behind the choices:
-# ../shared/notes/slurm-single-node.md (Slurm 22.05 on Debian 12, no systemd, no cgroups, no slurmdbd).
+# ../shared/notes/slurm-single-node.md and slurm-multi-node.md (Slurm 22.05 on Debian 12, no systemd, no cgroups,
+# no slurmdbd). NBDIST_SLURM_MAX_ARRAY_SIZE sets MaxArraySize (a site's limit; Slurm's default 1001).
 set -euo pipefail
 
 B="${NBDIST_SLURM_DIR:-/tmp/nbdist-slurm}"
 CONF="$B/slurm.conf"
-# Advertised CPUs: more than the machine has, so a 20-step array runs at once and the tests stay fast.
-CPUS="${NBDIST_SLURM_CPUS:-16}"
+# Advertised CPUs per node: more than the machine has, so a 20-step array runs at once and the tests stay fast.
+CPUS="${NBDIST_SLURM_CPUS:-8}"
+NODES=(n1 n2)
+GPUS_PER_NODE=2
+MAX_ARRAY_SIZE="${NBDIST_SLURM_MAX_ARRAY_SIZE:-1001}"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 
 die() { echo "slurm-local: $*" >&2; exit 1; }
@@ -108,23 +115,24 @@ write_conf() {
     hardware="$(slurmd -C | head -n 1)"
     memory="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hardware")"
     [ -n "$memory" ] || die "cannot read RealMemory from 'slurmd -C': $hardware"
+    # The nodes share the machine's memory.
+    memory=$((memory / ${#NODES[@]}))
     cat >"$CONF.tmp" <<EOF
 # Written by scripts/slurm-local.sh; regenerated on every start.
 ClusterName=nbdist
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=6817
-SlurmdPort=6818
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$B/munge/munge.socket
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$B/state/ctld
-SlurmdSpoolDir=$B/state/d
+SlurmdSpoolDir=$B/state/d-%n
 SlurmctldPidFile=$B/run/slurmctld.pid
-SlurmdPidFile=$B/run/slurmd.pid
+SlurmdPidFile=$B/run/slurmd-%n.pid
 SlurmctldLogFile=$B/log/slurmctld.log
-SlurmdLogFile=$B/log/slurmd.log
+SlurmdLogFile=$B/log/slurmd-%n.log
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -154,10 +162,29 @@ InactiveLimit=0
 KillWait=5
 OverTimeLimit=0
 SlurmdParameters=config_overrides
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$memory State=UNKNOWN
+MaxArraySize=$MAX_ARRAY_SIZE
+GresTypes=gpu
+NodeName=n1 NodeHostname=$host NodeAddr=127.0.0.1 Port=6821 CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$memory Gres=gpu:$GPUS_PER_NODE State=UNKNOWN
+NodeName=n2 NodeHostname=$host NodeAddr=127.0.0.1 Port=6822 CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$memory Gres=gpu:$GPUS_PER_NODE State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+    # GPUs without GPUs: slurmd counts a GRES only when it has a device file.
+    touch "$B/gpu0" "$B/gpu1"
+    echo "NodeName=n[1-2] Name=gpu File=$B/gpu[0-1]" >"$B/gres.conf.tmp"
+    mv "$B/gres.conf.tmp" "$B/gres.conf"
     mv "$CONF.tmp" "$CONF"
+}
+
+start_node() {
+    local node="$1"
+    install -d -m 0755 "$B/state/d-$node"
+    pid_of "$B/run/slurmd-$node.pid" slurmd >/dev/null && return 0
+    SLURM_CONF="$CONF" slurmd -N "$node" || die "slurmd $node did not start (see $B/log/slurmd-$node.log)"
+}
+
+all_nodes_running() {
+    local node
+    for node in "${NODES[@]}"; do pid_of "$B/run/slurmd-$node.pid" slurmd >/dev/null || return 1; done
 }
 
 start_munge() {
@@ -177,22 +204,28 @@ start_ctld() {
     SLURM_CONF="$CONF" slurmctld -i || die "slurmctld did not start (see $B/log/slurmctld.log)"
 }
 
-# Wait until the node reports idle (or mixed/allocated: jobs kept running across a controller restart).
+# Wait until every node (or the one named) reports idle (or mixed/allocated: jobs kept running across a
+# controller restart).
 wait_ready() {
-    local i state=""
+    local i states="" state ready
     for ((i = 0; i < 300; i++)); do
-        state="$(SLURM_CONF="$CONF" sinfo -h -N -o %T 2>/dev/null | head -n 1 || true)"
-        case "$state" in idle | mixed | allocated | completing) return 0 ;; esac
+        states="$(SLURM_CONF="$CONF" sinfo -h -N ${1:+-n "$1"} -o %T 2>/dev/null || true)"
+        ready=1
+        [ -n "$states" ] || ready=0
+        for state in $states; do
+            case "$state" in idle | mixed | allocated | completing) ;; *) ready=0 ;; esac
+        done
+        [ "$ready" = 1 ] && return 0
         sleep 0.1
     done
-    die "the node did not become idle within 30 s (state: '${state:-no answer}'; see $B/log/)"
+    die "the nodes did not become idle within 30 s (states: '${states:-no answer}'; see $B/log/)"
 }
 
 cmd_start() {
     ensure_installed
     [ "$(id -u)" = 0 ] || die "the local Slurm runs its daemons as root (this script runs as $(id -un))"
-    install -d -m 0755 "$B" "$B/run" "$B/log" "$B/state" "$B/state/ctld" "$B/state/d"
-    if pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null && pid_of "$B/run/slurmd.pid" slurmd >/dev/null &&
+    install -d -m 0755 "$B" "$B/run" "$B/log" "$B/state" "$B/state/ctld"
+    if pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null && all_nodes_running &&
         pid_of "$B/run/munged.pid" munged >/dev/null; then
         wait_ready
         return 0
@@ -201,10 +234,29 @@ cmd_start() {
     pid_of "$B/run/slurmctld.pid" slurmctld >/dev/null || write_conf
     start_munge
     start_ctld
-    pid_of "$B/run/slurmd.pid" slurmd >/dev/null || SLURM_CONF="$CONF" slurmd ||
-        die "slurmd did not start (see $B/log/slurmd.log)"
+    for node in "${NODES[@]}"; do start_node "$node"; done
     wait_ready
-    log "up: $(SLURM_CONF="$CONF" sinfo -h -o '%P %D %c CPUs %T') (SLURM_CONF=$CONF)"
+    log "up: $(SLURM_CONF="$CONF" sinfo -h -o '%P %D nodes, %c CPUs and %G each, %T' | tr '\n' ' ')(SLURM_CONF=$CONF)"
+}
+
+cmd_kill_node() {
+    local node="${1:?usage: kill-node NODE}" pid
+    pid="$(pid_of "$B/run/slurmd-$node.pid" slurmd)" || die "slurmd $node is not running"
+    kill -KILL "$pid"
+    # Its job steps die with it, as on a real node failure: the slurmstepd processes of that node.
+    for pid in $(pids_of_this_cluster slurmstepd); do
+        if tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "SLURMD_NODENAME=$node"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    wait_gone "$B/run/slurmd-$node.pid" 50 slurmd || true
+}
+
+cmd_start_node() {
+    local node="${1:?usage: start-node NODE}"
+    start_node "$node"
+    SLURM_CONF="$CONF" scontrol update nodename="$node" state=resume 2>/dev/null || true
+    wait_ready "$node"
 }
 
 cmd_env() {
@@ -214,8 +266,8 @@ cmd_env() {
 
 cmd_status() {
     local ok=0
-    for daemon in munged slurmctld slurmd; do
-        if pid="$(pid_of "$B/run/$daemon.pid" "$daemon")"; then echo "$daemon: running (pid $pid)"; else
+    for daemon in munged slurmctld "${NODES[@]/#/slurmd-}"; do
+        if pid="$(pid_of "$B/run/$daemon.pid" "${daemon%%-*}")"; then echo "$daemon: running (pid $pid)"; else
             echo "$daemon: not running"
             ok=1
         fi
@@ -250,7 +302,8 @@ cmd_stop() {
         SLURM_CONF="$CONF" scontrol shutdown 2>/dev/null || true
     fi
     wait_gone "$B/run/slurmctld.pid" 100 slurmctld || kill_pidfile "$B/run/slurmctld.pid" slurmctld
-    # The controller may have been down, so nobody told slurmd to stop.
+    # The controller may have been down, so nobody told the slurmds to stop (slurmd.pid: a one-node layout).
+    for node in "${NODES[@]}"; do kill_pidfile "$B/run/slurmd-$node.pid" slurmd; done
     kill_pidfile "$B/run/slurmd.pid" slurmd
     reap_cluster_processes slurmctld
     reap_cluster_processes slurmstepd
@@ -265,5 +318,7 @@ stop) cmd_stop ;;
 env) cmd_env ;;
 status) cmd_status ;;
 restart-ctld) cmd_restart_ctld ;;
-*) die "usage: $0 start|stop|env|status|restart-ctld" ;;
+kill-node) cmd_kill_node "${2:-}" ;;
+start-node) cmd_start_node "${2:-}" ;;
+*) die "usage: $0 start|stop|env|status|restart-ctld|kill-node NODE|start-node NODE" ;;
 esac
