@@ -31,25 +31,17 @@ The Python API (the magics, the dashboard and the ``nbdist`` CLI are thin shells
 
 from __future__ import annotations
 
-import importlib
-import threading
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from .session import Array, Attempt, Job, JobFailed, LogPaths, Session, Snapshot, State, StepRow, UnknownJob
 
 # The public classes are imported on first use: consumers and ``nbdist-worker`` import only the
 # backend modules of this package, and must start in milliseconds, not pay for sqlite and the session.
 _LAZY = {name: ".session" for name in (
     "Array", "Attempt", "Job", "JobFailed", "LogPaths", "Session", "Snapshot", "State", "StepRow", "UnknownJob")}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'nbdist' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -74,69 +66,63 @@ __all__ = [
     "load_ipython_extension",
 ]
 
-_default: Session | None = None
-_default_lock = threading.Lock()
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nbdist' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def default_session() -> Session:
     """The session behind ``nbdist.submit``/``array`` and the magics (made on first use)."""
-    global _default
-    with _default_lock:
-        if _default is None or _default._closed:
-            from .session.session import Session
+    from .session import defaults
 
-            _default = Session()
-        return _default
+    return defaults.default_session()
 
 
 def set_default_session(session: Session | None) -> None:
     """Make ``session`` the default one (None: a new one is made on next use)."""
-    global _default
-    with _default_lock:
-        _default = session
+    from .session import defaults
+
+    defaults.set_default_session(session)
 
 
-def submit(command: str, **options: Any) -> Job:
+def submit(command: str, **options: _Any) -> Job:
     """``default_session().submit(command, **options)`` — see :meth:`Session.submit`."""
     return default_session().submit(command, **options)
 
 
-def array(command: str, **options: Any) -> Array:
+def array(command: str, **options: _Any) -> Array:
     """``default_session().array(command, **options)`` — see :meth:`Session.array`."""
     return default_session().array(command, **options)
 
 
-def attach(root: str = ".nbdist", **session_options: Any) -> Session:
+def attach(root: str = ".nbdist", **session_options: _Any) -> Session:
     """The session of ``root`` with every job of its registry, e.g. after a kernel restart.
 
     Jobs whose kernel died are taken over: local steps that were queued or running are reported
     KILLED (they died with their kernel), Slurm jobs are adopted and tracked again, and PENDING jobs
     start when their dependencies are DONE. The returned session becomes the default one.
     """
-    global _default
-    import os
+    from .session import defaults
 
-    with _default_lock:
-        if _default is not None and not _default._closed and _default.root == os.path.abspath(root) \
-                and not session_options:
-            session = _default
-        else:
-            from .session.session import Session
-
-            session = Session(root=root, **session_options)
-            _default = session
-    session._attach()
-    return session
+    return defaults.attach(root, **session_options)
 
 
-def show(handle: Any, **options: Any) -> Any:
-    """The live dashboard of a job or array (``nbdist.widget``)."""
+def show(handle: _Any, **options: _Any) -> _Any:
+    """The live dashboard of a job or array (``nbdist.views.widget``)."""
     from .views.widget import show as _show
 
     return _show(handle, **options)
 
 
-def load_ipython_extension(ipython: Any) -> None:
+def load_ipython_extension(ipython: _Any) -> None:
     """``%load_ext nbdist``: register the magics."""
     from .views.magics import load_ipython_extension as _load
 

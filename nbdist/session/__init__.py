@@ -1,15 +1,23 @@
 """The session layer: the one core that submits, tracks, retries and draws nothing.
 
-Views (magics, widget, CLI) import these names; the session talks to a backend only through
-:mod:`nbdist.cluster_protocol` and finds it through the :mod:`nbdist.backends` loader.
+Views (magics, widget, CLI) import these names (and :mod:`.sweep`, :mod:`.snapshot`, :mod:`.state`);
+the session talks to a backend only through :mod:`nbdist.cluster_protocol` and finds it through the
+:mod:`nbdist.backends` loader. The rooms, in the order they build on each other:
+
+- ``state``, ``registry`` (typed rows, JSON only inside), ``records`` (a job's columns), ``logs``;
+- ``handles`` (Job, Array: Futures finished through hooks), ``sweep`` (steps, parameters, scripts);
+- ``launcher`` (backends), ``lifecycle`` (state changes, retries, deps), ``ownership`` (attach,
+  orphans, other kernels), ``poller`` (the thread), ``snapshot`` (what views draw);
+- ``session`` (the public API composing them) and ``defaults`` (the default and the notebook's sessions).
 """
 
 from __future__ import annotations
 
+from .defaults import NotebookSessions, attach, default_session, set_default_session
 from .handles import Array, Attempt, Job, JobFailed, LogPaths
 from .session import Session, UnknownJob
 from .snapshot import Snapshot, StepRow
 from .state import State
 
-__all__ = ["Array", "Attempt", "Job", "JobFailed", "LogPaths", "Session", "Snapshot", "State", "StepRow",
-           "UnknownJob"]
+__all__ = ["Array", "Attempt", "Job", "JobFailed", "LogPaths", "NotebookSessions", "Session", "Snapshot", "State",
+           "StepRow", "UnknownJob", "attach", "default_session", "set_default_session"]

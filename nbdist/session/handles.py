@@ -1,58 +1,31 @@
-"""Job and Array handles, and the record behind them.
-
-A :class:`JobRecord` holds the state of one submitted job or array in columns (one list per field,
-one entry per step), so a 100,000-step array costs a few lists, not 100,000 objects; per-state index
-sets keep the counts current without scanning. Handles are light views on a record:
+"""Job and Array handles: light views on a record, and Futures finished by the session.
 
 - :class:`Job` is a ``concurrent.futures.Future`` (it *is* one, so ``concurrent.futures.wait`` and
   ``as_completed`` accept it) and awaitable; step jobs of an array are made on first access.
 - :class:`Array` is a sequence of step Jobs, and a Future of the whole array.
 
-The session owns every record and changes them under its lock; handles only read them, or ask the
-session to act (``cancel``, ``retry``).
+Handles never import the session. They only read their record, and ask their owner (a
+:class:`HandleOwner`, implemented for the session) to act: ``cancel``, ``retry``, usage, attempts.
+The session finishes and reopens a handle through two hooks documented "for the session only",
+:meth:`Handle.finish_from_record` and :meth:`Handle.reopen`, as an executor uses
+``Future.set_result``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import os
-import time
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, overload
+from collections.abc import Generator, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, overload
 
-from ..cluster_protocol.naming import log_stem
-from .state import TERMINAL_STATES, State
+from .logs import read_tail
+from .records import Attempt, JobRecord, LogPaths
+from .state import State
 
-if TYPE_CHECKING:
-    from .session import Session
-    from .sweep import Sweep
-
-__all__ = ["Job", "Array", "JobFailed", "Attempt", "LogPaths", "JobRecord", "read_tail"]
+__all__ = ["Array", "Attempt", "Handle", "HandleCache", "HandleOwner", "Job", "JobFailed", "LogPaths"]
 
 logger = logging.getLogger(__name__)
-
-
-class LogPaths(NamedTuple):
-    """The stdout and stderr files of one attempt."""
-
-    stdout: str
-    stderr: str
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One attempt of a job or step (a retry is a new attempt with its own logs and exit info)."""
-
-    number: int
-    distributor_id: str | None
-    state: State
-    exit_code: int | None
-    message: str | None
-    usage: dict[str, Any]
-    log_paths: LogPaths | None
-    resources: dict[str, Any]
 
 
 class JobFailed(RuntimeError):
@@ -72,199 +45,51 @@ class JobFailed(RuntimeError):
         self.state = state
 
 
-class JobRecord:
-    """The columns of one job (one step, index 0) or array (``n`` steps); changed by the session only."""
-
-    def __init__(self, job_id: int, name: str, kind: str, command: str, backend: str, n: int,
-                 steps: Sequence[int] | None, initial: State, created: float) -> None:
-        self.id = job_id
-        self.name = name
-        self.kind = kind
-        self.command = command
-        self.backend = backend
-        self.n = n
-        self.steps = steps  # user step ids; None for a plain job
-        self.created = created
-        self.ended: float | None = None
-        self.sweep: Sweep | None = None
-        self.resources: dict[str, Any] = {}  # cores, memory, runtime, max_concurrent (as given)
-        self._base_limits: dict[str, Any] | None = None
-        self._log_prefix: str | None = None  # {log_dir}/{log_stem(name)}
-        self.env: dict[str, str] = {}
-        self.cwd: str | None = None
-        self.max_attempts = 1
-        self.scales: dict[str, float] = {}
-        self.log_dir = ""
-        self.script_dir: str | None = None
-        self.script_chunk = 1  # steps per script file (see sweep.write_scripts)
-        self.after: list[tuple[JobRecord, int | None]] = []
-        self.dependents: list[JobRecord] = []
-        self.after_ids: list[tuple[int, int | None]] = []  # as stored, until attach links the records
-        self.queue_cursor = 0  # no step below this index is QUEUED (see SessionCore._window)
-        self.has_rows = False  # some step has (or is about to have) a row in the registry's steps table
-        self.refreshed: float | None = None  # last read from the registry (another session's job)
-        self.tail_cache: tuple[tuple[int, str | None, int], tuple[str, str]] | None = None  # see snapshot
-        self.owned = True
-        self.session_id: str | None = None
-        self.states: list[State] = [initial] * n
-        self.dids: list[str | None] = [None] * n
-        self.attempts: list[int] = [1] * n
-        self.exit_codes: list[int | None] = [None] * n
-        self.messages: list[str | None] = [None] * n
-        self.runtimes: list[float | None] = [None] * n
-        self.rss: list[float | None] = [None] * n
-        self.started: list[float | None] = [None] * n
-        self.usage: dict[int, dict[str, Any]] = {}  # of finished attempts not yet written to the registry
-        self.step_resources: dict[int, dict[str, Any]] = {}  # scaled by retries
-        self.by_state: dict[State, set[int]] = {state: set() for state in State}
-        self.by_state[initial] = set(range(n))
-        self.n_terminal = n if initial in TERMINAL_STATES else 0
-        # Failed steps grouped by "STATE: message", kept current by move(): snapshots never scan.
-        self.failure_groups: dict[str, set[int]] = {}
-        self._failure_key: dict[int, str] = {}
-        # Retried steps of an array with max_concurrent that wait (QUEUED) until fewer than that many
-        # of its steps are at the backend: index → message of the attempt, in arrival order.
-        self.held: dict[int, str] = {}
-        self.handles: dict[int, Job] = {}
-        self.array_handle: Array | None = None
-        self.cancelled = False
-
-    # ----------------------------------------------------------------- changing (the session's lock held)
-    def move(self, index: int, state: State) -> State:
-        """Put a step in ``state`` keeping counts and failure groups current; return its old state."""
-        old = self.states[index]
-        if old is not state:
-            self.by_state[old].discard(index)
-            self.by_state[state].add(index)
-            self.states[index] = state
-            if state in TERMINAL_STATES and old not in TERMINAL_STATES:
-                self.n_terminal += 1
-            elif old in TERMINAL_STATES and state not in TERMINAL_STATES:
-                self.n_terminal -= 1
-        key = self._failure_key.pop(index, None)
-        if key is not None:
-            members = self.failure_groups[key]
-            members.discard(index)
-            if not members:
-                del self.failure_groups[key]
-        if state in TERMINAL_STATES and state is not State.DONE:
-            key = f"{state.value}: {self.messages[index] or 'no message'}"
-            self._failure_key[index] = key
-            self.failure_groups.setdefault(key, set()).add(index)
-        return old
-
-    # ----------------------------------------------------------------- reading
-    def step_id(self, index: int) -> int | None:
-        """The user's step id of a position (None for a plain job)."""
-        return None if self.steps is None else self.steps[index]
-
-    def index_of(self, step: int) -> int:
-        """The position of a user step id."""
-        if self.steps is None:
-            raise KeyError(f"{self.name} is a job, not an array")
-        if isinstance(self.steps, range):
-            if step in self.steps:
-                return self.steps.index(step)
-        else:
-            try:
-                return list(self.steps).index(step)
-            except ValueError:
-                pass
-        raise KeyError(f"{self.name} has no step {step}")
-
-    def counts(self) -> dict[str, int]:
-        """Steps per state (every State present)."""
-        return {state.value: len(self.by_state[state]) for state in State}
+class HandleOwner(Protocol):
+    """What a handle asks of the session that owns its record."""
 
     @property
-    def base_limits(self) -> dict[str, Any]:
-        """cores, memory and runtime as requested (one shared dict: do not change it)."""
-        limits = self._base_limits
-        if limits is None:
-            limits = self._base_limits = {key: self.resources[key] for key in ("cores", "memory", "runtime")
-                                          if self.resources.get(key) is not None}
-        return limits
+    def session(self) -> Any:
+        """The public :class:`~nbdist.Session`."""
+        ...
 
     @property
-    def max_concurrent(self) -> int | None:
-        """At most this many steps of the array run at once (None: no limit)."""
-        return self.resources.get("max_concurrent") if self.kind == "array" else None
+    def lock(self) -> AbstractContextManager[Any]:
+        """The lock under which records change."""
+        ...
 
-    @property
-    def at_backend(self) -> int:
-        """Steps QUEUED or RUNNING at the backend (retries held back by max_concurrent are not)."""
-        return len(self.by_state[State.QUEUED]) + len(self.by_state[State.RUNNING]) - len(self.held)
+    def wake(self) -> None:
+        """Poll soon (someone waits)."""
+        ...
 
-    @property
-    def all_terminal(self) -> bool:
-        """True when every step is in a terminal state."""
-        return self.n_terminal == self.n
+    def step_handle(self, rec: JobRecord, index: int) -> Job: ...
 
-    @property
-    def all_done(self) -> bool:
-        """True when every step is DONE."""
-        return len(self.by_state[State.DONE]) == self.n
+    def array_handle(self, rec: JobRecord) -> Array: ...
 
-    def overall_state(self) -> State:
-        """One State for the whole record (for an array: a summary of its steps)."""
-        if self.n == 1:
-            return self.states[0]
-        if not self.all_terminal:
-            if self.by_state[State.RUNNING] or self.n_terminal:
-                return State.RUNNING
-            if self.by_state[State.QUEUED]:
-                return State.QUEUED
-            return State.PENDING
-        for state in (State.DONE, State.SKIPPED, State.KILLED):
-            if len(self.by_state[state]) == self.n:
-                return state
-        for state in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST, State.KILLED, State.SKIPPED):
-            if self.by_state[state]:
-                return state
-        return State.FAILED
+    def usage(self, rec: JobRecord, index: int) -> dict[str, Any]: ...
 
-    def log_paths(self, index: int) -> LogPaths | None:
-        """The log files of the current attempt of a step (None before it was submitted)."""
-        did = self.dids[index]
-        if did is None:
-            return None
-        prefix = self._log_prefix
-        if prefix is None:
-            prefix = self._log_prefix = os.path.join(self.log_dir, log_stem(self.name))
-        return LogPaths(f"{prefix}.o{did}", f"{prefix}.e{did}")
+    def attempts(self, rec: JobRecord, index: int) -> list[Attempt]: ...
 
-    def runtime_of(self, index: int, now: float | None = None) -> float | None:
-        """Wall seconds of a finished step, or so far for a running one."""
-        runtime = self.runtimes[index]
-        if runtime is None and self.states[index] is State.RUNNING and self.started[index]:
-            return (now or time.time()) - self.started[index]  # type: ignore[operator]
-        return runtime
+    def cancel(self, rec: JobRecord, indices: Iterable[int]) -> bool: ...
 
-    def failure_text(self, index: int) -> str:
-        """What went wrong with a step, and where to look."""
-        label = self.name if self.steps is None else f"{self.name}:{self.step_id(index)}"
-        state = self.states[index]
-        text = f"{label} ended {state.value}: {self.messages[index] or 'no message'}"
-        paths = self.log_paths(index)
-        if paths is not None and state is not State.SKIPPED:
-            text += f" (stderr: {paths.stderr})"
-        return text
+    def retry(self, rec: JobRecord, indices: Sequence[int], scale: float | dict[str, float] | None) -> None: ...
 
 
-class _Handle(concurrent.futures.Future):
-    """What Job and Array share: a Future resolved by the session when the work ends."""
+class Handle(concurrent.futures.Future):
+    """What Job and Array share: a Future finished by the session when the work ends."""
 
-    _session: Session
+    _owner: HandleOwner
     _rec: JobRecord
 
-    def _resolve(self) -> None:
+    def finish_from_record(self) -> None:
         """Finish the Future from the record if its work has ended; a no-op otherwise.
 
-        Called by the session after it released its lock. The state is read and the Future finished
+        For the session only (and unit tests), like ``Future.set_result`` for an executor: called
+        after the session released its lock. The state is read and the Future finished
         in one hold of the session's lock, so a retry in between cannot finish it with a live state,
         and two threads resolving it finish it once. Callbacks run after the lock is released.
         """
-        with self._session._lock, self._condition:
+        with self._owner.lock, self._condition:
             if self._state == "FINISHED" or not self._ended():  # type: ignore[attr-defined]
                 return
             state = self.state
@@ -288,9 +113,12 @@ class _Handle(concurrent.futures.Future):
     def _ended(self) -> bool:
         raise NotImplementedError
 
-    def _rearm(self) -> None:
+    def reopen(self) -> None:
         """Make a finished Future pending again (a retry starts a new outcome); callbacks already
-        called are not called again, those of a still-pending Future are kept."""
+        called are not called again, those of a still-pending Future are kept.
+
+        For the session only (and unit tests), with its lock held.
+        """
         with self._condition:
             if self._state != "FINISHED":  # type: ignore[attr-defined]
                 return
@@ -318,19 +146,30 @@ class _Handle(concurrent.futures.Future):
     @property
     def session(self) -> Any:
         """The :class:`~nbdist.Session` that owns this job or array."""
-        return self._session
+        return self._owner.session
+
+    @property
+    def owned(self) -> bool:
+        """True when this session runs the work; False for another live kernel's job (read from
+        the registry; ``cancel``/``retry`` are passed to that kernel)."""
+        return self._rec.owned
+
+    @property
+    def record(self) -> JobRecord:
+        """The record behind this handle — for the session only (read it, never change it)."""
+        return self._rec
 
     def wait(self, timeout: float | None = None) -> State:
         """Block until the work ends (or ``timeout`` seconds pass); return its State then.
 
         Never raises for a failed job: look at the returned State, or use ``result()``.
         """
-        self._session._wake()
+        self._owner.wake()
         concurrent.futures.wait([self], timeout=timeout)
         return self.state
 
 
-class Job(_Handle):
+class Job(Handle):
     """A submitted job, or one step of an array.
 
     A Job is a ``concurrent.futures.Future``: ``result(timeout)`` returns the Job when it ended
@@ -340,11 +179,16 @@ class Job(_Handle):
     ``add_done_callback`` and ``await job`` work as for any Future.
     """
 
-    def __init__(self, session: Session, rec: JobRecord, index: int = 0) -> None:
+    def __init__(self, owner: HandleOwner, rec: JobRecord, index: int = 0) -> None:
         super().__init__()
-        self._session = session
+        self._owner = owner
         self._rec = rec
         self._index = index
+
+    @property
+    def index(self) -> int:
+        """The position of this step in its array (0 for a plain job)."""
+        return self._index
 
     @property
     def id(self) -> str:
@@ -366,7 +210,7 @@ class Job(_Handle):
     @property
     def array(self) -> Array | None:
         """The array this step belongs to (None for a plain job)."""
-        return None if self._rec.steps is None else self._session._array_handle(self._rec)
+        return None if self._rec.steps is None else self._owner.array_handle(self._rec)
 
     @property
     def state(self) -> State:
@@ -391,7 +235,7 @@ class Job(_Handle):
     @property
     def usage(self) -> dict[str, Any]:
         """Wall and CPU seconds and max RSS (MB) of the last finished attempt (``{}`` before)."""
-        return dict(self._session._usage(self._rec, self._index))
+        return dict(self._owner.usage(self._rec, self._index))
 
     @property
     def log_paths(self) -> LogPaths | None:
@@ -401,7 +245,7 @@ class Job(_Handle):
     @property
     def attempts(self) -> list[Attempt]:
         """Every attempt so far, oldest first (each with its own logs and exit info)."""
-        return self._session._attempts(self._rec, self._index)
+        return self._owner.attempts(self._rec, self._index)
 
     def stdout(self, tail: int | None = None) -> str:
         """The current attempt's stdout (its last ``tail`` lines if given; ``""`` before it starts)."""
@@ -419,7 +263,7 @@ class Job(_Handle):
 
     def cancel(self) -> bool:
         """Kill the job (or drop it if it has not started); True if it was not finished yet."""
-        return self._session._cancel(self._rec, [self._index])
+        return self._owner.cancel(self._rec, [self._index])
 
     def running(self) -> bool:
         """True while the job runs."""
@@ -427,7 +271,7 @@ class Job(_Handle):
 
     def retry(self, scale: float | dict[str, float] | None = None) -> Job:
         """Run a finished job again as a new attempt (resources scaled as for automatic retries)."""
-        self._session._retry(self._rec, [self._index], scale)
+        self._owner.retry(self._rec, [self._index], scale)
         return self
 
     def _ended(self) -> bool:
@@ -441,7 +285,7 @@ class Job(_Handle):
         return f"<Job {self.id} {self.name!r} {self.state.value}{code}>"
 
 
-class Array(_Handle, Sequence):  # type: ignore[misc]
+class Array(Handle, Sequence):  # type: ignore[misc]
     """A submitted array: a sequence of step Jobs, and a Future of the whole array.
 
     ``array[i]`` is the i-th step (for ``steps=n`` that is step ``i``); ``array.step(s)`` finds a
@@ -449,9 +293,9 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
     ``DONE``, else with :class:`JobFailed`.
     """
 
-    def __init__(self, session: Session, rec: JobRecord) -> None:
+    def __init__(self, owner: HandleOwner, rec: JobRecord) -> None:
         super().__init__()
-        self._session = session
+        self._owner = owner
         self._rec = rec
 
     @property
@@ -492,16 +336,16 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
 
     def __getitem__(self, index: int | slice) -> Job | list[Job]:
         if isinstance(index, slice):
-            return [self._session._step_handle(self._rec, i) for i in range(*index.indices(self._rec.n))]
+            return [self._owner.step_handle(self._rec, i) for i in range(*index.indices(self._rec.n))]
         if index < 0:
             index += self._rec.n
         if not 0 <= index < self._rec.n:
             raise IndexError(f"{self.name} has {self._rec.n} steps")
-        return self._session._step_handle(self._rec, index)
+        return self._owner.step_handle(self._rec, index)
 
     def step(self, step_id: int) -> Job:
         """The step Job with this step id."""
-        return self._session._step_handle(self._rec, self._rec.index_of(step_id))
+        return self._owner.step_handle(self._rec, self._rec.index_of(step_id))
 
     def counts(self) -> dict[str, int]:
         """Steps per state: ``{"PENDING": 0, "QUEUED": 3, ..., "DONE": 7, ...}`` (every State)."""
@@ -511,7 +355,7 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
         """Steps that ended in a failure state (FAILED, TIMEOUT, OUT_OF_MEMORY, KILLED, LOST, SKIPPED)."""
         rec = self._rec
         indices = sorted(i for state in State if state.is_failure for i in rec.by_state[state])
-        return [self._session._step_handle(rec, i) for i in indices]
+        return [self._owner.step_handle(rec, i) for i in indices]
 
     def retry_failed(self, scale: float | dict[str, float] | None = None) -> list[Job]:
         """Run every failed step again; return those steps.
@@ -524,7 +368,7 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
             ``{"runtime": 2, "memory": 1.5}``: per resource.
         """
         steps = self.failed()
-        self._session._retry(self._rec, [step._index for step in steps], scale)
+        self._owner.retry(self._rec, [step.index for step in steps], scale)
         return steps
 
     def done(self) -> bool:
@@ -533,7 +377,7 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
 
     def cancel(self) -> bool:
         """Kill running steps and drop the others; True if any step was not finished."""
-        return self._session._cancel(self._rec, range(self._rec.n))
+        return self._owner.cancel(self._rec, range(self._rec.n))
 
     def running(self) -> bool:
         """True while some step runs."""
@@ -554,24 +398,46 @@ class Array(_Handle, Sequence):  # type: ignore[misc]
         return f"<Array {self.id} {self.name!r} {self.state.value} [{counts}]>"
 
 
-# How much of a log file is read to find its last lines: tails are for a glance, not for paging.
-TAIL_BLOCK_BYTES = 64 * 1024
+class HandleCache:
+    """The session's handles, made on first access: one Job per step, one Array per array."""
 
+    def __init__(self, owner: HandleOwner) -> None:
+        self._owner = owner
+        self._steps: dict[int, dict[int, Job]] = {}
+        self._arrays: dict[int, Array] = {}
 
-def read_tail(path: str, lines: int | None = None) -> str:
-    """The whole file, or its last ``lines`` lines (reading at most 64 KiB from its end); ``""`` if absent."""
-    try:
-        with open(path, "rb") as handle:
-            if lines is None:
-                return handle.read().decode(errors="replace")
-            if lines <= 0:
-                return ""
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - TAIL_BLOCK_BYTES))
-            data = handle.read()
-    except OSError:
-        return ""
-    text = data.decode(errors="replace")
-    parts = text.splitlines(keepends=True)
-    return "".join(parts[-lines:])
+    def step(self, rec: JobRecord, index: int) -> Job:
+        """The Job of one step (made, and finished if its step ended, on first access; lock held)."""
+        handles = self._steps.setdefault(rec.id, {})
+        handle = handles.get(index)
+        if handle is None:
+            handle = handles[index] = Job(self._owner, rec, index)
+            if rec.states[index].is_terminal:
+                handle.finish_from_record()
+        return handle
+
+    def array(self, rec: JobRecord) -> Array:
+        """The Array of an array record (lock held)."""
+        handle = self._arrays.get(rec.id)
+        if handle is None:
+            handle = self._arrays[rec.id] = Array(self._owner, rec)
+            if rec.all_terminal:
+                handle.finish_from_record()
+        return handle
+
+    def existing_step(self, rec: JobRecord, index: int) -> Job | None:
+        """The Job of a step if one was made (nobody can wait on one that was not)."""
+        handles = self._steps.get(rec.id)
+        return None if handles is None else handles.get(index)
+
+    def existing_array(self, rec: JobRecord) -> Array | None:
+        """The Array of a record if one was made."""
+        return self._arrays.get(rec.id)
+
+    def existing(self, rec: JobRecord) -> list[Handle]:
+        """Every handle made for a record: its step Jobs, then its Array."""
+        found: list[Handle] = list(self._steps.get(rec.id, {}).values())
+        array = self._arrays.get(rec.id)
+        if array is not None:
+            found.append(array)
+        return found

@@ -4,42 +4,44 @@ When the session that owned a job is gone (its process died, or it closed), the 
 
 - a local backend's tasks died with their session (the backend guarantees it): steps left QUEUED or
   RUNNING are recorded KILLED, with the reason;
-- a persistent backend's tasks (Slurm: the class has ``adopt``) keep running: the attaching session
-  adopts them and keeps polling;
+- a persistent backend's tasks (Slurm: an :class:`~nbdist.cluster_protocol.AdoptingDistributor`)
+  keep running: the attaching session adopts them and keeps polling;
 - PENDING steps are taken over: they launch when their dependencies are DONE.
 
-Only one session wins an orphan (a compare-and-set on ``jobs.session_id``).
+Only one session wins an orphan (a compare-and-set on ``jobs.session_id``). A session's liveness is
+its process (same host) or its heartbeat (another host, every :data:`HEARTBEAT_SECONDS`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .handles import JobRecord
+from ..cluster_protocol.naming import array_id
+from .launcher import Launcher
+from .lifecycle import Lifecycle
+from .records import DEFAULT_SCALES, JobRecord
+from .registry import Registry, StepRecord
 from .state import State
 from .sweep import Sweep
 
-if TYPE_CHECKING:
-    from .lifecycle import SessionCore
-
-__all__ = ["load_record", "claim", "claim_orphans", "refresh_foreign", "session_alive"]
+__all__ = ["HEARTBEAT_SECONDS", "Ownership", "load_record", "overlay", "session_alive"]
 
 logger = logging.getLogger(__name__)
 
 # Rows of other sessions are re-read from a little before the last refresh: a transaction stamped
 # just before our previous read may have committed just after it.
 REFRESH_MARGIN_SECONDS = 5.0
+# A session on another host (shared folder) is taken for dead when its heartbeat is this much older
+# (three times: a busy machine may miss a beat).
+HEARTBEAT_SECONDS = 30.0
 
 
-def load_record(session: SessionCore, row: dict[str, Any]) -> JobRecord:
+def load_record(row: dict[str, Any], step_rows: list[StepRecord]) -> JobRecord:
     """A JobRecord from a ``jobs`` row and its ``steps`` rows."""
-    from .lifecycle import DEFAULT_SCALES
-
     steps_field = row["steps"]
     steps: Sequence[int] | None
     if steps_field is None:
@@ -65,35 +67,34 @@ def load_record(session: SessionCore, row: dict[str, Any]) -> JobRecord:
     if steps is not None:
         rec.sweep = Sweep(steps, row["params"])
     if row["did_base"]:
-        rec.dids = [f"{row['did_base']}_{index}" for index in range(n)]
+        rec.dids = [array_id(row["did_base"], index) for index in range(n)]
     elif row["dids"]:
         rec.dids = list(row["dids"])
     rec.after_ids = [(int(job_id), index) for job_id, index in (row["after"] or [])]
     rec.refreshed = time.time()
-    rows = session.registry.step_rows(rec.id)
-    rec.has_rows = bool(rows)
-    for index, state in overlay(rec, rows):
+    rec.has_rows = bool(step_rows)
+    for index, state in overlay(rec, step_rows):
         _set_quietly(rec, index, state)
     return rec
 
 
-def overlay(rec: JobRecord, rows: list[tuple]) -> list[tuple[int, State]]:
+def overlay(rec: JobRecord, rows: list[StepRecord]) -> list[tuple[int, State]]:
     """Copy ``steps`` rows into the record's columns; return ``[(index, new state)]`` of changed states."""
     changes = []
     for row in rows:
-        _, index, _, state, did, attempt, exit_code, message, runtime, rss, _, started, _, limits = row
+        index = row.idx
         if index >= rec.n:
             continue
-        if limits:
-            rec.step_resources[index] = json.loads(limits)  # scaled by retries: the next one scales on
-        rec.dids[index] = did
-        rec.attempts[index] = attempt or 1
-        rec.exit_codes[index] = exit_code
-        rec.messages[index] = message
-        rec.runtimes[index] = runtime
-        rec.rss[index] = rss
-        rec.started[index] = started
-        new = State(state)
+        if row.limits:
+            rec.step_resources[index] = row.limits  # scaled by retries: the next one scales on
+        rec.dids[index] = row.distributor_id
+        rec.attempts[index] = row.attempt or 1
+        rec.exit_codes[index] = row.exit_code
+        rec.messages[index] = row.message
+        rec.runtimes[index] = row.runtime_s
+        rec.rss[index] = row.max_rss_mb
+        rec.started[index] = row.started
+        new = State(row.state)
         if new is not rec.states[index]:
             changes.append((index, new))
     return changes
@@ -109,9 +110,7 @@ def session_alive(info: dict[str, Any] | None) -> bool:
 
     On this host its process is checked (pid and start time); on another host, its heartbeat.
     """
-    import psutil
-
-    from .lifecycle import HEARTBEAT_SECONDS
+    import psutil  # here, not at the top: importing the session must stay cheap
 
     if info is None or info.get("closed"):
         return False
@@ -124,78 +123,125 @@ def session_alive(info: dict[str, Any] | None) -> bool:
         return False
 
 
-def claim_orphans(session: SessionCore, sessions: dict[str, dict[str, Any]], take_over: bool = True) -> None:
-    """Mark each loaded record owned or foreign; take over orphans (the session's lock is held)."""
-    for rec in session._records.values():
-        if rec.session_id == session.id:
-            continue
-        rec.owned = False
-        if rec.all_terminal:
-            continue
-        owner = sessions.get(rec.session_id or "")
-        if session_alive(owner):
-            continue
-        if not take_over and (rec.by_state[State.PENDING] or session._persistent(rec.backend)):
-            continue  # left for a session that will run or adopt them
-        claim(session, rec, owner)
+class Ownership:
+    """Which records this session owns: loading them, claiming orphans, following other kernels' jobs.
 
-
-def claim(session: SessionCore, rec: JobRecord, owner: dict[str, Any] | None) -> bool:
-    """Take over an orphaned job (its session ``owner`` is gone): True if this session won it.
-
-    Only one session wins (a compare-and-set in the registry); the winner records how the dead
-    session's local steps ended, adopts its persistent ones and launches its PENDING ones (the
-    session's lock is held).
+    Parameters
+    ----------
+    session_id
+        This session's id in the registry.
+    registry, launcher, lifecycle
+        Its collaborators: rows are read from the registry, orphans are adopted through the launcher
+        and their states changed through the lifecycle (whose lock the caller holds).
     """
-    if not session.registry.claim_job(rec.id, rec.session_id, session.id):
-        return False  # another session took it over first
-    rec.session_id = session.id
-    rec.owned = True
-    _take_over(session, rec, owner)
-    return True
 
+    def __init__(self, session_id: str, registry: Registry, launcher: Launcher, lifecycle: Lifecycle) -> None:
+        self.session_id = session_id
+        self.registry = registry
+        self.launcher = launcher
+        self.lifecycle = lifecycle
 
-def _take_over(session: SessionCore, rec: JobRecord, owner: dict[str, Any] | None) -> None:
-    who = f"pid {owner['pid']} on {owner['host']}" if owner else "an unknown session"
-    live = [i for i in range(rec.n) if rec.states[i] in (State.QUEUED, State.RUNNING)]
-    usable = session._usable(rec.backend)
-    if live and usable and session._persistent(rec.backend):
-        backend = session._backend(rec.backend)
-        table = session._live.setdefault(rec.backend, {})
-        for index in live:
-            did = rec.dids[index]
-            try:
-                backend.adopt(did, rec.name, session._requested(rec, index if rec.kind == "array" else None))
-                table[did] = (rec, index)  # type: ignore[index]
-            except Exception as exc:
-                session._set(rec, index, State.LOST, f"lost: could not re-adopt {did} after {who} ended ({exc})")
-    elif live and not usable:
-        for index in live:
-            session._set(rec, index, State.LOST,
-                         f"lost: its session ({who}) ended and backend {rec.backend!r} is not usable here")
-    else:
-        for index in live:
-            if rec.states[index] is State.RUNNING:
-                session._set(rec, index, State.KILLED, f"killed: the session that ran it ({who}) ended")
-            else:
-                session._set(rec, index, State.KILLED, f"cancelled: its session ({who}) ended before it started")
-    if rec.by_state[State.PENDING]:
-        session._deps_to_check.append(rec)
+    def load_all(self, take_over: bool) -> None:
+        """Load every job of the registry not loaded yet, link dependencies, claim orphans (lock held)."""
+        records = self.lifecycle.records
+        for row in self.registry.jobs():
+            if row["id"] not in records:
+                records[row["id"]] = load_record(row, self.registry.step_rows(row["id"]))
+        for rec in records.values():
+            rec.after = [(records[job_id], index) for job_id, index in rec.after_ids
+                         if job_id in records] or rec.after
+            for dep, _ in rec.after:
+                if rec not in dep.dependents:
+                    dep.dependents.append(rec)
+        self._claim_orphans(self.registry.sessions(), take_over)
 
+    def _claim_orphans(self, sessions: dict[str, dict[str, Any]], take_over: bool) -> None:
+        """Mark each loaded record owned or foreign; take over orphans."""
+        for rec in self.lifecycle.records.values():
+            if rec.session_id == self.session_id:
+                continue
+            rec.owned = False
+            if rec.all_terminal:
+                continue
+            owner = sessions.get(rec.session_id or "")
+            if session_alive(owner):
+                continue
+            if not take_over and (rec.by_state[State.PENDING] or self.launcher.persistent(rec.backend)):
+                continue  # left for a session that will run or adopt them
+            self.claim(rec, owner)
 
-def refresh_foreign(session: SessionCore, records: list[JobRecord]) -> bool:
-    """Read other live sessions' jobs from the registry; take over those whose session died."""
-    sessions = session.registry.sessions()
-    changed = False
-    for rec in records:
-        since = rec.refreshed
-        rec.refreshed = time.time()
-        rows = session.registry.step_rows(rec.id, None if since is None else since - REFRESH_MARGIN_SECONDS)
-        for index, state in overlay(rec, rows):
-            session._set(rec, index, state)
-            session._dirty.discard((rec, index))  # their owner writes them, not us
-            changed = True
-        owner = sessions.get(rec.session_id or "")
-        if not rec.all_terminal and not session_alive(owner) and claim(session, rec, owner):
-            changed = True
-    return changed
+    def owns_or_claims(self, rec: JobRecord) -> bool:
+        """True if this session owns ``rec`` — taking it over first when its session is gone (lock held)."""
+        if rec.owned:
+            return True
+        owner = self.registry.sessions().get(rec.session_id or "")
+        return not session_alive(owner) and self.claim(rec, owner)
+
+    def ask_owner(self, rec: JobRecord, action: str, indices: list[int]) -> bool:
+        """Another live session owns this job: leave it a request in the registry."""
+        assert rec.session_id is not None
+        self.registry.add_request(rec.session_id, rec.id, action, indices)
+        return any(not rec.states[i].is_terminal for i in indices) if action == "kill" else True
+
+    def claim(self, rec: JobRecord, owner: dict[str, Any] | None) -> bool:
+        """Take over an orphaned job (its session ``owner`` is gone): True if this session won it.
+
+        Only one session wins (a compare-and-set in the registry); the winner records how the dead
+        session's local steps ended, adopts its persistent ones and launches its PENDING ones.
+        """
+        if not self.registry.claim_job(rec.id, rec.session_id, self.session_id):
+            return False  # another session took it over first
+        rec.session_id = self.session_id
+        rec.owned = True
+        self._take_over(rec, owner)
+        return True
+
+    def _take_over(self, rec: JobRecord, owner: dict[str, Any] | None) -> None:
+        who = f"pid {owner['pid']} on {owner['host']}" if owner else "an unknown session"
+        lifecycle, launcher = self.lifecycle, self.launcher
+        live = [i for i in range(rec.n) if rec.states[i] in (State.QUEUED, State.RUNNING)]
+        usable = launcher.usable(rec.backend)
+        if live and usable and launcher.persistent(rec.backend):
+            backend = launcher.attach_logs(rec)
+            table = lifecycle.live.setdefault(rec.backend, {})
+            for index in live:
+                did = rec.dids[index]
+                try:
+                    backend.adopt(did, rec.name, launcher.requested(rec, index if rec.kind == "array" else None))
+                    table[did] = (rec, index)  # type: ignore[index]
+                except Exception as exc:
+                    lifecycle.set(rec, index, State.LOST, f"lost: could not re-adopt {did} after {who} ended ({exc})")
+        elif live and not usable:
+            for index in live:
+                lifecycle.set(rec, index, State.LOST,
+                              f"lost: its session ({who}) ended and backend {rec.backend!r} is not usable here")
+        else:
+            for index in live:
+                if rec.states[index] is State.RUNNING:
+                    lifecycle.set(rec, index, State.KILLED, f"killed: the session that ran it ({who}) ended")
+                else:
+                    lifecycle.set(rec, index, State.KILLED,
+                                  f"cancelled: its session ({who}) ended before it started")
+        if rec.by_state[State.PENDING]:
+            lifecycle.deps_to_check.append(rec)
+
+    def refresh_foreign(self) -> bool:
+        """Read other live sessions' jobs from the registry; take over those whose session died (lock held)."""
+        records = [rec for rec in self.lifecycle.records.values() if not rec.owned and not rec.all_terminal]
+        if not records:
+            return False
+        sessions = self.registry.sessions()
+        changed = False
+        for rec in records:
+            since = rec.refreshed
+            rec.refreshed = time.time()
+            rows = self.registry.step_rows(rec.id, None if since is None else since - REFRESH_MARGIN_SECONDS)
+            for index, state in overlay(rec, rows):
+                self.lifecycle.set(rec, index, state)
+                self.lifecycle.pending.dirty.discard((rec, index))  # their owner writes them, not us
+                changed = True
+            owner = sessions.get(rec.session_id or "")
+            if not rec.all_terminal and not session_alive(owner) and self.claim(rec, owner):
+                changed = True
+        self.lifecycle.run_dep_checks()
+        return changed

@@ -13,12 +13,16 @@ Tables::
 
 A fresh array costs one ``jobs`` row whatever its length: its steps are described by the job row
 until they change, so ``array(steps=100_000)`` does not write 100,000 rows. Writes from the poller
-are batched: one transaction per poll.
+are batched: one transaction per poll (:class:`PendingWrites`).
+
+Rows go in and come out as :class:`StepRecord` / :class:`AttemptRecord` named tuples, their JSON
+columns (usage, limits, resources) encoded and decoded here and nowhere else.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -26,9 +30,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Registry", "StepWrite", "AttemptWrite"]
+__all__ = ["AttemptRecord", "PendingWrites", "Registry", "StepRecord", "StepSource"]
+
+logger = logging.getLogger(__name__)
 
 # How long a writer waits for another process's transaction before giving up: long enough for a
 # poll of a big array in another kernel, short enough that a stuck lock is reported.
@@ -70,12 +76,44 @@ INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (job_id, id
     started = excluded.started, ended = excluded.ended, updated = excluded.updated, limits = excluded.limits
 """
 
-# (job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s, max_rss_mb, usage,
-#  started, ended, limits)
-StepWrite = tuple
-# (job_id, idx, attempt, distributor_id, state, exit_code, message, usage, stdout, stderr, resources,
-#  started, ended)
-AttemptWrite = tuple
+class StepRecord(NamedTuple):
+    """One ``steps`` row (without ``updated``, which the registry stamps): a step's current attempt."""
+
+    job_id: int
+    idx: int
+    step: int | None
+    state: str
+    distributor_id: str | None
+    attempt: int
+    exit_code: int | None
+    message: str | None
+    runtime_s: float | None
+    max_rss_mb: float | None
+    usage: dict[str, Any] | None
+    started: float | None
+    ended: float | None
+    limits: dict[str, Any] | None
+
+
+class AttemptRecord(NamedTuple):
+    """One ``attempts`` row: a finished attempt of a step."""
+
+    job_id: int
+    idx: int
+    attempt: int
+    distributor_id: str | None
+    state: str
+    exit_code: int | None
+    message: str | None
+    usage: dict[str, Any]
+    stdout: str | None
+    stderr: str | None
+    resources: dict[str, Any]
+    started: float | None
+    ended: float | None
+
+
+_STEP_COLUMNS = ", ".join(StepRecord._fields[:13]) + ", limits"
 
 
 class Registry:
@@ -171,18 +209,10 @@ class Registry:
         with self.transaction():
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def update_job(self, job_id: int, **fields: Any) -> None:
-        """Change columns of a job row."""
-        names = sorted(fields)
-        with self.transaction():
-            self._db.execute(
-                f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?",
-                [_encode(fields[name]) for name in names] + [job_id],
-            )
-
-    def write(self, steps: Sequence[StepWrite], attempts: Sequence[AttemptWrite],
+    def write(self, steps: Sequence[StepRecord], attempts: Sequence[AttemptRecord],
               job_updates: Iterable[tuple[int, dict[str, Any]]] = ()) -> None:
         """Write a poll's changes in one transaction (dict and list values are stored as JSON)."""
+        job_updates = list(job_updates)
         if not steps and not attempts and not job_updates:
             return
         now = time.time()
@@ -196,14 +226,15 @@ class Registry:
                 encoded[key] = _encode(value)
             return encoded[key]
 
-        steps = [row[:10] + (once(row[10]),) + row[11:13] + (now, once(row[13])) for row in steps]
-        attempts = [row[:7] + (once(row[7]),) + row[8:10] + (once(row[10]),) + row[11:]  # usage, resources
-                    for row in attempts]
+        step_values = [(*row[:10], once(row.usage), row.started, row.ended, now, once(row.limits)) for row in steps]
+        attempt_values = [(*row[:7], once(row.usage), row.stdout, row.stderr, once(row.resources), row.started,
+                           row.ended) for row in attempts]
         with self.transaction():
-            if steps:
-                self._db.executemany(_UPSERT_STEP, steps)
-            if attempts:
-                self._db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", attempts)
+            if step_values:
+                self._db.executemany(_UPSERT_STEP, step_values)
+            if attempt_values:
+                self._db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                     attempt_values)
             for job_id, fields in job_updates:
                 names = sorted(fields)
                 self._db.execute(
@@ -228,28 +259,36 @@ class Registry:
         for row in rows:
             item = dict(zip(columns, row))
             for key in ("steps", "dids", "spec", "params", "after"):
-                if item[key] is not None:
-                    item[key] = json.loads(item[key])
+                item[key] = _decode(item[key])
             decoded.append(item)
         return decoded
 
-    def step_rows(self, job_id: int, since: float | None = None) -> list[tuple]:
-        """The ``steps`` rows of a job (written so far, or updated at or after ``since``), without ``updated``."""
-        columns = ("job_id, idx, step, state, distributor_id, attempt, exit_code, message, runtime_s, max_rss_mb, "
-                   "usage, started, ended, limits")
+    def step_rows(self, job_id: int, since: float | None = None) -> list[StepRecord]:
+        """The ``steps`` rows of a job (written so far, or updated at or after ``since``)."""
         if since is None:
-            return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? ORDER BY idx", (job_id,))
-        return self.query(f"SELECT {columns} FROM steps WHERE job_id = ? AND updated >= ? ORDER BY idx",
-                          (job_id, since))
+            rows = self.query(f"SELECT {_STEP_COLUMNS} FROM steps WHERE job_id = ? ORDER BY idx", (job_id,))
+        else:
+            rows = self.query(f"SELECT {_STEP_COLUMNS} FROM steps WHERE job_id = ? AND updated >= ? ORDER BY idx",
+                              (job_id, since))
+        return [StepRecord(*row[:10], _decode(row[10]), *row[11:13], _decode(row[13])) for row in rows]
 
     def step_usage(self, job_id: int, idx: int) -> dict[str, Any]:
         """The usage of a step's last finished attempt (``{}`` if none)."""
         rows = self.query("SELECT usage FROM steps WHERE job_id = ? AND idx = ?", (job_id, idx))
-        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+        return (_decode(rows[0][0]) or {}) if rows else {}
 
-    def attempt_rows(self, job_id: int, idx: int) -> list[tuple]:
+    def attempt_rows(self, job_id: int, idx: int) -> list[AttemptRecord]:
         """The finished attempts of one step, oldest first."""
-        return self.query("SELECT * FROM attempts WHERE job_id = ? AND idx = ? ORDER BY attempt", (job_id, idx))
+        columns = ", ".join(AttemptRecord._fields)
+        rows = self.query(f"SELECT {columns} FROM attempts WHERE job_id = ? AND idx = ? ORDER BY attempt",
+                          (job_id, idx))
+        return [AttemptRecord(*row[:7], _decode(row[7]) or {}, row[8], row[9], _decode(row[10]) or {}, *row[11:])
+                for row in rows]
+
+    @classmethod
+    def reading(cls, root: str) -> _Reader:
+        """``with Registry.reading(root) as registry:`` — a short-lived connection (e.g. after close)."""
+        return _Reader(cls(root))
 
     # ------------------------------------------------------------------ requests from other processes
     def claim_job(self, job_id: int, old_session: str | None, new_session: str) -> bool:
@@ -278,12 +317,23 @@ class Registry:
             ).fetchall()
             if rows:
                 self._db.execute("DELETE FROM requests WHERE session_id = ? AND id <= ?", (session_id, rows[-1][0]))
-        return [(job_id, action, json.loads(arg) if arg else None) for _, job_id, action, arg in rows]
+        return [(job_id, action, _decode(arg)) for _, job_id, action, arg in rows]
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         """Run a read query."""
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+
+class _Reader:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def __enter__(self) -> Registry:
+        return self.registry
+
+    def __exit__(self, *exc: Any) -> None:
+        self.registry.close()
 
 
 class _Transaction:
@@ -313,3 +363,58 @@ def _encode(value: Any) -> Any:
     if isinstance(value, (dict, list, tuple)):
         return _ENCODER.encode(value)
     return value
+
+
+def _decode(text: str | None) -> Any:
+    return None if not text else json.loads(text)
+
+
+class StepSource(Protocol):
+    """What :class:`PendingWrites` needs of a record (a ``JobRecord``) to write its steps."""
+
+    owned: bool
+    usage: dict[int, dict[str, Any]]
+
+    def step_record(self, index: int) -> StepRecord:
+        """The step's row; takes its pending usage (it is read back from the registry)."""
+        ...
+
+
+class PendingWrites:
+    """One poll's unit of work: changed steps, finished attempts and job-row updates, written at once.
+
+    Everything is added with the session's lock held; :meth:`flush` writes it in one transaction and,
+    when the registry cannot be written, keeps it for the next flush (the registry catches up,
+    nothing is lost).
+    """
+
+    def __init__(self) -> None:
+        self.dirty: set[tuple[StepSource, int]] = set()
+        self.attempts: list[AttemptRecord] = []
+        self.job_updates: dict[int, dict[str, Any]] = {}
+        self._flush_lock = threading.Lock()
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        """Columns of a ``jobs`` row to change at the next flush."""
+        self.job_updates.setdefault(job_id, {}).update(fields)
+
+    def flush(self, registry: Registry, lock: Any) -> None:
+        """Write everything pending in one transaction; ``lock`` guards the records (held briefly)."""
+        with self._flush_lock:
+            with lock:
+                dirty, self.dirty = self.dirty, set()
+                attempts, self.attempts = self.attempts, []
+                updates, self.job_updates = self.job_updates, {}
+                rows = [(source, source.step_record(index)) for source, index in dirty if source.owned]
+            try:
+                registry.write([row for _, row in rows], attempts, updates.items())
+            except Exception as exc:
+                logger.warning("could not write to the registry %s (will retry): %s", registry.path, exc)
+                with lock:
+                    self.dirty |= dirty
+                    for source, row in rows:
+                        if row.usage is not None:
+                            source.usage.setdefault(row.idx, row.usage)
+                    self.attempts[:0] = attempts
+                    for job_id, fields in updates.items():
+                        self.job_updates[job_id] = {**fields, **self.job_updates.get(job_id, {})}

@@ -1,7 +1,9 @@
 """Snapshots: everything a view draws about one job or array, computed by the core in one go.
 
 The widget, the text/HTML repr and the CLI only draw a :class:`Snapshot`; none of them reads the
-registry or the backend. A snapshot of a 10,000-step array costs well under 10 ms: counts are kept
+registry, the backend or a log file. The snapshot is the one place that decides what they show:
+which step's logs (:func:`default_log_step`: the first failed, else the first running one) and how
+failures are grouped (by their last stderr line). A snapshot of a 10,000-step array costs well under 10 ms: counts are kept
 incrementally by the session, only one page of rows is built, and log tails read at most 64 KiB.
 """
 
@@ -11,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .handles import read_tail
+from .logs import MAX_GROUPED_FAILURES, LogCache
 from .state import State
 
 if TYPE_CHECKING:
-    from .handles import JobRecord
+    from .records import JobRecord
 
-__all__ = ["Snapshot", "StepRow", "build_snapshot", "MAX_FAILURE_GROUPS"]
+__all__ = ["MAX_FAILURE_GROUPS", "Snapshot", "StepRow", "build_snapshot", "default_log_step"]
 
 # The failure summary lists this many distinct messages (largest groups first): enough to see the
 # causes, few enough to draw.
@@ -53,7 +55,8 @@ class Snapshot:
     log_step
         The step whose log tails are included (None for a plain job, or when no step is chosen).
     failure_groups
-        ``[(message, [step ids]), ...]`` of failed steps grouped by message, largest first.
+        ``[(last stderr line, [step ids]), ...]`` of failed steps, largest group first (a step with
+        an empty stderr is grouped by the core's message, ``"STATE: message"``).
     state
         The State of the job, or the summary State of the array.
     """
@@ -92,8 +95,8 @@ def _row(rec: JobRecord, index: int, now: float) -> StepRow:
     )
 
 
-def _default_log_index(rec: JobRecord) -> int | None:
-    """The step worth a glance: the first failed one, else the first running one."""
+def default_log_step(rec: JobRecord) -> int | None:
+    """The index of the step worth a glance: the first failed one, else the first running one."""
     for state in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST, State.RUNNING):
         indices = rec.by_state[state]
         if indices:
@@ -101,57 +104,21 @@ def _default_log_index(rec: JobRecord) -> int | None:
     return None
 
 
-def build_snapshot(rec: JobRecord, *, state: State | str | None = None, page: int = 0, page_size: int = 50,
-                   log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
+def build_snapshot(rec: JobRecord, logs: LogCache, *, state: State | str | None = None, page: int = 0,
+                   page_size: int = 50, log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
     """Compute the Snapshot of a record (the session calls this under its lock)."""
     if page_size < 1:
         raise ValueError(f"page_size must be positive, not {page_size}")
     filter_state = State(state) if state is not None else None
     now = time.time()
-    counts = rec.counts()
-    if filter_state is None:
-        total_rows = rec.n
-        pages = max(1, -(-total_rows // page_size))
-        page = min(max(page, 0), pages - 1)
-        indices: list[int] | range = range(page * page_size, min(rec.n, (page + 1) * page_size))
-    else:
-        chosen = sorted(rec.by_state[filter_state])
-        pages = max(1, -(-len(chosen) // page_size))
-        page = min(max(page, 0), pages - 1)
-        indices = chosen[page * page_size:(page + 1) * page_size]
-    rows = [_row(rec, index, now) for index in indices]
-
+    rows, page, pages = _rows(rec, filter_state, page, page_size, now)
     if rec.steps is None:
         log_index: int | None = 0
-        shown_step = None
     elif log_step is not None:
         log_index = rec.index_of(log_step)
-        shown_step = log_step
     else:
-        log_index = _default_log_index(rec)
-        shown_step = None if log_index is None else rec.step_id(log_index)
-    stdout_tail = stderr_tail = ""
-    if log_index is not None:
-        paths = rec.log_paths(log_index)
-        if paths is not None:
-            # A finished step's logs do not change: keep its tails, so redrawing reads no file (each
-            # read gives up the GIL, and getting it back can take milliseconds while the poller works).
-            key = (log_index, rec.dids[log_index], tail_lines)
-            cached = rec.tail_cache
-            if cached is not None and cached[0] == key:
-                stdout_tail, stderr_tail = cached[1]
-            else:
-                stdout_tail = read_tail(paths.stdout, tail_lines)
-                stderr_tail = read_tail(paths.stderr, tail_lines)
-                if rec.states[log_index].is_terminal:
-                    rec.tail_cache = (key, (stdout_tail, stderr_tail))
-
-    largest = sorted(rec.failure_groups.items(), key=lambda item: -len(item[1]))[:MAX_FAILURE_GROUPS]
-    if rec.steps is None:
-        failure_groups = [(message, [0]) for message, _ in largest]
-    else:
-        step_ids = rec.steps
-        failure_groups = [(message, [step_ids[i] for i in sorted(members)]) for message, members in largest]
+        log_index = default_log_step(rec)
+    stdout_tail, stderr_tail = _log_tails(rec, logs, log_index, tail_lines)
     end = rec.ended if rec.all_terminal and rec.ended else now
     return Snapshot(
         id=str(rec.id),
@@ -159,7 +126,7 @@ def build_snapshot(rec: JobRecord, *, state: State | str | None = None, page: in
         backend=rec.backend,
         kind=rec.kind,
         state=rec.overall_state(),
-        counts=counts,
+        counts=rec.counts(),
         total=rec.n,
         done_fraction=rec.n_terminal / rec.n if rec.n else 1.0,
         elapsed_s=round(max(0.0, end - rec.created), 3),
@@ -168,8 +135,50 @@ def build_snapshot(rec: JobRecord, *, state: State | str | None = None, page: in
         page=page,
         pages=pages,
         filter_state=filter_state,
-        log_step=shown_step,
+        log_step=None if rec.steps is None or log_index is None else rec.step_id(log_index),
         stdout_tail=stdout_tail,
         stderr_tail=stderr_tail,
-        failure_groups=failure_groups,
+        failure_groups=_failure_groups(rec, logs),
     )
+
+
+def _rows(rec: JobRecord, filter_state: State | None, page: int, page_size: int,
+          now: float) -> tuple[list[StepRow], int, int]:
+    """One page of rows (of the steps in ``filter_state`` when given); ``(rows, page, pages)``."""
+    if filter_state is None:
+        pages = max(1, -(-rec.n // page_size))
+        page = min(max(page, 0), pages - 1)
+        indices: list[int] | range = range(page * page_size, min(rec.n, (page + 1) * page_size))
+    else:
+        chosen = sorted(rec.by_state[filter_state])
+        pages = max(1, -(-len(chosen) // page_size))
+        page = min(max(page, 0), pages - 1)
+        indices = chosen[page * page_size:(page + 1) * page_size]
+    return [_row(rec, index, now) for index in indices], page, pages
+
+
+def _log_tails(rec: JobRecord, logs: LogCache, index: int | None, tail_lines: int) -> tuple[str, str]:
+    """The stdout and stderr tails of one step (``("", "")`` when none is chosen or it has no logs)."""
+    if index is None:
+        return "", ""
+    paths = rec.log_paths(index)
+    if paths is None:
+        return "", ""
+    key = (index, rec.dids[index], tail_lines)
+    return logs.tails(rec.id, key, paths, tail_lines, finished=rec.states[index].is_terminal)
+
+
+def _failure_groups(rec: JobRecord, logs: LogCache) -> list[tuple[str, list[int]]]:
+    """Failed steps grouped by their last stderr line; the record keeps them grouped by message, so
+    only the steps of the largest message groups are looked at."""
+    largest = sorted(rec.failure_groups.items(), key=lambda item: -len(item[1]))[:MAX_FAILURE_GROUPS]
+    if sum(len(members) for _, members in largest) > MAX_GROUPED_FAILURES:  # too many files to read
+        step_ids = rec.steps if rec.steps is not None else [0]
+        return [(message, [step_ids[i] for i in sorted(members)]) for message, members in largest]
+    failed: list[tuple[str, int, str | None]] = []
+    for message, members in largest:
+        for index in sorted(members):
+            paths = rec.log_paths(index)
+            step = 0 if rec.steps is None else rec.steps[index]
+            failed.append((message, step, None if paths is None else paths.stderr))
+    return logs.group_by_last_line(failed)[:MAX_FAILURE_GROUPS]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from ..cluster_protocol import TaskInstanceStatus as S
+from ..cluster_protocol import TaskInstanceStatus as Status
 
 __all__ = ["State", "TERMINAL_STATES", "FAILURE_STATES", "RETRYABLE_STATES"]
 
@@ -44,13 +44,16 @@ class State(str, enum.Enum):
         return self in FAILURE_STATES
 
     @classmethod
-    def from_backend(cls, status: str, message: str = "") -> State:
-        """Map a backend status letter (Jobmon's ``TaskInstanceStatus``) and its message to a State.
+    def from_backend(cls, status: str, message: str = "", limit: str | None = None) -> State:
+        """Map a backend status letter (Jobmon's ``TaskInstanceStatus``) to a State.
 
-        ``Z`` (resource error) becomes ``TIMEOUT`` or ``OUT_OF_MEMORY`` depending on whether the
-        message speaks of "runtime" or "memory"; an unknown letter is ``LOST``.
+        ``Z`` (resource error) becomes ``TIMEOUT`` or ``OUT_OF_MEMORY`` by the report's ``limit``
+        (``"runtime"``/``"memory"``); for a backend that does not send one (a plain Jobmon backend),
+        by whether the message speaks of "memory" or "runtime". An unknown letter is ``LOST``.
         """
-        if status == S.RESOURCE_ERROR:
+        if status == Status.RESOURCE_ERROR:
+            if limit is not None:
+                return _FROM_LIMIT.get(limit, cls.FAILED)
             text = message.lower()
             if "memory" in text:
                 return cls.OUT_OF_MEMORY
@@ -68,15 +71,16 @@ FAILURE_STATES = TERMINAL_STATES - {State.DONE}
 RETRYABLE_STATES = frozenset({State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST})
 
 _FROM_LETTER = {
-    S.QUEUED: State.QUEUED,
-    S.INSTANTIATED: State.QUEUED,
-    S.LAUNCHED: State.QUEUED,
-    S.RUNNING: State.RUNNING,
-    S.TRIAGING: State.RUNNING,
-    S.DONE: State.DONE,
-    S.ERROR: State.FAILED,
-    S.ERROR_FATAL: State.FAILED,
-    S.NO_DISTRIBUTOR_ID: State.FAILED,
-    S.KILL_SELF: State.KILLED,
-    S.UNKNOWN_ERROR: State.LOST,
+    Status.QUEUED: State.QUEUED,
+    Status.INSTANTIATED: State.QUEUED,
+    Status.LAUNCHED: State.QUEUED,
+    Status.RUNNING: State.RUNNING,
+    Status.TRIAGING: State.RUNNING,
+    Status.DONE: State.DONE,
+    Status.ERROR: State.FAILED,
+    Status.ERROR_FATAL: State.FAILED,
+    Status.NO_DISTRIBUTOR_ID: State.FAILED,
+    Status.KILL_SELF: State.KILLED,
+    Status.UNKNOWN_ERROR: State.LOST,
 }
+_FROM_LIMIT = {"runtime": State.TIMEOUT, "memory": State.OUT_OF_MEMORY}

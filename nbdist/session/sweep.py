@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import itertools
 import json
+import numbers
 import os
 import re
 import shlex
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_ARRAY_STEPS", "Sweep", "expand", "parse_array_spec", "placeholders", "render", "write_manifest",
-           "write_scripts", "script_command", "chunk_size", "STEP_ENV", "INDEX_EXPR"]
+from ..cluster_protocol.naming import write_json_atomic
+from ..cluster_protocol.resources import command_line  # the one "words → shell line" rule, for the views
+
+__all__ = ["MAX_ARRAY_STEPS", "Sweep", "command_line", "expand", "parse_array_spec", "placeholders", "python_command", "render",
+           "write_manifest", "write_scripts", "script_command", "chunk_size", "STEP_ENV", "INDEX_EXPR"]
 
 STEP_ENV = "NBDIST_STEP"
 # The largest array spec accepted (magic and CLI): far above any interactive use, low enough that a
@@ -300,9 +305,63 @@ def script_command(folder: str, chunk: int, index: int | None = None) -> str:
 
 
 def write_manifest(path: str, sweep: Sweep) -> None:
-    """The manifest of step → parameters, as JSON (atomically)."""
+    """The manifest of step → parameters, as JSON (atomically); a value JSON cannot hold is its ``str``."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as handle:
-        json.dump(sweep.manifest(), handle, default=str)
-    os.replace(temporary, path)
+    write_json_atomic(path, json.loads(json.dumps(sweep.manifest(), default=str)))
+
+
+# The here-document delimiter of a Python body (a body may not contain a line of just this).
+PYTHON_EOF = "NBDIST_PYTHON_EOF"
+_STEP_PLACEHOLDER = re.compile(r"\{\{\s*step\s*\}\}")
+
+
+def python_command(body: str, params: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """A shell command running the Python ``body`` with this interpreter (so the job sees its packages).
+
+    The body goes through a quoted here-document, which the shell leaves untouched. A ``{{param}}``
+    in it becomes an expression reading the value from the interpreter's arguments, where the core
+    puts it as one shell-quoted word: a value is data, never code (``abc``, ``1/0`` or ``os.sep``
+    arrive as strings). A parameter whose values (``params``, one dict per step) are all ``int`` is
+    an ``int``, all numbers a ``float``, all ``bool`` a ``bool``; anything else is its ``str``.
+    ``{{step}}`` is the step id as an ``int``.
+
+    Raises
+    ------
+    ValueError
+        For a body with a line ``NBDIST_PYTHON_EOF`` (it would end the here-document).
+    """
+    if any(line.strip() == PYTHON_EOF for line in body.splitlines()):
+        raise ValueError(f"a --python body may not contain a line {PYTHON_EOF}")
+    # The core fills {{step}} with a shell variable, which a quoted here-document would leave as text.
+    body = _STEP_PLACEHOLDER.sub(f"int(__import__('os').environ['{STEP_ENV}'])", body)
+    names = placeholders(body)
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        column = [row[name] for row in params or () if name in row]
+        return _python_type(column).format(f"__import__('sys').argv[{names.index(name) + 1}]")
+
+    body = _PLACEHOLDER.sub(value, body)
+    words = "".join(f" {{{{{name}}}}}" for name in names)
+    return f"{shlex.quote(sys.executable)} -{words} <<'{PYTHON_EOF}'\n{body.rstrip()}\n{PYTHON_EOF}\n"
+
+
+def _python_type(values: Sequence[Any]) -> str:
+    """The expression (a format of the argument's text) that gives a Python body's parameter its type."""
+    if values and all(isinstance(value, bool) for value in values):
+        return "({} == 'True')"
+    numbers_only = values and not any(isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      for value in values)
+    if numbers_only and all(isinstance(value, numbers.Integral) for value in values):
+        return "int({})"
+    if numbers_only and all(_is_float_text(str(value)) for value in values):
+        return "float({})"
+    return "{}"
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from typing import Any
 
 from . import render
 from ..session import Array, Job, Session, Snapshot, State, UnknownJob
-from ..session.sweep import parse_array_spec
+from ..session.sweep import command_line, parse_array_spec
 
 __all__ = ["main"]
 
@@ -89,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"no registry in {os.path.abspath(args.root)} (nothing was submitted there; --root?)")
         session = Session(root=args.root)
         try:
-            session._attach(take_over=args.command in ("kill", "retry"))
+            session.attach(take_over=args.command in ("kill", "retry"))
             return _COMMANDS[args.command](session, args)
         finally:
             session.close()
@@ -175,7 +174,7 @@ def _retry(session: Session, args: argparse.Namespace) -> int:
         handle.retry_failed()
     else:
         handle.retry()
-    if not handle._rec.owned:
+    if not handle.owned:
         print(f"{handle.name}: retry requested from the session that owns it")
         return 0
     # This process now runs the retried steps: follow them here (local tasks die with us).
@@ -187,13 +186,12 @@ def _run(args: argparse.Namespace) -> int:
     words = args.words  # argparse has taken the "--" away
     if not words:
         raise ValueError("run needs a command: nbdist run [options] -- COMMAND")
-    # One word is a shell command line as it is; several are argv words, quoted back into one line.
-    command = words[0] if len(words) == 1 else shlex.join(words)
+    command = command_line(words)
     options: dict[str, Any] = {"name": args.name, "cores": args.cores, "memory": args.memory,
                                "runtime": args.runtime, "max_attempts": args.max_attempts, "after": args.after}
     with Session(backend=args.backend, parallelism=args.parallelism, root=args.root) as session:
         if args.after:
-            session._attach(take_over=False)
+            session.attach(take_over=False)
         if args.array:
             steps, limit = parse_array_spec(args.array)
             handle: Job | Array = session.array(command, steps=steps, max_concurrent=limit, **options)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import keyword
 import logging
-import numbers
-import re
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -23,67 +21,31 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
-from ..cluster_protocol.resources import parse_memory, parse_runtime
-from ..session.sweep import MAX_ARRAY_STEPS
+from ..session import Array, Job, NotebookSessions, Session
+from ..session.sweep import expand, parse_array_spec, placeholders
 
-__all__ = ["MAX_ARRAY_STEPS", "NbdistMagics", "load_ipython_extension", "parse_array_spec"]
+__all__ = ["NbdistMagics", "load_ipython_extension"]
 
 log = logging.getLogger(__name__)
 
-_PYTHON_EOF = "NBDIST_PYTHON_EOF"
-_STEP_RE = re.compile(r"\{\{\s*step\s*\}\}")
-# The core's placeholder syntax (nbdist.sweep), so the magic finds the same names.
-_PLACEHOLDER_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
-
-def parse_array_spec(spec: str) -> tuple[Sequence[int], int | None]:
+def _array_spec(spec: str) -> tuple[Sequence[int], int | None]:
     """Step ids and the optional ``%N`` concurrency limit of a Slurm-style array spec.
 
     ``10`` → steps 0..9; ``0-99``; ``0-99:2`` (every second step); ``1,5,7``; mixes like ``0-9,20``;
     ``0-99%4`` runs at most 4 steps at once; at most :data:`MAX_ARRAY_STEPS` steps. The grammar and
-    the cap are the core's (:func:`nbdist.sweep.parse_array_spec`); this turns its errors into a UsageError.
+    the cap are the core's (:func:`nbdist.session.sweep.parse_array_spec`); this turns its errors into a
+    UsageError.
     """
-    from ..session.sweep import parse_array_spec as core_parse
-
     if not spec.strip():
         raise UsageError("--array needs a spec, e.g. 10, 0-99, 0-99:2 or 1,5,7")
     try:
-        steps, limit = core_parse(spec)
+        steps, limit = parse_array_spec(spec)
     except ValueError as exc:
         raise UsageError(f"--array: {_one_line(exc)}") from None
     if len(set(steps)) != len(steps):
         raise UsageError(f"--array {spec!r}: a step is listed twice")
     return steps, limit
-
-
-def _check_over(value: Any, expr: str) -> Any:
-    """The ``--over`` value, checked (a UsageError says which shapes are accepted).
-
-    A dict's values are turned into lists, so a generator is read once, here, and not found empty later.
-    """
-    shape = "a dict of lists, a list of dicts or a DataFrame"
-    if hasattr(value, "columns") and hasattr(value, "to_dict"):  # a pandas DataFrame, duck-typed
-        if len(value) == 0:
-            raise UsageError(f"--over {expr}: the DataFrame has no rows")
-        return value
-    if isinstance(value, dict):
-        if not value:
-            raise UsageError(f"--over {expr}: the dict is empty; expected {shape}")
-        lists = {}
-        for key, values in value.items():
-            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-                raise UsageError(f"--over {expr}: the value of {key!r} is not a list; expected {shape}")
-            lists[key] = list(values)
-            if not lists[key]:
-                raise UsageError(f"--over {expr}: the list for {key!r} is empty")
-        return lists
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise UsageError(f"--over {expr}: the list is empty; expected {shape}")
-        if not all(isinstance(item, dict) for item in value):
-            raise UsageError(f"--over {expr}: every item of the list must be a dict; expected {shape}")
-        return value
-    raise UsageError(f"--over {expr}: got {type(value).__name__}; expected {shape}")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -93,55 +55,6 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and detail.startswith(("'", '"')):
         detail = detail.strip("'\"")
     return detail or type(exc).__name__
-
-
-def _python_command(body: str, params: Sequence[dict[str, Any]] | None = None) -> str:
-    """A shell command running ``body`` with this kernel's interpreter (so the job sees its packages).
-
-    The body goes through a quoted here-document, which the shell leaves untouched. A ``{{param}}``
-    in it becomes an expression reading the value from the interpreter's arguments, where the core
-    puts it as one shell-quoted word: a value is data, never code (``abc``, ``1/0`` or ``os.sep``
-    arrive as strings). A parameter whose values (``params``, one dict per step) are all ``int`` is
-    an ``int``, all numbers a ``float``, all ``bool`` a ``bool``; anything else is its ``str``.
-    ``{{step}}`` is the step id as an ``int``.
-    """
-    if any(line.strip() == _PYTHON_EOF for line in body.splitlines()):
-        raise UsageError(f"a --python body may not contain a line {_PYTHON_EOF}")
-    from ..session.sweep import placeholders
-
-    # The core fills {{step}} with a shell variable, which a quoted here-document would leave as text.
-    body = _STEP_RE.sub("int(__import__('os').environ['NBDIST_STEP'])", body)
-    names = placeholders(body)
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1).strip()
-        column = [row[name] for row in params or () if name in row]
-        return _python_type(column).format(f"__import__('sys').argv[{names.index(name) + 1}]")
-
-    body = _PLACEHOLDER_RE.sub(value, body)
-    words = "".join(f" {{{{{name}}}}}" for name in names)
-    return f"{shlex.quote(sys.executable)} -{words} <<'{_PYTHON_EOF}'\n{body.rstrip()}\n{_PYTHON_EOF}\n"
-
-
-def _python_type(values: Sequence[Any]) -> str:
-    """The expression (a format of the argument's text) that gives a ``--python`` parameter its type."""
-    if values and all(isinstance(value, bool) for value in values):
-        return "({} == 'True')"
-    numbers_only = values and not any(isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                      for value in values)
-    if numbers_only and all(isinstance(value, numbers.Integral) for value in values):
-        return "int({})"
-    if numbers_only and all(_is_float_text(str(value)) for value in values):
-        return "float({})"
-    return "{}"
-
-
-def _is_float_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _split(line: str) -> list[str]:
@@ -168,83 +81,26 @@ class NbdistMagics(Magics):
 
     def __init__(self, shell: Any = None) -> None:
         super().__init__(shell)
-        # The session the magics use: the default one until ``%nbdist attach`` or ``%nbdist backend``.
-        self._session: Any = None
-        # Sessions of ``%%submit --backend B`` cells whose B is not the current session's (one each).
-        self._by_backend: dict[str, Any] = {}
-        # Sessions that ``%nbdist backend``/``attach`` replaced: their jobs are still shown, and each
-        # is closed as soon as none of its jobs is live (a closed session stays readable).
-        self._replaced: list[Any] = []
-        self._closing: list[Any] = []
+        # The sessions the magics use: the default one until ``%nbdist attach`` or ``%nbdist backend``.
+        self.sessions = NotebookSessions()
         self._nbdist_parser = _build_nbdist_parser()
 
     # -- sessions ---------------------------------------------------------------------------
-    def session(self, backend: str | None = None) -> Any:
+    def session(self, backend: str | None = None) -> Session:
         """The session for ``backend`` (the current one when None); a UsageError if it cannot start."""
-        import nbdist
+        try:
+            return self.sessions.for_backend(backend)
+        except (ValueError, KeyError, ImportError, RuntimeError) as exc:
+            raise UsageError(f"--backend {backend}: {_one_line(exc)}") from None
 
-        self._close_idle()  # every cell is a chance to let a replaced session go
-        current = self._current()
-        if backend is None or backend == current.backend_name:
-            return current
-        if backend not in self._by_backend:
-            try:
-                self._by_backend[backend] = nbdist.Session(backend=backend)
-            except (ValueError, KeyError, ImportError, RuntimeError) as exc:
-                raise UsageError(f"--backend {backend}: {_one_line(exc)}") from None
-        return self._by_backend[backend]
-
-    def _current(self) -> Any:
-        import nbdist
-
-        return self._session or nbdist.default_session()
-
-    def sessions(self) -> list[Any]:
-        """Every session whose jobs ``%nbdist`` shows: the current one, ``--backend`` ones, replaced ones."""
-        self._close_idle()
-        found: list[Any] = []
-        for session in (self._current(), *self._by_backend.values(), *reversed(self._replaced)):
-            if all(session is not other for other in found):
-                found.append(session)
-        return found
-
-    def _replace(self, old: Any, new: Any) -> None:
-        """``new`` takes the place of ``old``: close ``old`` now if it is idle, else once it is."""
-        if old is new or any(old is other for other in self._replaced):
-            return
-        self._replaced.append(old)
-        self._closing.append(old)
-        self._close_idle()
-
-    def _close_idle(self) -> None:
-        """Close the replaced sessions none of whose jobs is live (stops their consumers and poller)."""
-        for session in list(self._closing):
-            if all(handle.done() for handle in session.jobs()):
-                self._closing.remove(session)
-                session.close()
-
-    def _lookup(self, name: str, what: str = "job or array", session: Any = None) -> Any:
+    def _lookup(self, name: str, what: str = "job or array", session: Session | None = None) -> Job | Array:
         """The newest job or array called ``name`` in ``session`` (default: in every session shown)."""
-        sessions = [session] if session is not None else self.sessions()
-        found = []
-        for candidate in sessions:
-            try:
-                found.append(candidate.get(name))
-            except (KeyError, LookupError, ValueError):
-                continue
-        if found:
-            root = sessions[0].root
-            return max(found, key=lambda handle: (handle.session.root == root, _number(handle.id)))
-        known = ", ".join(sorted({str(getattr(h, "name", None) or h.id) for s in sessions for h in s.jobs()})[:10])
+        found = self.sessions.lookup(name, session)
+        if found is not None:
+            return found
+        sessions = [session] if session is not None else self.sessions.all()
+        known = ", ".join(sorted({str(h.name or h.id) for s in sessions for h in s.jobs()})[:10])
         raise UsageError(f"no {what} named {name!r}" + (f" (known: {known})" if known else "")) from None
-
-    def _handles(self) -> list[Any]:
-        """Every job and array of every session shown, once each, in submission order."""
-        handles: dict[tuple[str, str], Any] = {}
-        for session in self.sessions():
-            for handle in session.jobs():
-                handles.setdefault((session.root, handle.id), handle)
-        return sorted(handles.values(), key=lambda handle: (handle.session.root, _number(handle.id)))
 
     def _user_ns(self) -> dict[str, Any]:
         """The notebook's namespace (magics always run inside a shell)."""
@@ -302,6 +158,7 @@ class NbdistMagics(Magics):
         session = self.session(args.backend)
         after = [self._lookup(name, "job or array for --after", session) for name in args.after]
         try:
+            handle: Job | Array
             if request["steps"] is None and request["over"] is None:
                 handle = session.submit(request["command"], after=after, **request["options"])
             else:
@@ -341,40 +198,36 @@ class NbdistMagics(Magics):
             raise UsageError("--max-concurrent applies to arrays: add --array or --over")
         if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
             raise UsageError(f"--out {args.out!r}: not a Python variable name")
-        for option, parser in (("memory", parse_memory), ("runtime", parse_runtime)):
-            value = getattr(args, option)
-            if value is not None:
-                try:
-                    parser(value)
-                except ValueError as exc:
-                    raise UsageError(f"--{option}: {_one_line(exc)}") from None
         steps, max_concurrent = (None, args.max_concurrent)
         if args.array is not None:
-            steps, limit = parse_array_spec(args.array)
+            steps, limit = _array_spec(args.array)
             if limit is not None and max_concurrent is not None and limit != max_concurrent:
                 raise UsageError("--array %N and --max-concurrent disagree; give one of them")
             max_concurrent = limit or max_concurrent
         over = None
-        if args.over is not None:
-            over = _check_over(self._eval_over(args.over), args.over)
-        elif steps is None and _PLACEHOLDER_RE.search(cell):
-            found = _PLACEHOLDER_RE.search(cell).group(0)  # type: ignore[union-attr]
+        if steps is None and args.over is None and placeholders(cell):
+            found = "{{" + placeholders(cell)[0] + "}}"
             raise UsageError(f"the body uses {found} but there is no --array or --over to fill it")
-        sweep = None
-        if steps is not None or over is not None:
-            from .sweep import expand
-
+        if args.over is not None:
+            value = self._eval_over(args.over)
             try:  # the core's own check of placeholders against parameters; nothing is run
-                sweep = expand(cell, steps=steps, over=over)
+                # Its parameters, as a list of dicts: a generator in the expression is read once, here.
+                over = expand(cell, over=value).params
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"--over {args.over}: {_one_line(exc)}") from None
+        elif steps is not None:
+            try:
+                expand(cell, steps=steps)
             except (ValueError, TypeError) as exc:
                 raise UsageError(_one_line(exc)) from None
-        command = _python_command(cell, sweep.params if sweep is not None else None) if args.python else cell
-        options: dict[str, Any] = {"name": args.name, "cores": args.cores, "max_attempts": args.max_attempts}
+        # Memory, runtime, cores and the name are checked by the core before anything is submitted.
+        options: dict[str, Any] = {"name": args.name, "cores": args.cores, "max_attempts": args.max_attempts,
+                                   "python": args.python}
         if args.memory is not None:
             options["memory"] = args.memory
         if args.runtime is not None:
             options["runtime"] = args.runtime
-        return {"command": command, "steps": steps, "over": over, "max_concurrent": max_concurrent,
+        return {"command": cell, "steps": steps, "over": over, "max_concurrent": max_concurrent,
                 "options": options}
 
     def _eval_over(self, expr: str) -> Any:
@@ -416,15 +269,18 @@ class NbdistMagics(Magics):
         getattr(self, f"_cmd_{args.command}")(args)
 
     def _cmd_status(self, args: Any) -> None:
+        self._show_status(args.name)
+
+    def _show_status(self, name: str | None) -> None:
         from . import render
 
-        if args.name:
-            handle = self._lookup(args.name)
+        if name:
+            handle = self._lookup(name)
             snapshot = handle.session.snapshot(handle)
             display({"text/plain": render.snapshot_text(snapshot), "text/html": render.snapshot_html(snapshot)},
                     raw=True)
             return
-        snapshots = [handle.session.snapshot(handle, page_size=1, tail_lines=0) for handle in self._handles()]
+        snapshots = [handle.session.snapshot(handle, page_size=1, tail_lines=0) for handle in self.sessions.handles()]
         empty = "no jobs yet: submit one with %%submit"
         display({"text/plain": render.status_text(snapshots, empty=empty),
                  "text/html": render.status_html(snapshots, empty=empty)}, raw=True)
@@ -450,7 +306,7 @@ class NbdistMagics(Magics):
             raise UsageError(f"--scale {args.scale}: must be positive")
         handle = self._target(args.target)
         try:
-            if _is_array(handle):
+            if isinstance(handle, Array):
                 handle.retry_failed(**({"scale": args.scale} if args.scale is not None else {}))
             else:
                 handle.retry()
@@ -460,7 +316,7 @@ class NbdistMagics(Magics):
     def _cmd_wait(self, args: Any) -> None:
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"--timeout {args.timeout}: must be positive")
-        handles = [self._lookup(name) for name in args.names] if args.names else self._handles()
+        handles = [self._lookup(name) for name in args.names] if args.names else self.sessions.handles()
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         for handle in handles:
             handle.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -469,75 +325,39 @@ class NbdistMagics(Magics):
             sys.stdout.write(f"still running after {args.timeout:g}s: {', '.join(running)}\n")
 
     def _cmd_attach(self, args: Any) -> None:
-        import nbdist
-
-        old = self._current()
         try:
-            self._session = nbdist.attach(args.root)
+            self.sessions.attach(args.root)
         except (ValueError, OSError, KeyError) as exc:
             raise UsageError(f"attach {args.root}: {_one_line(exc)}") from None
-        self._replace(old, self._session)
-        self._cmd_status(_Namespace(name=None))
+        self._show_status(None)
 
     def _cmd_backend(self, args: Any) -> None:
-        import nbdist
-
         if args.parallelism is not None and args.parallelism < 1:
             raise UsageError(f"--parallelism {args.parallelism}: must be at least 1")
         if args.name is None:
             if args.parallelism is not None:
                 raise UsageError("--parallelism needs a backend name, e.g. %nbdist backend multiprocess --parallelism 4")
-            sys.stdout.write(f"{self._current().backend_name}\n")
+            sys.stdout.write(f"{self.sessions.current().backend_name}\n")
             return
-        old = self._current()
-        if args.parallelism is None and args.name == old.backend_name:
-            return
-        if args.parallelism is None and args.name in self._by_backend:
-            session = self._by_backend.pop(args.name)
-        else:
-            try:
-                session = nbdist.Session(backend=args.name, **({} if args.parallelism is None
-                                                               else {"parallelism": args.parallelism}))
-            except (ValueError, KeyError, ImportError, RuntimeError) as exc:
-                raise UsageError(f"backend {args.name}: {_one_line(exc)}") from None
-            if args.name in self._by_backend:
-                self._replace(self._by_backend.pop(args.name), session)
-        # The magics and the Python API keep using one session: the new one becomes the default.
-        self._session = session
-        nbdist.set_default_session(session)
-        self._replace(old, session)
+        try:
+            self.sessions.switch_backend(args.name, args.parallelism)
+        except (ValueError, KeyError, ImportError, RuntimeError) as exc:
+            raise UsageError(f"backend {args.name}: {_one_line(exc)}") from None
 
-    def _target(self, target: str, need_step: bool = False) -> Any:
+    def _target(self, target: str, need_step: bool = False) -> Job | Array:
         """The job, array or array step named by ``NAME[:STEP]``."""
-        from .widget import step_job
-
         name, step = _split_step(target)
         handle = self._lookup(name)
         if step is None:
-            if need_step and _is_array(handle):
+            if need_step and isinstance(handle, Array):
                 raise UsageError(f"{name!r} is an array: name a step, e.g. {name}:0")
             return handle
+        if not isinstance(handle, Array):  # a single Job: its only step is itself
+            return handle
         try:
-            return step_job(handle, step)
+            return handle.step(step)
         except KeyError:
             raise UsageError(f"{name!r} has no step {step}") from None
-
-
-def _number(job_id: Any) -> int:
-    """A registry id as a number, for ordering (ids of one registry grow with submission)."""
-    return int(job_id) if str(job_id).isdigit() else -1
-
-
-def _is_array(handle: Any) -> bool:
-    """True for an ``Array`` handle (it has ``retry_failed``; a ``Job`` has ``retry``)."""
-    return hasattr(handle, "retry_failed")
-
-
-class _Namespace:
-    """A tiny stand-in for an argparse namespace when one sub-command calls another."""
-
-    def __init__(self, **values: Any) -> None:
-        self.__dict__.update(values)
 
 
 def _build_nbdist_parser() -> MagicArgumentParser:

@@ -9,8 +9,13 @@ in JupyterLab (light or dark), in classic Notebook, on GitHub and in VS Code.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..session.state import State
+
+if TYPE_CHECKING:
+    from ..session.snapshot import Snapshot, StepRow
 
 __all__ = [
     "ROW_COLUMNS",
@@ -26,6 +31,7 @@ __all__ = [
     "snapshot_html",
     "snapshot_text",
     "state_color",
+    "STATE_COLORS",
     "state_name",
     "status_html",
     "status_text",
@@ -38,19 +44,19 @@ _BAD = "var(--jp-error-color1, #d32f2f)"
 _WARN = "var(--jp-warn-color1, #f57c00)"
 _RUN = "var(--jp-brand-color1, #1976d2)"
 _IDLE = "var(--jp-ui-font-color2, #757575)"
-_STATE_COLORS = {
-    "PENDING": _IDLE,
-    "QUEUED": _IDLE,
-    "RUNNING": _RUN,
-    "DONE": _OK,
-    "FAILED": _BAD,
-    "TIMEOUT": _BAD,
-    "OUT_OF_MEMORY": _BAD,
-    "LOST": _BAD,
-    "KILLED": _WARN,
-    "SKIPPED": _WARN,
+STATE_COLORS: Mapping[State, str] = {
+    State.PENDING: _IDLE,
+    State.QUEUED: _IDLE,
+    State.RUNNING: _RUN,
+    State.DONE: _OK,
+    State.FAILED: _BAD,
+    State.TIMEOUT: _BAD,
+    State.OUT_OF_MEMORY: _BAD,
+    State.LOST: _BAD,
+    State.KILLED: _WARN,
+    State.SKIPPED: _WARN,
 }
-_STATE_ORDER = tuple(_STATE_COLORS)
+_STATE_ORDER = tuple(state.value for state in State)  # lifecycle order
 
 # Column titles and widths of the step table, shared by the text repr and the widget's row labels.
 ROW_COLUMNS: tuple[tuple[str, int], ...] = (
@@ -65,18 +71,21 @@ _MONO = "var(--jp-code-font-family, monospace)"
 _FONT_SIZE = "var(--jp-code-font-size, 12px)"
 
 
-def state_name(state: Any) -> str:
+def state_name(state: State | str) -> str:
     """``State.DONE`` or ``"done"`` → ``"DONE"``; the one spelling every view shows."""
     value = getattr(state, "value", state)
     return str(value).upper()
 
 
-def state_color(state: Any) -> str:
+def state_color(state: State | str) -> str:
     """CSS colour (a JupyterLab variable with a fallback) for a state."""
-    return _STATE_COLORS.get(state_name(state), _IDLE)
+    try:
+        return STATE_COLORS.get(State(state_name(state)), _IDLE)
+    except ValueError:  # not a state (a column's text)
+        return _IDLE
 
 
-def nonzero_counts(counts: dict[Any, int]) -> list[tuple[str, int]]:
+def nonzero_counts(counts: Mapping[Any, int]) -> list[tuple[str, int]]:
     """``[(state, n), ...]`` in lifecycle order, dropping zeros."""
     named = {state_name(key): int(value) for key, value in counts.items()}
     ordered = [name for name in _STATE_ORDER if name in named]
@@ -108,7 +117,7 @@ def format_mb(megabytes: float | None) -> str:
     return f"{megabytes:.1f}M"
 
 
-def row_cells(row: Any) -> tuple[str, ...]:
+def row_cells(row: StepRow) -> tuple[str, ...]:
     """The displayed cells of one ``StepRow``, in :data:`ROW_COLUMNS` order."""
     return (
         "-" if row.step is None else str(row.step),
@@ -125,11 +134,10 @@ def _fixed_width(cells: Sequence[str]) -> str:
     return " ".join(cell.rjust(width) for cell, (_, width) in zip(cells, ROW_COLUMNS))
 
 
-def row_label(row: Any) -> str:
+def row_label(row: StepRow) -> str:
     """One fixed-width line for a step (used by the widget's selectable row list)."""
     line = _fixed_width(row_cells(row))
-    message = getattr(row, "message", None)
-    return f"{line}  {message}" if message else line
+    return f"{line}  {row.message}" if row.message else line
 
 
 def column_header() -> str:
@@ -137,22 +145,16 @@ def column_header() -> str:
     return _fixed_width([title for title, _ in ROW_COLUMNS])
 
 
-def tail_text(tail: str | Iterable[str] | None) -> str:
-    """A log tail as one string, whether the snapshot gives a string or a list of lines."""
-    if tail is None:
-        return ""
-    if isinstance(tail, str):
-        return tail
-    return "\n".join(line.rstrip("\n") for line in tail)
+def tail_text(tail: str | None) -> str:
+    """A snapshot's log tail ("" for none)."""
+    return tail or ""
 
 
-def _title(snapshot: Any) -> str:
-    kind = getattr(snapshot, "kind", "job")
-    name = snapshot.name or snapshot.id
-    return f"{kind} {name}"
+def _title(snapshot: Snapshot) -> str:
+    return f"{snapshot.kind} {snapshot.name or snapshot.id}"
 
 
-def _summary(snapshot: Any) -> str:
+def _summary(snapshot: Snapshot) -> str:
     noun = "step" if snapshot.total == 1 else "steps"
     percent = round(100 * (snapshot.done_fraction or 0.0))
     return (
@@ -160,12 +162,8 @@ def _summary(snapshot: Any) -> str:
     )
 
 
-def snapshot_text(snapshot: Any, *, max_rows: int | None = None,
-                  failure_groups: Sequence[tuple[str, Sequence[int]]] | None = None) -> str:
-    """Plain-text drawing: title, counts, one page of the step table, failure groups.
-
-    ``failure_groups`` replaces the snapshot's own grouping (the dashboard groups by last stderr line).
-    """
+def snapshot_text(snapshot: Snapshot, *, max_rows: int | None = None) -> str:
+    """Plain-text drawing: title, counts, one page of the step table, failure groups."""
     lines = [f"{_title(snapshot)} (id {snapshot.id}, {snapshot.backend}): {_summary(snapshot)}"]
     counts = nonzero_counts(snapshot.counts)
     lines.append("  " + ("  ".join(f"{name} {n}" for name, n in counts) or "no steps"))
@@ -177,8 +175,7 @@ def snapshot_text(snapshot: Any, *, max_rows: int | None = None,
     hidden = len(rows) - len(shown)
     if hidden > 0 or snapshot.pages > 1:
         lines.append(f"  page {snapshot.page + 1}/{max(snapshot.pages, 1)}" + (f", {hidden} more rows" if hidden > 0 else ""))
-    groups = snapshot.failure_groups if failure_groups is None else failure_groups
-    for last_line, steps in groups:
+    for last_line, steps in snapshot.failure_groups:
         lines.append(f"  failed ×{len(steps)} (steps {_step_list(list(steps))}): {last_line}")
     return "\n".join(lines)
 
@@ -195,7 +192,7 @@ def _badge(name: str, count: int) -> str:
     )
 
 
-def header_html(snapshot: Any) -> str:
+def header_html(snapshot: Snapshot) -> str:
     """Title line and per-state counts, escaped."""
     title = html.escape(_title(snapshot))
     meta = html.escape(f"id {snapshot.id} · {snapshot.backend} · {_summary(snapshot)}")
@@ -233,7 +230,7 @@ def failures_html(groups: Sequence[tuple[str, Sequence[int]]], *, kind: str = "a
     return f'<div class="nbdist-failures"><b>Failures by last stderr line</b><ul style="margin:2px 0">{items}</ul></div>'
 
 
-def _table_html(rows: Sequence[Any]) -> str:
+def _table_html(rows: Sequence[StepRow]) -> str:
     head = "".join(
         f'<th style="text-align:right;padding:0 6px">{html.escape(title)}</th>' for title, _ in ROW_COLUMNS
     )
@@ -246,7 +243,7 @@ def _table_html(rows: Sequence[Any]) -> str:
             f"{html.escape(cell)}</td>"
             for i, cell in enumerate(cells)
         )
-        message = html.escape(str(getattr(row, "message", "") or ""))
+        message = html.escape(row.message or "")
         body.append(f'<tr>{tds}<td style="text-align:left;padding:0 6px">{message}</td></tr>')
     return (
         f'<table class="nbdist-steps" style="border-collapse:collapse;font-family:{_MONO};font-size:{_FONT_SIZE}">'
@@ -254,8 +251,7 @@ def _table_html(rows: Sequence[Any]) -> str:
     )
 
 
-def snapshot_html(snapshot: Any, *, max_rows: int | None = None,
-                  failure_groups: Sequence[tuple[str, Sequence[int]]] | None = None) -> str:
+def snapshot_html(snapshot: Snapshot, *, max_rows: int | None = None) -> str:
     """HTML drawing for saved notebooks: header, progress, one page of steps, failures, log tails."""
     percent = round(100 * (snapshot.done_fraction or 0.0))
     rows = list(snapshot.rows)[:max_rows] if max_rows is not None else list(snapshot.rows)
@@ -268,9 +264,8 @@ def snapshot_html(snapshot: Any, *, max_rows: int | None = None,
     ]
     if snapshot.pages > 1:
         parts.append(f"<div>page {snapshot.page + 1}/{snapshot.pages}</div>")
-    groups = snapshot.failure_groups if failure_groups is None else failure_groups
-    parts.append(failures_html(groups, kind=getattr(snapshot, "kind", "array")))
-    log_step = getattr(snapshot, "log_step", None)
+    parts.append(failures_html(snapshot.failure_groups, kind=snapshot.kind))
+    log_step = snapshot.log_step
     for label, tail in (("stdout", snapshot.stdout_tail), ("stderr", snapshot.stderr_tail)):
         text = tail_text(tail)
         if text:
@@ -280,7 +275,7 @@ def snapshot_html(snapshot: Any, *, max_rows: int | None = None,
     return "".join(parts)
 
 
-def status_text(snapshots: Sequence[Any], *, empty: str = "no jobs yet") -> str:
+def status_text(snapshots: Sequence[Snapshot], *, empty: str = "no jobs yet") -> str:
     """One line per job or array: kind, name, steps, counts (``%nbdist status``, ``nbdist status``)."""
     if not snapshots:
         return empty
@@ -291,7 +286,7 @@ def status_text(snapshots: Sequence[Any], *, empty: str = "no jobs yet") -> str:
     return "\n".join(lines)
 
 
-def status_html(snapshots: Sequence[Any], *, empty: str = "no jobs yet") -> str:
+def status_html(snapshots: Sequence[Snapshot], *, empty: str = "no jobs yet") -> str:
     """The table of :func:`status_text`, escaped."""
     if not snapshots:
         return f"<i>{html.escape(empty)}</i>"

@@ -1,7 +1,8 @@
 """The live dashboard of a job or array (ipywidgets 8, imported only when a dashboard is built).
 
 The dashboard draws ``session.snapshot(...)`` and nothing else: counts, one page of steps, the log
-tails of one step, failures grouped by their last stderr line. Its buttons call the public API
+tails of one step (the user's selection, else the step the snapshot picks), failures grouped by
+their last stderr line (grouped by the snapshot). Its buttons call the public API
 (``Job.cancel``, ``Array.cancel``, ``Array.retry_failed``, ``Job.retry``).
 
 Refreshing::
@@ -11,7 +12,7 @@ Refreshing::
 
 The thread serves every live dashboard and exits when all of them show only terminal steps (a
 button that retries failed steps brings it back). All text from users and tasks is HTML-escaped
-(:mod:`nbdist.render`), and the display bundle carries ``text/plain`` and ``text/html`` drawings of
+(:mod:`nbdist.views.render`), and the display bundle carries ``text/plain`` and ``text/html`` drawings of
 the snapshot next to the widget, so saved notebooks, GitHub, VS Code and nbval show the table.
 """
 
@@ -23,10 +24,10 @@ import time
 import uuid
 from typing import Any
 
+from ..session import Snapshot, State, default_session
 from . import render
-from ..session import State
 
-__all__ = ["REFRESH_SECONDS", "Dashboard", "refresher_running", "show", "step_job"]
+__all__ = ["REFRESH_SECONDS", "Dashboard", "refresher_running", "show"]
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,6 @@ _ALL = ""  # the filter value meaning "every state"
 # Characters of each log tail sent to the browser: with a page of rows this keeps a refresh under the
 # 20 KB budget even when a step prints very long lines; the full log is one `%nbdist logs` away.
 MAX_TAIL_CHARS = 6000
-# Failed steps are grouped by their last stderr line when there are at most this many (a cached read
-# per attempt's log); above it, by the core's failure message, so a refresh stays within ~10 ms.
-MAX_GROUPED_FAILURES = 500
-# New stderr files read per refresh for that grouping; the rest are read on the next refreshes.
-STDERR_READS_PER_REFRESH = 100
-
-
-def step_job(handle: Any, step: int | None) -> Any:
-    """The ``Job`` of one step of an ``Array`` (or the job itself); ``KeyError`` if there is no such step."""
-    finder = getattr(handle, "step", None)
-    if callable(finder):
-        return finder(step)
-    if not hasattr(handle, "retry_failed"):  # a single Job: its only step is itself
-        return handle
-    for job in handle:
-        if getattr(job, "step", None) == step:
-            return job
-    raise KeyError(step)
 
 
 def _clip(text: str) -> str:
@@ -126,13 +109,11 @@ class Dashboard:
     """
 
     def __init__(self, handle: Any, *, session: Any = None, page_size: int = 50, tail_lines: int = 40) -> None:
-        import nbdist
-
         # A step of an array is shown as its array, with that step's logs open.
         array = getattr(handle, "array", None)
         self.preferred_step: int | None = handle.step if array is not None else None
         self.handle = array if array is not None else handle
-        self.session = session or getattr(handle, "session", None) or nbdist.default_session()
+        self.session = session or getattr(handle, "session", None) or default_session()
         self.page_size = page_size
         self.tail_lines = tail_lines
         self.page = 0
@@ -143,12 +124,11 @@ class Dashboard:
         self.last_refresh_cpu_s = 0.0
         self._errors = 0
         self._syncing = False
-        self._last_lines: dict[str, str] = {}  # stderr path of a finished attempt → its last line
+        self._row_options: tuple[tuple[str, ...], tuple[Any, ...]] = ((), ())  # labels, steps drawn
         self.display_id = uuid.uuid4().hex
         self.displayed = False
         self._lock = threading.RLock()
-        self.snapshot = self._take(log_step=None)
-        self.snapshot = self._take()
+        self.snapshot: Snapshot = self._take()
         self._build()
         self._apply(self.snapshot)
         if not self.snapshot.all_terminal:
@@ -157,24 +137,15 @@ class Dashboard:
     # -- data ---------------------------------------------------------------------------------
     @property
     def log_step(self) -> int | None:
-        """The step whose logs are shown: the first selected one, else a running, failed or first step."""
+        """The step the user chose to see the logs of (the first selected one, or the step shown);
+        None: the snapshot's choice (the first failed step, else the first running one)."""
         if self.selected:
             return self.selected[0]
-        if self.preferred_step is not None:
-            return self.preferred_step
-        rows = list(self.snapshot.rows) if hasattr(self, "snapshot") else []
-        states = [State(render.state_name(row.state)) for row in rows]
-        for wanted in (lambda state: state is State.RUNNING, lambda state: state.is_failure):
-            for row, state in zip(rows, states):
-                if wanted(state):
-                    return row.step
-        return rows[0].step if rows else None
+        return self.preferred_step
 
-    def _take(self, **override: Any) -> Any:
-        kwargs: dict[str, Any] = {"state": self.filter_state, "page": self.page, "page_size": self.page_size,
-                                  "log_step": self.log_step, "tail_lines": self.tail_lines}
-        kwargs.update(override)
-        return self.session.snapshot(self.handle, **kwargs)
+    def _take(self) -> Snapshot:
+        return self.session.snapshot(self.handle, state=self.filter_state, page=self.page,  # type: ignore[no-any-return]
+                                     page_size=self.page_size, log_step=self.log_step, tail_lines=self.tail_lines)
 
     def refresh(self) -> Any:
         """Take a new snapshot and push what changed to the browser; returns the snapshot."""
@@ -210,7 +181,7 @@ class Dashboard:
         self.header = w.HTML()
         self.progress = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="60%"))
         self.percent = w.Label()
-        options = [("all states", _ALL)] + [(name, name) for name in render._STATE_COLORS]
+        options = [("all states", _ALL)] + [(state.value, state.value) for state in State]
         self.filter = w.Dropdown(options=options, value=_ALL, description="show", layout=w.Layout(width="14em"))
         self.prev_button = w.Button(description="◀", tooltip="previous page", layout=w.Layout(width="3em"))
         self.next_button = w.Button(description="▶", tooltip="next page", layout=w.Layout(width="3em"))
@@ -255,7 +226,7 @@ class Dashboard:
         if getattr(widget, name) != value:
             setattr(widget, name, value)
 
-    def _apply(self, snap: Any) -> None:
+    def _apply(self, snap: Snapshot) -> None:
         """Draw one snapshot into the widgets."""
         counts = {name: n for name, n in render.nonzero_counts(snap.counts)}
         failed = any(State(name).is_failure for name in counts)  # what "retry failed" applies to
@@ -270,7 +241,7 @@ class Dashboard:
         self._set(self.kill_all_button, "disabled", bool(snap.all_terminal))
         self._set(self.retry_button, "disabled", not failed)
         self._set(self.status_label, "value", self.status)
-        self._set(self.failures, "value", render.failures_html(self._failure_groups(snap), kind=snap.kind))
+        self._set(self.failures, "value", render.failures_html(snap.failure_groups, kind=snap.kind))
         self._set(self.rows, "rows", max(2, min(10, len(snap.rows))))
         self._draw_rows(snap.rows)
         self._set(self.kill_button, "disabled", not self.selected or bool(snap.all_terminal))
@@ -279,34 +250,12 @@ class Dashboard:
         self._set(self.stdout, "value", render.pre_html(_clip(render.tail_text(snap.stdout_tail))))
         self._set(self.stderr, "value", render.pre_html(_clip(render.tail_text(snap.stderr_tail))))
 
-    def _failure_groups(self, snap: Any) -> list[tuple[str, list[int]]]:
-        """Failed steps grouped by their last stderr line (the core's message when stderr is empty)."""
-        failed = sum(len(steps) for _, steps in snap.failure_groups)
-        if failed == 0 or failed > MAX_GROUPED_FAILURES:
-            return list(snap.failure_groups)
-        budget = STDERR_READS_PER_REFRESH
-        groups: dict[str, list[int]] = {}
-        for message, steps in snap.failure_groups:
-            for step in steps:
-                key = None
-                job = step_job(self.handle, step)
-                paths = getattr(job, "log_paths", None)
-                if paths is not None:
-                    key = self._last_lines.get(paths.stderr)
-                    if key is None and budget > 0:
-                        budget -= 1
-                        lines = render.tail_text(job.stderr(tail=1)).strip().splitlines()
-                        key = lines[-1] if lines else None
-                        if key:  # an empty log may still be flushed to by a dying process: read it again
-                            self._last_lines[paths.stderr] = key
-                groups.setdefault(key or message, []).append(step)
-        return sorted(groups.items(), key=lambda item: -len(item[1]))
-
     def _draw_rows(self, rows: Any) -> None:
         labels = tuple(render.row_label(row) for row in rows)
         steps = tuple(row.step for row in rows)
-        if labels == self.rows._options_labels and steps == self.rows._options_values:
+        if (labels, steps) == self._row_options:
             return
+        self._row_options = (labels, steps)
         keep = tuple(i for i, step in enumerate(steps) if step in self.selected)
         self._syncing = True  # new options reset the selection; restore it without reacting to it
         try:
@@ -350,7 +299,7 @@ class Dashboard:
         """Kill the selected steps."""
         steps = self.selected
         for step in steps:
-            step_job(self.handle, step).cancel()
+            (self.handle.step(step) if self.snapshot.kind == "array" else self.handle).cancel()
         if steps == (None,):
             return "killed"
         return f"killed step{'s' if len(steps) != 1 else ''} {', '.join(map(str, steps))}"
@@ -362,7 +311,7 @@ class Dashboard:
 
     def retry_failed(self) -> str:
         """Re-run failed steps (Array.retry_failed; Job.retry for a single job)."""
-        if hasattr(self.handle, "retry_failed"):
+        if self.snapshot.kind == "array":
             self.handle.retry_failed()
         else:
             self.handle.retry()
@@ -400,9 +349,8 @@ class Dashboard:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
-        groups = self._failure_groups(self.snapshot)
-        bundle["text/plain"] = render.snapshot_text(self.snapshot, failure_groups=groups)
-        bundle["text/html"] = render.snapshot_html(self.snapshot, failure_groups=groups)
+        bundle["text/plain"] = render.snapshot_text(self.snapshot)
+        bundle["text/html"] = render.snapshot_html(self.snapshot)
         return bundle
 
     def __repr__(self) -> str:
@@ -412,7 +360,7 @@ class Dashboard:
 class _StaticView:
     """Text and HTML drawing of one snapshot, for kernels without ipywidgets."""
 
-    def __init__(self, snapshot: Any) -> None:
+    def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -427,8 +375,6 @@ def show(handle: Any, *, session: Any = None, **options: Any) -> Any:
     try:
         import ipywidgets  # noqa: F401 - only checking that it is there
     except ImportError:
-        import nbdist
-
-        owner = session or getattr(handle, "session", None) or nbdist.default_session()
+        owner = session or getattr(handle, "session", None) or default_session()
         return _StaticView(owner.snapshot(handle))
     return Dashboard(handle, session=session, **options)

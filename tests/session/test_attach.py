@@ -13,6 +13,7 @@ import pytest
 
 import nbdist
 from nbdist import Session, State
+from nbdist.session import defaults
 
 KERNEL = textwrap.dedent(
     """
@@ -53,7 +54,7 @@ def _wait_for(predicate, timeout=10.0):
 def fresh_default():
     nbdist.set_default_session(None)
     yield
-    session = nbdist._default
+    session = defaults.current_default()
     if session is not None:
         session.close()
     nbdist.set_default_session(None)
@@ -213,7 +214,7 @@ def test_a_registry_without_scales_gets_the_default_scales(tmp_path, fresh_defau
     import json
     import sqlite3
 
-    import nbdist.session.lifecycle as core
+    from nbdist.session.records import DEFAULT_SCALES
 
     root = str(tmp_path / "root")
     with Session(parallelism=2, root=root) as first:
@@ -224,9 +225,8 @@ def test_a_registry_without_scales_gets_the_default_scales(tmp_path, fresh_defau
         db.execute("UPDATE jobs SET spec = ?", (json.dumps({k: v for k, v in json.loads(spec).items()
                                                              if k != "scales"}),))
     db.close()
-    monkeypatch.setattr(core, "DEFAULT_SCALES", {"runtime": 2.0, "memory": 3.0})
     again = nbdist.attach(root)
-    assert again.get("old")._rec.scales == {"runtime": 2.0, "memory": 3.0}
+    assert again.get("old").record.scales == DEFAULT_SCALES
 
 
 ORPHAN_KERNEL = textwrap.dedent(
@@ -248,12 +248,7 @@ ORPHAN_KERNEL = textwrap.dedent(
 )
 
 
-def test_kill_or_retry_takes_over_a_job_whose_kernel_died_after_attach(tmp_path, fresh_default, monkeypatch):
-    import nbdist.session.lifecycle as core
-
-    # This session never looks at other kernels' jobs on its own: the kill and the retry must take
-    # the orphans over themselves.
-    monkeypatch.setattr(core, "REGISTRY_CHECK_SECONDS", 1e9)
+def test_kill_or_retry_takes_over_a_job_whose_kernel_died_after_attach(tmp_path, fresh_default):
     root, marker = str(tmp_path / "root"), tmp_path / "fixed"
     script = tmp_path / "kernel.py"
     script.write_text(ORPHAN_KERNEL)
@@ -261,7 +256,10 @@ def test_kill_or_retry_takes_over_a_job_whose_kernel_died_after_attach(tmp_path,
     try:
         assert kernel.stdout.readline().strip() == "ready"
         tree = psutil.Process(kernel.pid).children(recursive=True)
-        session = nbdist.attach(root)  # the kernel is alive: its jobs stay its own
+        # This session never looks at other kernels' jobs on its own: the kill and the retry must
+        # take the orphans over themselves.
+        session = nbdist.attach(root, poller_options={"registry_check_seconds": 1e9})
+        # the kernel is alive: its jobs stay its own
         running, stuck = session.get("running"), session.get("stuck")
         assert running.state is State.RUNNING and stuck.state is State.RUNNING
         kernel.send_signal(signal.SIGKILL)

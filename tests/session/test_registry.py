@@ -55,7 +55,7 @@ def test_a_big_array_is_one_row_and_polls_write_in_batches(tmp_path):
         arr = session.array("true", steps=300, name="many")
         assert arr.wait(30) is State.DONE
         session.poll()
-        assert not arr._rec.usage  # usage lives in the registry once written, not in the kernel's memory
+        assert not arr.record.usage  # usage lives in the registry once written, not in the kernel's memory
         assert arr[7].usage["wall_s"] >= 0
     steps_written = [count for count in writes if count]
     assert sum(steps_written) >= 300

@@ -139,13 +139,14 @@ def test_repr_and_running(session):
     assert repr(done) == f"<Job {done.id} 't' DONE exit_code=0>"
 
 
-def test_windowed_polls_of_many_live_tasks(session, tmp_path, monkeypatch):
-    import nbdist.session.lifecycle as core
-
+def test_windowed_polls_of_many_live_tasks(tmp_path):
     # Make "many" small: the windowed poll (ended tasks + a window of queued ones) does all the work.
-    monkeypatch.setattr(core, "FULL_REPORT_LIMIT", 5)
-    monkeypatch.setattr(core, "WINDOW_PER_RECORD", 2)
-    monkeypatch.setattr(core, "FULL_POLL_SECONDS", 1000.0)
+    with Session(parallelism=2, root=str(tmp_path / "root"),
+                 poller_options=dict(full_report_limit=5, window_per_record=2, full_poll_seconds=1000.0)) as session:
+        _windowed_polls(session, tmp_path)
+
+
+def _windowed_polls(session, tmp_path):
     arr = session.array(f"mkdir {tmp_path}/s$NBDIST_STEP 2>/dev/null && exit 1; sleep 0.02", steps=40, name="many",
                         max_attempts=2)
     slow = session.array("sleep 1", steps=2, name="slow")
@@ -174,8 +175,8 @@ def test_unknown_backend_option_is_one_clear_error(tmp_path, backend, valid):
 def test_parallelism_goes_only_to_a_backend_that_takes_it(tmp_path):
     slurm = Session(backend="slurm", parallelism=2, root=str(tmp_path / "slurm"), partition="debug")
     try:
-        assert slurm._backend_kwargs("slurm") == {"partition": "debug"}
+        assert slurm.backend_kwargs() == {"partition": "debug"}
     finally:
         slurm.close()
     with Session(parallelism=2, root=str(tmp_path / "local")) as local:
-        assert local._backend_kwargs("multiprocess")["parallelism"] == 2
+        assert local.backend_kwargs("multiprocess")["parallelism"] == 2

@@ -15,7 +15,7 @@ import pytest
 from slurm_helpers import live_jobs, use_local_slurm
 
 import nbdist
-from nbdist import State
+from nbdist import Array, State
 
 pytestmark = pytest.mark.slurm
 
@@ -64,7 +64,8 @@ def test_slurm_jobs_survive_the_kernel_and_are_adopted(tmp_path):
         kernel.stdout.close()
         ours = set()
         if session is not None:
-            ours = {job_id.split("_")[0] for rec in session._records.values() for job_id in rec.dids if job_id}
+            steps = [job for handle in session.jobs() for job in (handle if isinstance(handle, Array) else [handle])]
+            ours = {job.distributor_id.split("_")[0] for job in steps if job.distributor_id}
             session.close()
         nbdist.set_default_session(None)
         _no_job_of_ours_left(ours)

@@ -27,7 +27,7 @@ def session(tmp_path_factory) -> Any:
 
 def assert_nothing_submitted(session: Any) -> None:
     assert session.jobs() == []
-    assert all(backend.get_submitted_or_running() == set() for backend in session._backends.values())
+    assert all(backend.get_submitted_or_running() == set() for backend in session.backends().values())
     logs = Path(session.root, "logs")
     assert not logs.exists() or not any(path.is_file() for path in logs.rglob("*"))
 
@@ -106,13 +106,13 @@ def ip() -> Any:
 @pytest.mark.parametrize("case, line, body", MAGIC_CASES, ids=[c[0] for c in MAGIC_CASES])
 def test_magics(ip, session, case, line, body):
     magics = ip.magics_manager.registry["NbdistMagics"]
-    magics._session = session
+    magics.sessions.use(session)
     ip.user_ns["grid"] = {"x": [1, 2]}
     try:
         with pytest.raises(UsageError) as info:
             ip.run_cell_magic("submit", line, body)
     finally:
-        magics._session = None
+        magics.sessions.close_all()
     one_line(str(info.value))
     assert_nothing_submitted(session)
 

@@ -50,7 +50,7 @@ def test_status_and_logs(tmp_path, capsys):
     assert "array arr" in detail and "exit code 1" in detail and "failed ×1 (steps 1)" in detail
     # The terminal draws what the notebook draws: the same functions of nbdist.render.
     with Session(root=root) as session:
-        session._attach(take_over=False)
+        session.attach(take_over=False)
         snapshots = [session.snapshot(handle, page_size=1, tail_lines=0) for handle in session.jobs()]
         assert listing == render.status_text(snapshots) + "\n"
         assert detail == render.snapshot_text(session.snapshot("arr")) + "\n"

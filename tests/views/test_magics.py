@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import pid_alive
 from hypothesis import given, settings
@@ -24,7 +25,7 @@ from IPython.core.error import UsageError
 import nbdist
 from nbdist.backends import BUILTIN_BACKENDS
 from nbdist.views.magics import NbdistMagics
-from nbdist.session.sweep import expand, script_command, write_scripts
+from nbdist.session.sweep import expand, python_command, script_command, write_scripts
 
 WAIT_S = 60
 
@@ -45,17 +46,12 @@ def session(ip: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     monkeypatch.chdir(tmp_path)
     session = nbdist.Session(root=str(tmp_path / ".nbdist"), parallelism=2)
     magics = ip.magics_manager.registry["NbdistMagics"]
-    magics._session = session
+    magics.sessions.use(session)
     try:
         yield session
     finally:
-        for other in (magics._session, *magics._by_backend.values(), *magics._closing):
-            if other is not None:
-                other.close()
-        magics._session = None
-        magics._by_backend.clear()
-        magics._replaced.clear()
-        magics._closing.clear()
+        magics.sessions.current().close()
+        magics.sessions.close_all()
         nbdist.set_default_session(None)
         session.close()
 
@@ -167,14 +163,14 @@ _CODE = st.sampled_from(["abc", "1/0", "os.sep", "__import__('os').system('touch
 @given(values=st.one_of(st.lists(st.one_of(_CODE, _TEXT), min_size=1, max_size=3),
                         st.lists(st.integers(), min_size=1, max_size=3),
                         st.lists(st.floats(allow_nan=False), min_size=1, max_size=3)))
-def test_python_placeholder_values_are_data_never_code(ip: Any, values: list[Any]) -> None:
-    magics = ip.magics_manager.registry["NbdistMagics"]
-    ip.user_ns["_values"] = {"v": values}
-    request = magics._check_submit(magics._parse(magics.submit, "--over _values --python"),
-                                   "import sys\nprint(repr({{v}}))\n")
-    sweep = expand(request["command"], over=request["over"])
+def test_python_placeholder_values_are_data_never_code(values: list[Any]) -> None:
+    # What %%submit --python --over and array(..., python=True) run: sweep.python_command.
+    body = "import sys\nprint(repr({{v}}))\n"
+    params = expand(body, over={"v": values}).params
+    command = python_command(body, params)
+    sweep = expand(command, over=params)
     with tempfile.TemporaryDirectory() as scripts, tempfile.TemporaryDirectory() as folder:
-        chunk = write_scripts(scripts, request["command"], sweep)  # exactly what each step runs
+        chunk = write_scripts(scripts, command, sweep)  # exactly what each step runs
         steps = "; ".join(script_command(scripts, chunk, index) for index in range(len(values)))
         done = subprocess.run(["/bin/sh", "-c", steps], cwd=folder, capture_output=True, timeout=30, check=False,
                               env={"PATH": os.environ["PATH"], "HOME": folder})
@@ -220,9 +216,10 @@ def test_nbdist_kill_logs_status_wait_retry(ip: Any, session: Any, capsys: pytes
 
 def test_attach_gives_back_jobs(ip: Any, session: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cell(ip, "--name kept --wait --quiet", "echo kept")
+    nbdist.set_default_session(None)  # as after a kernel restart: attach makes a new session
     ip.run_line_magic("nbdist", f"attach {tmp_path / '.nbdist'}")
     magics = ip.magics_manager.registry["NbdistMagics"]
-    attached = magics._session
+    attached = magics.sessions.current()
     try:
         assert attached is not session
         assert "kept" in capsys.readouterr().out
@@ -238,13 +235,14 @@ def test_backend_shows_the_current_backend(ip: Any, session: Any, capsys: pytest
 
 def test_backend_switch_closes_the_idle_session_and_keeps_its_jobs(ip: Any, session: Any,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    cell(ip, "--name before --wait --quiet", "echo before")
     # This session's consumers only: other fixtures (a JupyterLab) may have children of their own.
-    consumers = [slot.process.pid for backend in session._backends.values() for slot in backend._consumers]
+    before = {child.pid for child in psutil.Process().children()}
+    cell(ip, "--name before --wait --quiet", "echo before")
+    consumers = [child.pid for child in psutil.Process().children() if child.pid not in before]
     assert consumers
     ip.run_line_magic("nbdist", "backend multiprocess --parallelism 1")
-    assert ip.magics_manager.registry["NbdistMagics"]._session is not session
-    assert session._closed and not any(pid_alive(pid) for pid in consumers)  # no consumer, no poller left
+    assert ip.magics_manager.registry["NbdistMagics"].sessions.current() is not session
+    assert session.closed and not any(pid_alive(pid) for pid in consumers)  # no consumer, no poller left
     capsys.readouterr()
     ip.run_line_magic("nbdist", "logs before")
     ip.run_line_magic("nbdist", "status")
@@ -256,11 +254,11 @@ def test_replaced_session_with_live_work_stays_until_it_ends(ip: Any, session: A
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     cell(ip, "--name long --quiet", "echo started; sleep 60")
     ip.run_line_magic("nbdist", "backend multiprocess --parallelism 1")
-    assert not session._closed
+    assert not session.closed
     ip.run_line_magic("nbdist", "kill long")
     assert session.get("long").wait(timeout=WAIT_S) == nbdist.State.KILLED
     cell(ip, "--name next --quiet", "true")
-    assert session._closed  # its only job ended: closed at the next cell
+    assert session.closed  # its only job ended: closed at the next cell
     ip.run_line_magic("nbdist", "status")
     assert "KILLED 1" in capsys.readouterr().out
 
@@ -270,7 +268,7 @@ def test_jobs_of_a_backend_option_are_seen_by_status_logs_kill_wait(ip: Any, ses
     magics = ip.magics_manager.registry["NbdistMagics"]
     cell(ip, "--name other --backend local2 --quiet", "echo other; sleep 60")
     cell(ip, "--name quick --backend local2 --quiet", "echo quick")
-    other = magics._by_backend["local2"]
+    other = magics.sessions.backend_sessions()["local2"]
     assert other.get("other").session is other
     ip.run_line_magic("nbdist", "wait quick")
     assert other.get("quick").state == nbdist.State.DONE
@@ -282,7 +280,7 @@ def test_jobs_of_a_backend_option_are_seen_by_status_logs_kill_wait(ip: Any, ses
     out = capsys.readouterr().out
     assert out.startswith("quick\n") and "other" in out and "KILLED 1" in out
     ip.run_line_magic("nbdist", "backend local2")  # the session of the --backend cells becomes the current one
-    assert magics._session is other and not magics._by_backend and session._closed
+    assert magics.sessions.current() is other and not magics.sessions.backend_sessions() and session.closed
 
 
 def test_wait_timeout_says_what_still_runs(ip: Any, session: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -54,6 +54,9 @@ class FakeArray:
     def retry_failed(self, scale: Any = None) -> None:
         self.retried += 1
 
+    def step(self, step_id: int) -> FakeJob:
+        return next(job for job in self.jobs if job.step == step_id)
+
 
 @dataclass
 class FakeSession:
@@ -74,6 +77,10 @@ class FakeSession:
         pages = max(1, -(-len(chosen) // page_size))
         rows = [StepRow(i, f"1_{i}", State(self.states[i]), 1 if self.states[i] == "FAILED" else None, 0.5, 3.0, 1,
                         "") for i in chosen[page * page_size:(page + 1) * page_size]]
+        if log_step is None:  # the core's one policy (snapshot.default_log_step): failed first, then running
+            log_step = next((i for wanted in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST,
+                                              State.RUNNING) for i, value in enumerate(self.states)
+                             if value == wanted.value), None)
         out, err = self.logs.get(log_step, ("", "")) if log_step is not None else ("", "")
         failed = [i for i, value in enumerate(self.states) if value == "FAILED"]
         total = len(self.states)
@@ -157,9 +164,12 @@ def test_header_progress_failures() -> None:
 
 @pytest.mark.parametrize("state", list(State), ids=[state.value for state in State])
 def test_retry_and_log_step_follow_the_state_module(state: State) -> None:
-    dashboard, _, _ = make(["DONE", state.value])
+    dashboard, session, _ = make(["DONE", state.value])
     assert dashboard.retry_button.disabled is not state.is_failure
-    assert dashboard.log_step == (1 if state.is_failure or state is State.RUNNING else 0)
+    # The dashboard asks for no step of its own: the snapshot's policy (failed first, then running) decides.
+    assert dashboard.log_step is None and session.calls[-1]["log_step"] is None
+    shown = state in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST, State.RUNNING)
+    assert dashboard.snapshot.log_step == (1 if shown else None)
     dashboard.close()
 
 
