@@ -52,6 +52,7 @@ __all__ = [
     "ClusterDistributor",
     "ClusterQueue",
     "ClusterWorkerNode",
+    "Limit",
     "RemoteExitInfoNotAvailable",
     "ReportingDistributor",
     "SessionDefaults",
@@ -181,6 +182,10 @@ class ClusterWorkerNode(Protocol):
     def initialize_logfile(self, log_type: str, log_dir: str, name: str) -> str: ...
 
 
+# Which enforced limit ended a ``Z`` task: a report's and an exit-info file's ``"limit"``.
+Limit = Literal["runtime", "memory"]
+
+
 class TaskReport(TypedDict, total=False):
     """Everything a backend knows about one task (``get_task_reports``).
 
@@ -192,7 +197,7 @@ class TaskReport(TypedDict, total=False):
     message: str
     exit_code: int | None
     signal: int | None
-    limit: Literal["runtime", "memory"] | None
+    limit: Limit | None
     usage: dict[str, Any]
     pid: int | None
     submitted: float | None

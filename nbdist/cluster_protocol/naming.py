@@ -23,9 +23,12 @@ def log_stem(name: str) -> str:
     return stem[:100]
 
 
-def log_file(folder: str, name: str, kind: str, distributor_id: str) -> str:
-    """``{folder}/{name}.{kind}{id}``: ``o`` stdout, ``e`` stderr, ``x`` exit info (every backend's naming)."""
-    return os.path.join(folder, f"{log_stem(name)}.{kind}{distributor_id}")
+def log_file(folder: str, name: str, kind: str, distributor_id: str, stem: str | None = None) -> str:
+    """``{folder}/{name}.{kind}{id}``: ``o`` stdout, ``e`` stderr, ``x`` exit info (every backend's naming).
+
+    ``stem`` is ``log_stem(name)`` when the caller already has it (an array computes it once, not per step).
+    """
+    return os.path.join(folder, f"{stem or log_stem(name)}.{kind}{distributor_id}")
 
 
 def exit_info_path(stdout_dir: str, name: str, distributor_id: str) -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 __all__ = [
     "Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "check_command",
-    "check_array_length",
+    "check_array_length", "command_line", "positive_int",
 ]
 
 KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd", "max_concurrent", "after")
@@ -81,6 +80,22 @@ def format_runtime(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
+def positive_int(value: object, what: str) -> int:
+    """``value`` when it is an int of at least 1 (a bool is not); else ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+def command_line(words: Sequence[str]) -> str:
+    """One word is a shell command line as it is; several are argv words, quoted back into one line."""
+    if len(words) == 1:
+        return words[0]
+    import shlex  # only the callers with argv words pay for it
+
+    return shlex.join(words)
+
+
 def check_command(command: object) -> None:
     """A command is a non-empty shell command line."""
     if not isinstance(command, str) or not command.strip():
@@ -89,8 +104,7 @@ def check_command(command: object) -> None:
 
 def check_array_length(array_length: object) -> None:
     """An array has at least one step."""
-    if isinstance(array_length, bool) or not isinstance(array_length, int) or array_length < 1:
-        raise ValueError(f"array_length must be a positive integer, not {array_length!r}")
+    positive_int(array_length, "array_length")
 
 
 @dataclass(frozen=True)
@@ -115,16 +129,7 @@ class Resources:
         unknown = sorted(set(requested) - set(KNOWN_KEYS))
         if unknown:
             raise ValueError(f"unknown resource(s) {unknown}; known: {', '.join(KNOWN_KEYS)}")
-        cores = requested.get("cores", 1)
-        if cores is None:
-            cores = 1
-        if isinstance(cores, bool) or not isinstance(cores, int):
-            try:
-                cores = int(str(cores).strip())
-            except ValueError:
-                raise ValueError(f"cores must be a positive integer, not {requested['cores']!r}") from None
-        if cores < 1:
-            raise ValueError(f"cores must be a positive integer, not {requested['cores']!r}")
+        cores = _cores(requested.get("cores", 1))
         if max_cores is not None and cores > max_cores:
             raise ValueError(f"a task asks for {cores} cores but parallelism is {max_cores}")
         memory = requested.get("memory")
@@ -137,10 +142,8 @@ class Resources:
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"invalid environment variable name {key!r}")
         max_concurrent = requested.get("max_concurrent")
-        if max_concurrent is not None and (
-            isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1
-        ):
-            raise ValueError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
+        if max_concurrent is not None:
+            positive_int(max_concurrent, "max_concurrent")
         after = requested.get("after") or ()
         if isinstance(after, str):
             after = (after,)
@@ -156,3 +159,19 @@ class Resources:
             max_concurrent=max_concurrent,
             after=tuple(str(item) for item in after),
         )
+
+
+def _cores(raw: object) -> int:
+    """``cores`` as given: an int, or a string of one (``"2"``); None means 1."""
+    if raw is None:
+        return 1
+    value = raw
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value).strip())
+        except ValueError:
+            value = raw
+    try:
+        return positive_int(value, "cores")
+    except ValueError:
+        raise ValueError(f"cores must be a positive integer, not {raw!r}") from None

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from nbdist.cluster_protocol.naming import log_stem
-from nbdist.cluster_protocol.resources import Resources, format_memory, format_runtime, parse_memory, parse_runtime
+from nbdist.cluster_protocol.resources import (Resources, check_array_length, command_line, format_memory,
+                                               format_runtime, parse_memory, parse_runtime, positive_int)
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,28 @@ def test_no_task_name_leaves_the_log_folder(name):
     folder = "/logs/job"
     path = os.path.normpath(os.path.join(folder, f"{stem}.o12_3"))
     assert os.path.dirname(path) == folder
+
+
+@pytest.mark.parametrize("value", [1, 7, 10**6])
+def test_positive_int_accepts_positive_ints(value):
+    assert positive_int(value, "parallelism") == value
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, False, 1.0, "2", None])
+def test_positive_int_names_what_is_wrong(bad):
+    with pytest.raises(ValueError, match=r"^parallelism must be a positive integer, not "):
+        positive_int(bad, "parallelism")
+
+
+def test_every_check_says_the_same():
+    for requested, what in [({"cores": 0}, "cores"), ({"cores": "two"}, "cores"), ({"max_concurrent": 0}, "max_concurrent")]:
+        with pytest.raises(ValueError, match=f"{what} must be a positive integer"):
+            Resources.parse(requested)
+    with pytest.raises(ValueError, match="array_length must be a positive integer, not 0"):
+        check_array_length(0)
+    assert Resources.parse({"cores": " 3 "}).cores == 3 and Resources.parse({"cores": None}).cores == 1
+
+
+def test_command_line_one_word_is_a_shell_line_several_are_argv():
+    assert command_line(["echo $HOME | wc -c"]) == "echo $HOME | wc -c"
+    assert command_line(["printf", "%s|", "two words", "$(echo no)"]) == "printf '%s|' 'two words' '$(echo no)'"
