@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from .backends.multiprocess.consumer import Consumer, PickableTask
-from .backends.multiprocess.distributor import MultiprocessDistributor, new_job_id_prefix
+from .backends.multiprocess.consumer import Consumer
+from .backends.multiprocess.messages import PickableTask
+from .backends.multiprocess.distributor import MultiprocessDistributor
+from .backends.multiprocess.ids import new_job_id_prefix
 from .backends.multiprocess.node import MultiprocessWorkerNode
 from .cluster_protocol import RemoteExitInfoNotAvailable
 

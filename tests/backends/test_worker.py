@@ -33,6 +33,7 @@ def test_worker_writes_logs_and_exit_info(tmp_path):
     assert (tmp_path / "job.e42").read_text() == "err\n"
     info = json.loads((tmp_path / "job.x42").read_text())
     assert info["status"] == "E" and info["exit_code"] == 3 and info["message"] == "exit code 3"
+    assert info["limit"] is None and info["distributor_id"] == "42"
     assert set(info["usage"]) >= {"wall_s", "cpu_s", "max_rss_mb"}
 
 
@@ -47,7 +48,7 @@ def test_worker_takes_its_id_from_slurm_environment(tmp_path):
 def test_worker_enforces_runtime(tmp_path):
     result = run_worker(tmp_path, "--name", "slow", "--id", "1", "--runtime", "0.3", "--", "sleep 30")
     info = json.loads((tmp_path / "slow.x1").read_text())
-    assert info["status"] == "Z" and "runtime" in info["message"]
+    assert info["status"] == "Z" and "runtime" in info["message"] and info["limit"] == "runtime"
     assert result.returncode == 128 + signal.SIGTERM
 
 
@@ -77,3 +78,10 @@ def test_several_words_are_argv_quoted_back(tmp_path):
     result = run_worker(tmp_path, "--name", "argv", "--id", "3", "--", "printf", "%s|", "two words", "$(echo no)")
     assert result.returncode == 0
     assert (tmp_path / "argv.o3").read_text() == "two words|$(echo no)|"
+
+
+def test_worker_enforces_memory_and_says_so(tmp_path):
+    hog = f"{sys.executable} -c \"import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)\""
+    run_worker(tmp_path, "--name", "hog", "--id", "2", "--memory", "100M", "--", hog)
+    info = json.loads((tmp_path / "hog.x2").read_text())
+    assert info["status"] == "Z" and "memory" in info["message"] and info["limit"] == "memory"

@@ -8,13 +8,13 @@ task behaves the same everywhere:
 - ``runtime`` and ``memory`` are enforced here (memory by sampling the RSS of the task's tree);
 - killing is SIGTERM to the group, then SIGKILL after a grace period; when the task ends, whatever
   it left behind (its group, and daemons that escaped with ``setsid``, which come back to us because
-  the calling process is a child subreaper) is killed too;
-- usage (wall, CPU, max RSS) comes from ``os.wait4``.
+  the calling process is a child subreaper, see :mod:`.reaping`) is killed too;
+- usage (wall, CPU, max RSS) comes from ``os.wait4``;
+- a task killed over a limit ends ``Z`` with :attr:`Outcome.limit` ``"runtime"`` or ``"memory"``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -22,25 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol import Limit
+from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.resources import format_memory, format_runtime
+from .reaping import reap_strays
 
-__all__ = ["TaskSpec", "Outcome", "RunningTask", "become_subreaper", "exit_message", "kill_tasks_by_id"]
+__all__ = ["Outcome", "RunningTask", "TaskSpec", "exit_message"]
 
 # How often the RSS of a memory-limited task's tree is sampled: a shorter period catches fast
 # allocations earlier but costs a /proc scan each time.
 MEMORY_POLL_SECONDS = 0.1
-
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> None:
-    """Make orphaned descendants of this process re-parent to it, so none can escape a kill."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the process group kill still applies
-        pass
 
 
 @dataclass
@@ -63,24 +54,27 @@ class TaskSpec:
 
 @dataclass
 class Outcome:
-    """How a task ended: a status letter, a message, and what it used."""
+    """How a task ended: a status letter, a message, what it used, and which limit (if any) ended it."""
 
     status: str
     message: str
     exit_code: int | None = None
     signal: int | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    limit: Limit | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Outcome, (self.status, self.message, self.exit_code, self.signal, self.usage))
+        return (Outcome, (self.status, self.message, self.exit_code, self.signal, self.usage, self.limit))
 
     def to_dict(self) -> dict[str, Any]:
+        """The exit-info form: ``status``, ``message``, ``exit_code``, ``signal``, ``usage``, ``limit``."""
         return {
             "status": self.status,
             "message": self.message,
             "exit_code": self.exit_code,
             "signal": self.signal,
             "usage": self.usage,
+            "limit": self.limit,
         }
 
 
@@ -96,32 +90,6 @@ def exit_message(exit_code: int | None, signum: int | None) -> str:
     if signum:
         return f"killed by signal {signum} ({_signal_name(signum)})"
     return f"exit code {exit_code}"
-
-
-def _stray_children() -> list[int]:
-    """Pids of this process's children (orphans re-parented here included), read from /proc."""
-    pids: list[int] = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children") as handle:
-                pids.extend(int(pid) for pid in handle.read().split())
-    except OSError:
-        pass
-    return pids
-
-
-def _reap_strays() -> None:
-    """Kill and reap the children left behind by a finished task (this process runs one at a time)."""
-    for pid in _stray_children():
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 class RunningTask:
@@ -163,7 +131,7 @@ class RunningTask:
         self.pidfd = os.pidfd_open(self.pid)
         self.deadline = self.started + spec.runtime_s if spec.runtime_s else None
         self.peak_rss_mb = 0.0
-        self._verdict: tuple[str, str] | None = None  # set when we decide to kill
+        self._verdict: tuple[str, str, Limit | None] | None = None  # set when we decide to kill
 
     def wait(self, control_fd: int | None = None, on_control: Callable[[], None] | None = None) -> Outcome:
         """Wait for the end; ``on_control`` runs when ``control_fd`` is readable (it may call kill)."""
@@ -187,10 +155,10 @@ class RunningTask:
         """True if the task ends within ``seconds`` (it is not reaped yet: ``wait()`` still must be called)."""
         return self._wait_exit(seconds)
 
-    def kill(self, status: str, message: str, grace: float) -> None:
+    def kill(self, status: str, message: str, grace: float, limit: Limit | None = None) -> None:
         """SIGTERM the task's group now and SIGKILL it after ``grace`` seconds; wait() then returns."""
         if self._verdict is None:
-            self._verdict = (status, message)
+            self._verdict = (status, message, limit)
         self._signal_group(signal.SIGTERM)
         if self._wait_exit(grace):
             return
@@ -209,16 +177,18 @@ class RunningTask:
         spec = self.spec
         if self.deadline is not None and time.monotonic() >= self.deadline:
             assert spec.runtime_s is not None
-            self.kill(S.RESOURCE_ERROR, f"runtime limit of {format_runtime(spec.runtime_s)} exceeded", grace=1.0)
+            self.kill(Status.RESOURCE_ERROR, f"runtime limit of {format_runtime(spec.runtime_s)} exceeded",
+                      grace=1.0, limit="runtime")
             return
         if spec.memory_mb is not None:
             rss = self._tree_rss_mb()
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
             if rss > spec.memory_mb:
                 self.kill(
-                    S.RESOURCE_ERROR,
+                    Status.RESOURCE_ERROR,
                     f"memory limit of {format_memory(spec.memory_mb)} exceeded (rss {format_memory(rss)})",
                     grace=0.0,
+                    limit="memory",
                 )
 
     def _tree_rss_mb(self) -> float:
@@ -255,7 +225,7 @@ class RunningTask:
         _, status, rusage = os.wait4(self.pid, 0)
         os.close(self.pidfd)
         wall = time.monotonic() - self.started
-        _reap_strays()
+        reap_strays()
         exit_code = os.waitstatus_to_exitcode(status)
         signum = -exit_code if exit_code < 0 else None
         code = exit_code if exit_code >= 0 else None
@@ -266,15 +236,16 @@ class RunningTask:
             "system_s": round(rusage.ru_stime, 4),
             "max_rss_mb": round(max(rusage.ru_maxrss / 1024, self.peak_rss_mb), 2),
         }
+        limit = None
         if self._verdict is not None:
-            status_letter, message = self._verdict
+            status_letter, message, limit = self._verdict
             if signum:
                 message = f"{message}; {exit_message(None, signum)}"
         elif code == 0:
-            status_letter, message = S.DONE, "exit code 0"
+            status_letter, message = Status.DONE, "exit code 0"
         else:
-            status_letter, message = S.ERROR, exit_message(code, signum)
-        return Outcome(status_letter, message, code, signum, usage)
+            status_letter, message = Status.ERROR, exit_message(code, signum)
+        return Outcome(status_letter, message, code, signum, usage, limit)
 
 
 def _open_log(path: str) -> int:
@@ -285,26 +256,6 @@ def _open_log(path: str) -> int:
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         return os.open(path, flags, 0o644)
-
-
-def kill_tasks_by_id(distributor_ids: list[str]) -> None:
-    """SIGKILL every process whose environment says it belongs to one of these tasks.
-
-    For tasks whose consumer died: their pids may never have reached the distributor and their
-    daemons may have left the task's group, but every descendant inherits ``NBDIST_DISTRIBUTOR_ID``.
-    Scanning all processes is slow-ish; it only happens after a fault.
-    """
-    import psutil
-
-    wanted = set(distributor_ids)
-    if not wanted:
-        return
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("NBDIST_DISTRIBUTOR_ID") in wanted:
-                proc.kill()
-        except psutil.Error:
-            pass
 
 
 def _quote(text: str) -> str:

@@ -7,8 +7,9 @@ Usage::
 
 The command runs as ``/bin/sh -c COMMAND`` with stdout/stderr in ``{stdout_dir}/{name}.o{id}`` and
 ``{stderr_dir}/{name}.e{id}``. When it ends, ``{stdout_dir}/{name}.x{id}`` receives a JSON object
-``{"status", "message", "exit_code", "signal", "usage", "started", "ended", "host"}`` (written
-atomically), and the worker exits with the task's exit code (128 + signal when it was killed).
+``{"status", "message", "exit_code", "signal", "limit", "usage", "started", "ended", "host",
+"distributor_id"}`` (written atomically; ``limit`` is ``"runtime"`` or ``"memory"`` for a task killed over
+one, else null), and the worker exits with the task's exit code (128 + signal when it was killed).
 The id defaults to what the scheduler's environment says (Slurm, or nbdist's multiprocess backend).
 SIGTERM to the worker (e.g. ``scancel``) kills the task's whole tree and is reported ``K``.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import socket
 import sys
@@ -26,10 +26,11 @@ from typing import Sequence
 
 from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.naming import log_file
-from ...cluster_protocol.resources import parse_memory, parse_runtime
+from ...cluster_protocol.resources import command_line, parse_memory, parse_runtime
 from .exit_info import write_exit_info
 from .node import current_distributor_id
-from .runner import RunningTask, TaskSpec, become_subreaper
+from .reaping import become_subreaper
+from .runner import RunningTask, TaskSpec
 
 __all__ = ["main"]
 
@@ -55,8 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not words:
         print("nbdist-worker: no command given (use: nbdist-worker [options] -- COMMAND)", file=sys.stderr)
         return 2
-    # One word is a shell command line as it is; several are argv words, quoted back into one line.
-    command = words[0] if len(words) == 1 else shlex.join(words)
+    command = command_line(words)
     distributor_id = args.distributor_id or current_distributor_id() or f"local{os.getpid()}"
     stderr_dir = args.stderr_dir or args.stdout_dir
     for folder in {args.stdout_dir, stderr_dir}:

@@ -11,10 +11,10 @@ from typing import Any as _Any
 
 _LAZY = {
     "Consumer": ".consumer",
-    "PickableTask": ".consumer",
+    "PickableTask": ".messages",
     "MultiprocessDistributor": ".distributor",
     "MultiprocessWorkerNode": ".node",
-    "new_job_id_prefix": ".distributor",
+    "new_job_id_prefix": ".ids",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,27 +1,28 @@
 """Consumers: the processes that run the multiprocess distributor's tasks, one at a time.
 
-A consumer reads ``("run", [PickableTask, ...])``, ``("kill", id, grace)`` and ``("stop", grace)``
-messages from its own pipe and writes lists of ``("started", id, pid)``, ``("done", id, Outcome)``,
-``("error", id, message)`` and ``("returned", id, None)`` events to another. ``("unqueue", ids)``
-asks it to hand back tasks it holds but has not started. It runs each task with :class:`RunningTask`.
+A consumer reads :class:`~.messages.Run`, :class:`~.messages.Kill`, :class:`~.messages.Unqueue` and
+:class:`~.messages.Stop` from its own pipe and writes lists of :class:`~.messages.Started`,
+:class:`~.messages.Done`, :class:`~.messages.Error` and :class:`~.messages.Returned` events to
+another (the protocol: :mod:`.messages`). It runs each task with :class:`RunningTask`.
 """
 
 from __future__ import annotations
 
 import multiprocessing.connection
 import os
-import pickle
 import select
 import signal
 import subprocess
 import sys
 from collections import deque
-from typing import Any
 
-from ...cluster_protocol import TaskInstanceStatus as S
-from .._task.runner import Outcome, RunningTask, TaskSpec, become_subreaper
+from ...cluster_protocol import TaskInstanceStatus as Status
+from .._task.reaping import become_subreaper
+from .._task.runner import Outcome, RunningTask
+from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
+                       receive_message, send_message)
 
-__all__ = ["PickableTask", "Consumer", "send_message", "receive_message"]
+__all__ = ["Consumer"]
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tasks shorter than this report in batches (one message for several tasks): it cuts per-task
@@ -29,38 +30,6 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENT_BATCH_SECONDS = 0.005
 # Grace before SIGKILL when the distributor disappears without a word.
 ORPHAN_GRACE_SECONDS = 0.2
-
-
-class PickableTask:
-    """Object passed from the distributor to a consumer: one task to run.
-
-    ``array_step_id`` is an int for array steps and None otherwise.
-    """
-
-    __slots__ = ("distributor_id", "command", "task_type", "array_step_id", "spec")
-
-    def __init__(
-        self,
-        distributor_id: str,
-        command: str,
-        task_type: str = "array",
-        array_step_id: int | None = None,
-        spec: TaskSpec | None = None,
-    ) -> None:
-        self.distributor_id = distributor_id
-        self.command = command
-        self.task_type = task_type
-        self.array_step_id = array_step_id
-        self.spec = spec or TaskSpec(distributor_id, command, os.devnull, os.devnull)
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec = state
-
-    def __repr__(self) -> str:
-        return f"PickableTask({self.distributor_id!r}, {self.command!r}, {self.task_type!r})"
 
 
 class Consumer:
@@ -74,11 +43,11 @@ class Consumer:
     Parameters
     ----------
     task_queue
-        Receiving end of this consumer's own pipe: ``("run", PickableTask)``, ``("kill", id, grace)``
-        and ``("stop", grace)`` messages.
+        Receiving end of this consumer's own pipe: ``Run``, ``Kill``, ``Unqueue`` and ``Stop``
+        commands (:mod:`.messages`).
     response_queue
-        Sending end of a pipe to the distributor: lists of ``("started", id, pid)``,
-        ``("done", id, Outcome)`` and ``("error", id, message)`` events.
+        Sending end of a pipe to the distributor: lists of ``Started``, ``Done``, ``Error`` and
+        ``Returned`` events.
     """
 
     def __init__(
@@ -146,7 +115,7 @@ class Consumer:
         consumer.run()
 
     def run(self) -> None:
-        """Wait for work, then execute it."""
+        """Run tasks until told to stop (Ctrl-C is the distributor's to handle, not ours)."""
         # Ctrl-C in a terminal reaches the whole foreground group: the distributor decides, not us.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         become_subreaper()
@@ -161,7 +130,7 @@ class _ConsumerLoop:
         self.outbox = outbox
         self.base_env = dict(os.environ)
         self.local: deque[PickableTask] = deque()
-        self.events: list[tuple[Any, ...]] = []
+        self.events: list[Event] = []
         self.current: tuple[PickableTask, RunningTask] | None = None
         self.stopping = False
         # Connection.poll() builds a selector per call; one poll object is much cheaper per task.
@@ -191,9 +160,9 @@ class _ConsumerLoop:
         try:
             running = RunningTask(task.spec, self.base_env)
         except OSError as exc:
-            self.events.append(("error", task.distributor_id, f"could not start: {exc}"))
+            self.events.append(Error(task.distributor_id, f"could not start: {exc}"))
             return
-        self.events.append(("started", task.distributor_id, running.pid))
+        self.events.append(Started(task.distributor_id, running.pid))
         # Short tasks report in batches (one message per several tasks); a task still running after
         # EVENT_BATCH_SECONDS, or an empty local queue, sends what is pending.
         if not self.local or not running.exited_within(EVENT_BATCH_SECONDS):
@@ -203,7 +172,7 @@ class _ConsumerLoop:
             outcome = running.wait(self.inbox.fileno(), self._on_message)
         finally:
             self.current = None
-        self.events.append(("done", task.distributor_id, outcome))
+        self.events.append(Done(task.distributor_id, outcome))
 
     def _on_message(self) -> None:
         while self._has_message():
@@ -215,49 +184,43 @@ class _ConsumerLoop:
                 return
             self._handle(message)
 
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "run":
-            self.local.extend(message[1])
-        elif kind == "kill":
-            _, distributor_id, grace = message
-            if self.current and self.current[0].distributor_id == distributor_id:
-                self._kill_current("killed on request", grace)
-                return
-            for task in self.local:
-                if task.distributor_id == distributor_id:
-                    self.local.remove(task)
-                    self.events.append(("done", distributor_id, Outcome(S.KILL_SELF, "cancelled before it started")))
-                    return
-        elif kind == "unqueue":  # the distributor takes back tasks queued behind a slow one
-            wanted = set(message[1])
+    def _handle(self, message: Command) -> None:
+        if type(message) is Run:
+            self.local.extend(message.tasks)
+        elif type(message) is Kill:
+            self._kill(message.distributor_id, message.grace)
+        elif type(message) is Unqueue:  # the distributor takes back tasks queued behind a slow one
+            wanted = set(message.distributor_ids)
             kept: deque[PickableTask] = deque()
             for task in self.local:
                 if task.distributor_id in wanted:
-                    self.events.append(("returned", task.distributor_id, None))
+                    self.events.append(Returned(task.distributor_id))
                 else:
                     kept.append(task)
             self.local = kept
             self._flush()
-        elif kind == "stop":
+        elif type(message) is Stop:
             self.stopping = True
             self.local.clear()
-            self._kill_current("killed: the distributor stopped", message[1])
+            self._kill_current("killed: the distributor stopped", message.grace)
+
+    def _kill(self, distributor_id: str, grace: float) -> None:
+        """Kill the task if it runs; if it is queued here, it ends ``K`` without starting."""
+        if self.current and self.current[0].distributor_id == distributor_id:
+            self._kill_current("killed on request", grace)
+            return
+        for task in self.local:
+            if task.distributor_id == distributor_id:
+                self.local.remove(task)
+                self.events.append(Done(distributor_id, Outcome(Status.KILL_SELF, "cancelled before it started")))
+                return
 
     def _kill_current(self, reason: str, grace: float) -> None:
         if self.current is not None:
-            self.current[1].kill(S.KILL_SELF, reason, grace)
+            self.current[1].kill(Status.KILL_SELF, reason, grace)
 
     def _flush(self) -> None:
         if self.events:
             send_message(self.outbox, self.events)
             self.events = []
 
-
-def send_message(connection: multiprocessing.connection.Connection, message: Any) -> None:
-    # Plain pickle is several times cheaper per message than Connection.send's ForkingPickler.
-    connection.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
-
-
-def receive_message(connection: multiprocessing.connection.Connection) -> Any:
-    return pickle.loads(connection.recv_bytes())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,12 +14,13 @@ import pytest
 
 from conftest import pid_alive
 from nbdist.cluster_protocol import ClusterDistributor, ClusterWorkerNode
+from nbdist.backends.multiprocess.placement import PREFETCH_SHORT
 from nbdist.multiprocess import (
-    PREFETCH_SHORT,
     MultiprocessDistributor,
     MultiprocessWorkerNode,
     PickableTask,
     RemoteExitInfoNotAvailable,
+    new_job_id_prefix,
 )
 
 PY = sys.executable
@@ -100,9 +102,12 @@ def test_exit_info_for_every_ending(dist):
     assert dist.get_remote_exit_info(self_killed) == ("E", "killed by signal 9 (SIGKILL)")
     reports = dist.get_task_reports([ok, bad, self_killed])
     assert [reports[i]["exit_code"] for i in (ok, bad, self_killed)] == [0, 3, None]
+    assert [reports[i]["limit"] for i in (ok, bad, self_killed)] == [None, None, None]
     assert reports[self_killed]["signal"] == 9
-    with pytest.raises(RemoteExitInfoNotAvailable):
-        dist.get_remote_exit_info("no-such-id")
+    for query in (dist.get_remote_exit_info, dist.get_usage_stats, dist.log_paths):
+        with pytest.raises(RemoteExitInfoNotAvailable, match="unknown distributor id 'no-such-id'"):
+            query("no-such-id")
+    assert dist.get_task_reports(["no-such-id"]) == {}
 
 
 def test_runtime_limit_kills_with_Z(dist):
@@ -112,6 +117,7 @@ def test_runtime_limit_kills_with_Z(dist):
     assert time.monotonic() - started < 3
     status, message = dist.get_remote_exit_info(job)
     assert status == "Z" and "runtime" in message
+    assert dist.get_task_reports([job])[job]["limit"] == "runtime"
 
 
 def test_memory_limit_kills_with_Z(dist):
@@ -120,6 +126,7 @@ def test_memory_limit_kills_with_Z(dist):
     wait_finished(dist, [job])
     status, message = dist.get_remote_exit_info(job)
     assert status == "Z" and "memory" in message
+    assert dist.get_task_reports([job])[job]["limit"] == "memory"
     assert dist.get_usage_stats(job)["max_rss_mb"] > 100
 
 
@@ -459,3 +466,40 @@ def test_cancelled_tasks_held_by_a_dead_consumer_stay_cancelled(tmp_path):
     assert "D" not in letters.values(), f"a cancelled task ran: {letters}"
     ran = runs.read_text().split()
     assert len(ran) == len(set(ran))
+
+
+def test_ids_fit_jobmons_varchar_20_at_job_1000_step_10000(tmp_path):
+    distributor = MultiprocessDistributor("long-ids", parallelism=1, log_dir=str(tmp_path))
+    for _ in range(999):
+        distributor.submit_to_batch_distributor("true", "t", {})
+    steps = distributor.submit_array_to_batch_distributor("true", "t", {}, 10_001)
+    assert steps[10_000].endswith(".1000_10000") and len(steps[10_000]) <= 20
+    assert len(new_job_id_prefix()) == 8
+
+
+def test_prefixes_never_repeat_in_a_process():
+    prefixes = [new_job_id_prefix() for _ in range(2000)]
+    assert len(set(prefixes)) == len(prefixes)
+    assert all(len(prefix) == 8 and prefix.isalnum() and prefix == prefix.lower() for prefix in prefixes)
+
+
+def test_no_empty_temporary_folder_is_left_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    unused = MultiprocessDistributor("tmp", parallelism=1)
+    unused.start()
+    own_logs = unused.submit_to_batch_distributor("true", "t", {"stdout": str(tmp_path / "o"), "stderr": str(tmp_path / "o")})
+    wait_finished(unused, [own_logs])
+    unused.stop()
+    assert not list(tmp_path.glob("nbdist-*")), "a distributor whose tasks named their logs made a temporary folder"
+    used = MultiprocessDistributor("tmp", parallelism=1)
+    used.start()
+    job = used.submit_to_batch_distributor("echo kept", "t", {})
+    wait_finished(used, [job])
+    idle = MultiprocessDistributor("tmp", parallelism=1)
+    idle.start()
+    folder = idle.log_dir  # asked for, made, never written to
+    idle.stop()
+    used.stop()
+    assert not os.path.exists(folder)
+    assert Path(used.log_paths(job)[0]).read_text() == "kept\n"  # a folder with logs stays
+    assert [p.name for p in tmp_path.glob("nbdist-*")] == [Path(used.log_dir).name]

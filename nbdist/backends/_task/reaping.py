@@ -1,0 +1,72 @@
+"""Making sure nothing a task started outlives it: the child subreaper, strays, and a kill by task id.
+
+A process that runs tasks (a consumer, ``nbdist-worker``) becomes a child subreaper, so daemons a
+task detaches with ``setsid`` re-parent to it instead of to init; once the task ends, :func:`reap_strays`
+kills and reaps whatever came back. :func:`kill_tasks_by_id` is the fallback after a fault, when the
+process that knew the task's pids is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+__all__ = ["become_subreaper", "kill_tasks_by_id", "reap_strays"]
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants of this process re-parent to it, so none can escape a kill."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the process group kill still applies
+        pass
+
+
+def _stray_children() -> list[int]:
+    """Pids of this process's children (orphans re-parented here included), read from /proc."""
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                pids.extend(int(pid) for pid in handle.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+def reap_strays() -> None:
+    """Kill and reap the children left behind by a finished task (this process runs one at a time)."""
+    for pid in _stray_children():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def kill_tasks_by_id(distributor_ids: list[str]) -> None:
+    """SIGKILL every process whose environment says it belongs to one of these tasks.
+
+    For tasks whose consumer died: their pids may never have reached the distributor and their
+    daemons may have left the task's group, but every descendant inherits ``NBDIST_DISTRIBUTOR_ID``.
+    Scanning all processes is slow-ish; it only happens after a fault.
+    """
+    import psutil
+
+    wanted = set(distributor_ids)
+    if not wanted:
+        return
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("NBDIST_DISTRIBUTOR_ID") in wanted:
+                proc.kill()
+        except psutil.Error:
+            pass

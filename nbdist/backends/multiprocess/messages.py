@@ -1,0 +1,129 @@
+"""The pipe protocol between the multiprocess distributor and its consumers, documented once.
+
+Each consumer has two one-way pipes::
+
+    distributor ──  Run | Kill | Unqueue | Stop  ──► consumer        (one message per send)
+    distributor ◄── [Started | Done | Error | Returned, ...] ── consumer   (a list of events per send)
+
+- :class:`Run`: tasks (:class:`PickableTask`) to run one after the other (the first now, the rest queued behind it);
+- :class:`Kill`: kill a running task (SIGTERM, then SIGKILL after ``grace``) or drop a queued one;
+- :class:`Unqueue`: hand back queued tasks that have not started (work stealing);
+- :class:`Stop`: kill the running task, drop the queue, exit.
+
+Events are batched (see ``EVENT_BATCH_SECONDS`` in :mod:`.consumer`): :class:`Started` (with the
+task's pid), :class:`Done` (with its :class:`~nbdist.backends._task.runner.Outcome`), :class:`Error`
+(it could not start) and :class:`Returned` (an answer to ``Unqueue``).
+
+Messages are pickled with plain :mod:`pickle` (several times cheaper per message than
+``Connection.send``'s ForkingPickler); both ends are the same nbdist install.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+import pickle
+from typing import Any, NamedTuple, Union
+
+from .._task.runner import Outcome, TaskSpec
+
+__all__ = ["Command", "Done", "Error", "Event", "Kill", "PickableTask", "Returned", "Run", "Started", "Stop",
+           "Unqueue", "receive_message", "send_message"]
+
+
+class PickableTask:
+    """Object passed from the distributor to a consumer: one task to run.
+
+    ``array_step_id`` is an int for array steps and None otherwise.
+    """
+
+    __slots__ = ("distributor_id", "command", "task_type", "array_step_id", "spec")
+
+    def __init__(
+        self,
+        distributor_id: str,
+        command: str,
+        task_type: str = "array",
+        array_step_id: int | None = None,
+        spec: TaskSpec | None = None,
+    ) -> None:
+        self.distributor_id = distributor_id
+        self.command = command
+        self.task_type = task_type
+        self.array_step_id = array_step_id
+        self.spec = spec or TaskSpec(distributor_id, command, os.devnull, os.devnull)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec = state
+
+    def __repr__(self) -> str:
+        return f"PickableTask({self.distributor_id!r}, {self.command!r}, {self.task_type!r})"
+
+
+class Run(NamedTuple):
+    """Run these tasks, in order, after whatever the consumer holds."""
+
+    tasks: list[PickableTask]
+
+
+class Kill(NamedTuple):
+    """Kill the task if it runs (``grace`` seconds between SIGTERM and SIGKILL), drop it if it is queued."""
+
+    distributor_id: str
+    grace: float
+
+
+class Unqueue(NamedTuple):
+    """Hand back the tasks among these that are queued and not started."""
+
+    distributor_ids: list[str]
+
+
+class Stop(NamedTuple):
+    """Kill the running task (with ``grace``), drop the queue, and exit."""
+
+    grace: float
+
+
+class Started(NamedTuple):
+    """A task started as process ``pid``."""
+
+    distributor_id: str
+    pid: int
+
+
+class Done(NamedTuple):
+    """A task ended (or was dropped from the queue by a ``Kill``)."""
+
+    distributor_id: str
+    outcome: Outcome
+
+
+class Error(NamedTuple):
+    """A task could not start (say its log folder is not writable)."""
+
+    distributor_id: str
+    message: str
+
+
+class Returned(NamedTuple):
+    """A queued task handed back after an ``Unqueue``; it never started."""
+
+    distributor_id: str
+
+
+Command = Union[Run, Kill, Unqueue, Stop]
+Event = Union[Started, Done, Error, Returned]
+
+
+def send_message(connection: multiprocessing.connection.Connection, message: Command | list[Event]) -> None:
+    """Send one command, or one list of events."""
+    connection.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+def receive_message(connection: multiprocessing.connection.Connection) -> Command | list[Event]:
+    """Receive what :func:`send_message` sent (``EOFError`` when the other end is gone)."""
+    return pickle.loads(connection.recv_bytes())
