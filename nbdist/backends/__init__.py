@@ -6,8 +6,17 @@ A plugin declares, in its ``pyproject.toml``::
     mycluster = "mypackage.module:MyDistributor"
 
 and ``nbdist.Session(backend="mycluster")`` then uses it. The class must implement
-:class:`nbdist.cluster_protocol.ClusterDistributor`; ``get_task_reports`` and ``log_paths`` are used
-when present. A plugin that fails to load is logged and skipped, never fatal.
+:class:`nbdist.cluster_protocol.ClusterDistributor`; the capabilities it also offers
+(:class:`~nbdist.cluster_protocol.ReportingDistributor`, ``AdoptingDistributor``, ``SessionDefaults``)
+are used when it has them. A plugin that fails to load is logged and skipped, never fatal.
+
+The built-in backends live beside this loader, which imports none of them until asked::
+
+    _task/          running one task the same way everywhere: runner, reaping, exit info, nbdist-worker,
+                    the worker-node base
+    _table.py       the task table and the queries every distributor answers from it
+    multiprocess/   consumers on this machine: distributor, placement, consumer, pipe messages, node
+    slurm/          sbatch/squeue: distributor, sbatch (argv + script), verdict (squeue → status), cli, node
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cli import SlurmUnavailable
-from .distributor import SlurmDistributor, SlurmWorkerNode
+from .distributor import SlurmDistributor
+from .node import SlurmWorkerNode
 
 __all__ = ["SlurmDistributor", "SlurmUnavailable", "SlurmWorkerNode"]

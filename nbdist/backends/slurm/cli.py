@@ -1,7 +1,7 @@
 """The boundary with the Slurm command-line tools: running them, reading squeue, Slurm's states.
 
 Everything here is argv-based (never a shell) and knows nothing of nbdist's records; the distributor
-in :mod:`nbdist.slurm` decides what to do with what Slurm says.
+(:mod:`.distributor`, with the verdicts of :mod:`.verdict`) decides what to do with what Slurm says.
 """
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ import subprocess
 from datetime import datetime
 from typing import Iterable
 
-from ...cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol import Limit
+from ...cluster_protocol import TaskInstanceStatus as Status
 
 __all__ = [
     "SlurmUnavailable", "run_cli", "parse_squeue", "squeue_env", "compress_ids", "error_text", "epoch",
     "controller_down", "SQUEUE_FORMAT", "PENDING_STATES", "RUNNING_STATES", "EXIT_STATES", "SLURM_VERDICTS",
-    "HOPELESS_REASONS", "JOB_ID_RE", "CLI_TIMEOUT_S",
+    "SLURM_LIMITS", "HOPELESS_REASONS", "JOB_ID_RE", "CLI_TIMEOUT_SECONDS",
 ]
 
-CLI_TIMEOUT_S = 60.0
+# A Slurm command that has not answered in this long is given up on (the controller is down).
+CLI_TIMEOUT_SECONDS = 60.0
 
 SQUEUE_FIELDS = ("JobArrayID", "State", "Reason", "StartTime", "EndTime", "exit_code", "TimeLimit")
 SQUEUE_FORMAT = ",".join(f"{field}:|" for field in SQUEUE_FIELDS)
@@ -30,15 +32,17 @@ RUNNING_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED"
                   "STAGE_OUT", "RESIZING"}
 # Slurm states after which the task is over and only Slurm knows why: (status, message).
 SLURM_VERDICTS = {
-    "CANCELLED": (S.KILL_SELF, "cancelled (scancel)"),
-    "TIMEOUT": (S.RESOURCE_ERROR, "runtime limit{limit} exceeded (Slurm TIMEOUT)"),
-    "DEADLINE": (S.RESOURCE_ERROR, "deadline reached before it could finish (Slurm DEADLINE)"),
-    "OUT_OF_MEMORY": (S.RESOURCE_ERROR, "memory limit{memory} exceeded (Slurm OUT_OF_MEMORY)"),
-    "NODE_FAIL": (S.UNKNOWN_ERROR, "lost: its node failed (Slurm NODE_FAIL)"),
-    "BOOT_FAIL": (S.UNKNOWN_ERROR, "lost: its node failed to boot (Slurm BOOT_FAIL)"),
-    "PREEMPTED": (S.UNKNOWN_ERROR, "lost: preempted by a higher-priority job (Slurm PREEMPTED)"),
-    "REVOKED": (S.UNKNOWN_ERROR, "lost: revoked by another cluster (Slurm REVOKED)"),
+    "CANCELLED": (Status.KILL_SELF, "cancelled (scancel)"),
+    "TIMEOUT": (Status.RESOURCE_ERROR, "runtime limit{limit} exceeded (Slurm TIMEOUT)"),
+    "DEADLINE": (Status.RESOURCE_ERROR, "deadline reached before it could finish (Slurm DEADLINE)"),
+    "OUT_OF_MEMORY": (Status.RESOURCE_ERROR, "memory limit{memory} exceeded (Slurm OUT_OF_MEMORY)"),
+    "NODE_FAIL": (Status.UNKNOWN_ERROR, "lost: its node failed (Slurm NODE_FAIL)"),
+    "BOOT_FAIL": (Status.UNKNOWN_ERROR, "lost: its node failed to boot (Slurm BOOT_FAIL)"),
+    "PREEMPTED": (Status.UNKNOWN_ERROR, "lost: preempted by a higher-priority job (Slurm PREEMPTED)"),
+    "REVOKED": (Status.UNKNOWN_ERROR, "lost: revoked by another cluster (Slurm REVOKED)"),
 }
+# The enforced limit each of those states means (a report's "limit").
+SLURM_LIMITS: dict[str, Limit] = {"TIMEOUT": "runtime", "OUT_OF_MEMORY": "memory"}
 EXIT_STATES = {"COMPLETED", "FAILED", "SPECIAL_EXIT"}
 # Pending reasons after which the job will not start without someone acting on it.
 HOPELESS_REASONS = {
@@ -123,8 +127,8 @@ def run_cli(argv: list[str], input_text: str | None = None,
     """Run one Slurm command (argv, never a shell); missing tools become :class:`SlurmUnavailable`."""
     try:
         return subprocess.run(argv, input=input_text, env=env, capture_output=True, text=True, check=False,
-                              timeout=CLI_TIMEOUT_S, stdin=None if input_text is not None else subprocess.DEVNULL)
+                              timeout=CLI_TIMEOUT_SECONDS, stdin=None if input_text is not None else subprocess.DEVNULL)
     except FileNotFoundError as exc:
         raise SlurmUnavailable(f"{argv[0]} not found on PATH: is the Slurm client installed?") from exc
     except subprocess.TimeoutExpired as exc:
-        raise SlurmUnavailable(f"{argv[0]} did not answer within {CLI_TIMEOUT_S:.0f} s") from exc
+        raise SlurmUnavailable(f"{argv[0]} did not answer within {CLI_TIMEOUT_SECONDS:.0f} s") from exc

@@ -124,7 +124,7 @@ def test_a_20_step_array_with_max_concurrent(dist):
 def test_a_failing_step_reports_its_exit_code(dist):
     ids = dist.submit_array_to_batch_distributor('[ "$ARRAY_STEP_ID" = 1 ] && exit 7; echo fine', "fail", {}, 3)
     reports = wait_done(dist, list(ids.values()))
-    assert reports[ids[1]]["status"] == "E" and reports[ids[1]]["exit_code"] == 7
+    assert reports[ids[1]]["status"] == "E" and reports[ids[1]]["exit_code"] == 7 and reports[ids[1]]["limit"] is None
     assert dist.get_remote_exit_info(ids[1]) == ("E", "exit code 7")
     assert [reports[ids[i]]["status"] for i in (0, 2)] == ["D", "D"]
 
@@ -142,6 +142,7 @@ def test_memory_limit_is_enforced(dist):
     job = dist.submit_to_batch_distributor(hog, "hog", {"memory": "100M"})
     report = wait_done(dist, [job], timeout=40)[job]
     assert report["status"] == "Z" and "memory" in report["message"], report
+    assert report["limit"] == "memory", report
 
 
 def test_scancel_of_running_and_pending_steps(dist):
@@ -307,7 +308,7 @@ def test_over_the_runtime_limit_slurm_times_out_the_job(dist):
     """The one slow test: Slurm limits are whole minutes, it kills at 61-69 s."""
     job = dist.submit_to_batch_distributor("echo begin; sleep 300", "slow", {"runtime": "50s"})
     report = wait_done(dist, [job], timeout=150)[job]
-    assert report["status"] == "Z", report
+    assert report["status"] == "Z" and report["limit"] == "runtime", report
     assert "runtime" in report["message"] and "TIMEOUT" in report["message"], report
     assert 55 <= report["ended"] - report["started"] <= 100, report
     assert read(dist.log_paths(job)[0]) == "begin\n"
