@@ -96,12 +96,14 @@ def _row(rec: JobRecord, index: int, now: float) -> StepRow:
 
 
 def default_log_step(rec: JobRecord) -> int | None:
-    """The index of the step worth a glance: the first failed one, else the first running one."""
+    """The index of the step worth a glance: the first failed one, else the first running one, else
+    the first step once every step is terminal (what ``nbdist logs ARRAY`` shows too); None while
+    the rest only wait."""
     for state in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST, State.RUNNING):
         indices = rec.by_state[state]
         if indices:
             return min(indices)
-    return None
+    return 0 if rec.all_terminal else None
 
 
 def build_snapshot(rec: JobRecord, logs: LogCache, *, state: State | str | None = None, page: int = 0,

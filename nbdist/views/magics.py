@@ -214,7 +214,7 @@ class NbdistMagics(Magics):
                 # Its parameters, as a list of dicts: a generator in the expression is read once, here.
                 over = expand(cell, over=value).params
             except (ValueError, TypeError) as exc:
-                raise UsageError(f"--over {args.over}: {_one_line(exc)}") from None
+                raise UsageError(_one_line(exc)) from None
         elif steps is not None:
             try:
                 expand(cell, steps=steps)

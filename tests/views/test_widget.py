@@ -80,7 +80,7 @@ class FakeSession:
         if log_step is None:  # the core's one policy (snapshot.default_log_step): failed first, then running
             log_step = next((i for wanted in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST,
                                               State.RUNNING) for i, value in enumerate(self.states)
-                             if value == wanted.value), None)
+                             if value == wanted.value), 0 if all(v in TERMINAL for v in self.states) else None)
         out, err = self.logs.get(log_step, ("", "")) if log_step is not None else ("", "")
         failed = [i for i, value in enumerate(self.states) if value == "FAILED"]
         total = len(self.states)
@@ -169,7 +169,7 @@ def test_retry_and_log_step_follow_the_state_module(state: State) -> None:
     # The dashboard asks for no step of its own: the snapshot's policy (failed first, then running) decides.
     assert dashboard.log_step is None and session.calls[-1]["log_step"] is None
     shown = state in (State.FAILED, State.TIMEOUT, State.OUT_OF_MEMORY, State.LOST, State.RUNNING)
-    assert dashboard.snapshot.log_step == (1 if shown else None)
+    assert dashboard.snapshot.log_step == (1 if shown else 0 if state.is_terminal else None)
     dashboard.close()
 
 
