@@ -193,7 +193,8 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         resources = self._parse_resources(command, requested_resources)
         job_id = self._new_job_id()
         stdout_dir, stderr_dir = self._make_log_folders(resources)
-        self._enqueue([QueuedTask(job_id, name, command, resources, stdout_dir, stderr_dir, log_stem(name))])
+        self._enqueue([QueuedTask(job_id, name, command, resources, stdout_dir, stderr_dir, log_stem(name), job_id,
+                                  None)])
         return job_id
 
     def submit_array_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
@@ -204,8 +205,8 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         job_id = self._new_job_id()
         stdout_dir, stderr_dir = self._make_log_folders(resources)
         stem = log_stem(name)
-        records = [QueuedTask(array_id(job_id, step), name, command, resources, stdout_dir, stderr_dir, stem)
-                   for step in range(array_length)]
+        records = [QueuedTask(array_id(job_id, step), name, command, resources, stdout_dir, stderr_dir, stem, job_id,
+                              step) for step in range(array_length)]
         self._enqueue(records)
         return {record.array_step_id: record.distributor_id for record in records}  # type: ignore[misc]
 

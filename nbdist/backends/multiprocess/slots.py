@@ -19,8 +19,8 @@ class QueuedTask(TaskRecord):
     __slots__ = ("command", "consumer", "recalled")
 
     def __init__(self, distributor_id: str, name: str, command: str, resources: Resources, stdout_dir: str,
-                 stderr_dir: str, stem: str) -> None:
-        super().__init__(distributor_id, name, resources, stdout_dir, stderr_dir, stem)
+                 stderr_dir: str, stem: str, job_id: str, array_step_id: int | None) -> None:
+        super().__init__(distributor_id, name, resources, stdout_dir, stderr_dir, stem, job_id, array_step_id)
         self.command = command
         self.consumer: ConsumerSlot | None = None
         self.recalled = False  # asked back from a consumer's queue
