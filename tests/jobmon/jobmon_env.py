@@ -141,7 +141,7 @@ class LocalJobmon:
     ``env`` is what a client needs (database, service URL, short heartbeats, no auth).
     """
 
-    def __init__(self, root: Path, folder: Path, parallelism: int = 2, heartbeat_s: float = 1.0,
+    def __init__(self, root: Path, folder: Path, parallelism: int = 2, heartbeat_s: int = 1,
                  queues: dict | None = None) -> None:
         self.root = root
         self.folder = folder

@@ -44,9 +44,9 @@ from jobmon.core.cluster_protocol import ClusterDistributor
 from ...cluster_protocol import TaskInstanceStatus as S
 from ..multiprocess import MultiprocessDistributor
 from .resources import nbdist_resources
-from .usage import describe_usage
+from .reports import triage_answer
 
-__all__ = ["JobmonDistributor", "find_worker_node_entry_point", "triage_answer"]
+__all__ = ["JobmonDistributor", "find_worker_node_entry_point"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,27 +63,6 @@ def find_worker_node_entry_point() -> str:
             f"Jobmon's worker_node_entry_point is neither next to {sys.executable} nor on PATH: "
             "install jobmon_core in the environment that runs the distributor")
     return found
-
-
-def triage_answer(report: dict[str, Any], stderr_tail: str = "") -> tuple[str, str]:
-    """``(R|Z|U, message)`` for a task Jobmon triages, from nbdist's report of it."""
-    status = report.get("status")
-    message = report.get("message") or ""
-    usage = describe_usage(report.get("usage") or {})
-    detail = f"nbdist: {message}" + (f" ({usage})" if usage else "")
-    if status in (S.QUEUED, S.RUNNING):
-        return S.RUNNING, "nbdist: still running"
-    if status == S.RESOURCE_ERROR:
-        return S.RESOURCE_ERROR, detail
-    if status == S.DONE:
-        detail = f"nbdist: Jobmon's worker exited with code 0 without reporting the task done ({usage})"
-    elif status == S.KILL_SELF:
-        detail = f"nbdist: {message}, before Jobmon's worker reported"
-    elif status == S.NO_DISTRIBUTOR_ID:
-        detail = f"nbdist: could not start the task: {message}"
-    if stderr_tail.strip():
-        detail += f"\nJobmon worker's stderr (last lines):\n{stderr_tail.strip()}"
-    return S.UNKNOWN_ERROR, detail
 
 
 class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...cluster_protocol import TaskInstanceStatus as S
 from ..multiprocess import MultiprocessWorkerNode
-from .usage import describe_usage
+from .reports import describe_usage
 
 __all__ = ["JobmonWorkerNode", "describe_exit"]
 
@@ -51,12 +51,16 @@ class JobmonWorkerNode(MultiprocessWorkerNode):
         return super().initialize_logfile(log_type, log_dir, name)
 
     def command_usage(self) -> dict[str, Any]:
-        """Wall seconds since the worker started, CPU seconds and max RSS (MB) of the finished command."""
+        """Wall seconds since the worker started and CPU seconds of the finished command.
+
+        No max RSS: Jobmon's worker forks itself to start the command, so the children's high-water
+        mark is the worker's own size (~100 MB), not the command's. nbdist's triage reports the
+        task's real peak (sampled by the consumer) when a task ends over its memory limit.
+        """
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return {
             "wall_s": round(time.time() - self._created, 4),
             "cpu_s": round(children.ru_utime + children.ru_stime, 4),
-            "max_rss_mb": round(children.ru_maxrss / 1024, 2),
         }
 
     def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:

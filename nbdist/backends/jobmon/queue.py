@@ -7,9 +7,9 @@ A queue row's ``parameters`` (written by :mod:`nbdist.backends.jobmon.register`)
 
 Jobmon's client calls :meth:`JobmonQueue.validate_resources` when a workflow is bound (``strict``
 only when its resources are scaled after a resource error) and :meth:`JobmonQueue.coerce_resources`
-before each launch. As in Jobmon's own plugins, coercion clamps ``memory`` and ``runtime`` into the
-queue, so a retry scaled past the top still runs; ``cores`` is never changed: a count nbdist's
-distributor cannot give (more than its parallelism) reaches it and ends as ``W`` with its message.
+before each launch. Coercion lowers ``memory`` and ``runtime`` to the queue's maximum, so a retry
+scaled past the top still runs; nothing else is changed: a value nbdist cannot honour (more cores
+than its parallelism, a runtime of 0) reaches nbdist's distributor and ends as ``W`` with its message.
 """
 
 from __future__ import annotations
@@ -64,14 +64,13 @@ class JobmonQueue:
         return not (strict and problems), message
 
     def coerce_resources(self, **kwargs: Any) -> dict[str, Any]:
-        """The resources with ``memory`` and ``runtime`` clamped into the queue's bounds."""
+        """The resources with ``memory`` and ``runtime`` lowered to the queue's maximum where above it."""
         coerced = dict(kwargs)
         for resource in ("memory", "runtime"):
             bounds, value = self.bounds(resource), coerced.get(resource)
             if bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            low, high = bounds
-            coerced[resource] = type(value)(min(max(value, low), high))
+            coerced[resource] = type(value)(min(value, bounds[1]))
         return coerced
 
     @property
