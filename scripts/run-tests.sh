@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole suite: starts a local single-node Slurm when it can (root, Slurm installed), stops it after.
+# Runs the whole suite: starts the local two-node Slurm when it can (root, Slurm installed) and stops it after
+# (unless it was already up).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 slurm_started=0
 if [ -x scripts/slurm-local.sh ] && [ "${NBDIST_NO_SLURM:-0}" != 1 ]; then
+    # A cluster that was already up (a developer's, or another run's) stays up afterwards.
+    scripts/slurm-local.sh status >/dev/null 2>&1 && slurm_was_up=1 || slurm_was_up=0
     if scripts/slurm-local.sh start; then
-        slurm_started=1
+        [ "$slurm_was_up" = 1 ] || slurm_started=1
         eval "$(scripts/slurm-local.sh env)"
     else
         echo "run-tests: local Slurm not started; the Slurm suite will skip (fail under NBDIST_REQUIRE_ALL=1)" >&2
