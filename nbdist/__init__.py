@@ -36,12 +36,17 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 if _TYPE_CHECKING:
+    from .cluster_protocol.pycall import RemoteError
     from .session import Array, Attempt, Job, JobFailed, LogPaths, Session, Snapshot, State, StepRow, UnknownJob
+    from .session.executor import Executor
+    from .session.functions import call, function, map
 
 # The public classes are imported on first use: consumers and ``nbdist-worker`` import only the
 # backend modules of this package, and must start in milliseconds, not pay for sqlite and the session.
 _LAZY = {name: ".session" for name in (
     "Array", "Attempt", "Job", "JobFailed", "LogPaths", "Session", "Snapshot", "State", "StepRow", "UnknownJob")}
+_LAZY.update({"Executor": ".session.executor", "function": ".session.functions", "call": ".session.functions",
+              "map": ".session.functions", "RemoteError": ".cluster_protocol.pycall"})
 
 __version__ = "0.1.0"
 
@@ -57,6 +62,11 @@ __all__ = [
     "Snapshot",
     "StepRow",
     "UnknownJob",
+    "Executor",
+    "RemoteError",
+    "function",
+    "call",
+    "map",
     "submit",
     "array",
     "attach",

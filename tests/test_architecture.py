@@ -181,7 +181,7 @@ def test_no_file_is_over_500_lines():
 CONTRACT = {
     "nbdist": ["Session", "State", "Job", "Array", "Attempt", "JobFailed", "LogPaths", "Snapshot", "StepRow",
                "UnknownJob", "submit", "array", "attach", "default_session", "set_default_session", "show",
-               "load_ipython_extension", "__version__"],
+               "load_ipython_extension", "__version__", "Executor", "RemoteError", "function", "call", "map"],
     "nbdist.cluster_protocol": ["ClusterDistributor", "ClusterWorkerNode", "ClusterQueue", "TaskInstanceStatus",
                                 "RemoteExitInfoNotAvailable", "TaskReport", "ReportingDistributor",
                                 "AdoptingDistributor", "SessionDefaults"],

@@ -24,13 +24,14 @@ import sys
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .naming import log_file
 
-__all__ = ["CALL_MODULE", "Call", "RemoteError", "RemoteTraceback", "call_command", "call_path", "items_path",
-           "read_call", "read_item", "read_outcome", "result_path", "result_path_for", "write_call", "write_error",
-           "write_items", "write_value"]
+__all__ = ["CALL_MODULE", "Call", "CallCommand", "RemoteError", "RemoteTraceback", "call_command", "call_path",
+           "encode_call", "encode_items", "items_path", "outcome_kind", "parse_call_command", "read_call", "read_item",
+           "read_outcome", "result_path", "result_path_for", "step_index", "write_call", "write_encoded",
+           "write_encoded_items", "write_error", "write_items", "write_value"]
 
 # The module that runs a call on the task's side (by name: the protocol imports no backend).
 CALL_MODULE = "nbdist.backends._task.pycall"
@@ -74,9 +75,12 @@ class Call:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     sys_path: list[str] = field(default_factory=list)
-    # For a map: the item is passed as the first positional argument (before ``args``), or as the
-    # keyword arguments themselves when ``item_as_kwargs`` (a grid's step: its parameters by name).
+    # For a map: the item is passed as the first positional argument (before ``args``), as the
+    # keyword arguments themselves when ``item_as_kwargs`` (a grid's step: its parameters by name),
+    # or spread as the first positional arguments when ``item_as_args`` (``Executor.map`` over
+    # several iterables: the item is the tuple of their values).
     item_as_kwargs: bool = False
+    item_as_args: bool = False
 
 
 def _dumps(value: Any) -> bytes:
@@ -129,8 +133,8 @@ def result_path_for(call_file: str, distributor_id: str) -> str:
     return log_file(folder, stem, "r", distributor_id)
 
 
-def write_call(path: str, call: Call) -> None:
-    """Pickle ``call`` to ``path``; raises ``TypeError`` naming what could not be pickled.
+def encode_call(call: Call) -> bytes:
+    """The bytes of a call file; raises ``TypeError`` naming what could not be pickled.
 
     The kernel's ``sys.path`` comes first, as a plain pickle: the task applies it before it
     unpickles the function, which may be a reference to a module only that path reaches.
@@ -139,18 +143,27 @@ def write_call(path: str, call: Call) -> None:
         data = _dumps(call)
     except Exception as exc:  # cloudpickle raises TypeError, PicklingError, AttributeError, …
         raise TypeError(f"the function or its arguments cannot be pickled: {exc}") from exc
-    header = pickle.dumps(list(call.sys_path), pickle.HIGHEST_PROTOCOL)
-    _write_atomic(path, lambda handle: (handle.write(header), handle.write(data)))
+    return pickle.dumps(list(call.sys_path), pickle.HIGHEST_PROTOCOL) + data
 
 
-def write_items(path: str, items: Iterable[Any]) -> int:
-    """Pickle each item on its own behind an offset table, so a step reads only its own; the count."""
+def encode_items(items: Iterable[Any]) -> list[bytes]:
+    """Each item pickled on its own; raises ``TypeError`` naming the first that cannot be."""
     blobs = []
     for index, item in enumerate(items):
         try:
             blobs.append(_dumps(item))
         except Exception as exc:
             raise TypeError(f"item {index} cannot be pickled: {exc}") from exc
+    return blobs
+
+
+def write_encoded(path: str, data: bytes) -> None:
+    """Write the bytes of :func:`encode_call` to ``path`` (atomically)."""
+    _write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_encoded_items(path: str, blobs: Sequence[bytes]) -> int:
+    """Write items of :func:`encode_items` behind an offset table, so a step reads only its own; the count."""
 
     def write(handle: io.BufferedWriter) -> None:
         handle.write(_OFFSET.pack(len(blobs)))
@@ -163,6 +176,16 @@ def write_items(path: str, items: Iterable[Any]) -> int:
 
     _write_atomic(path, write)
     return len(blobs)
+
+
+def write_call(path: str, call: Call) -> None:
+    """Pickle ``call`` to ``path``; raises ``TypeError`` (nothing written) if it cannot be pickled."""
+    write_encoded(path, encode_call(call))
+
+
+def write_items(path: str, items: Iterable[Any]) -> int:
+    """Pickle each item on its own behind an offset table; the count (nothing written if one fails)."""
+    return write_encoded_items(path, encode_items(items))
 
 
 def read_call(path: str, apply_environment: bool = False) -> Call:
@@ -190,6 +213,16 @@ def read_item(path: str, index: int) -> Any:
         return pickle.load(handle)
 
 
+def step_index(environ: Any = None) -> int:
+    """The item of a map this task runs: ``NBDIST_STEP`` when set (a retry sets it), else the
+    backend's array index (``ARRAY_STEP_ID``, Slurm's ``SLURM_ARRAY_TASK_ID``); no shell prologue needed."""
+    env = os.environ if environ is None else environ
+    for key in ("NBDIST_STEP", "ARRAY_STEP_ID", "SLURM_ARRAY_TASK_ID"):
+        if env.get(key):
+            return int(env[key])
+    raise LookupError("this task is not a step of an array: no NBDIST_STEP, ARRAY_STEP_ID or SLURM_ARRAY_TASK_ID")
+
+
 def write_value(path: str, value: Any) -> None:
     """Stream the function's return value to ``path`` (raises if it cannot be pickled; nothing is left)."""
     _write_atomic(path, lambda handle: (handle.write(b"V"), _dump(value, handle)))
@@ -206,6 +239,16 @@ def write_error(path: str, exc: BaseException) -> None:
     except Exception:
         data = _dumps((RemoteError(kind, str(exc), text), text))
     _write_atomic(path, lambda handle: (handle.write(b"E"), handle.write(data)))
+
+
+def outcome_kind(path: str) -> str | None:
+    """``"value"``, ``"error"``, or None when there is no outcome file (nothing is unpickled)."""
+    try:
+        with open(path, "rb") as handle:
+            kind = handle.read(1)
+    except FileNotFoundError:
+        return None
+    return {b"V": "value", b"E": "error"}.get(kind)
 
 
 def read_outcome(path: str) -> tuple[bool, Any]:
@@ -225,13 +268,44 @@ def read_outcome(path: str) -> tuple[bool, Any]:
     return False, exc
 
 
+class CallCommand(NamedTuple):
+    """The parts of a command made by :func:`call_command`."""
+
+    call: str
+    items: str | None
+    python: str
+
+
+_UNBUFFERED = "PYTHONUNBUFFERED=1"
+
+
 def call_command(call: str, items: str | None = None, python: str | None = None) -> str:
     """The shell command that runs a call (and, for a map, the step's item) with ``python``.
 
     ``python`` defaults to this interpreter (``sys.executable``), so the task sees the kernel's
-    packages; ``PYTHONUNBUFFERED=1`` makes its prints reach the log as they happen.
+    packages; ``PYTHONUNBUFFERED=1`` makes its prints reach the log as they happen. The form is
+    the one definition :func:`parse_call_command` recognizes (a backend may run such a command
+    in a warm interpreter instead of a shell).
     """
     import shlex
 
     words: Sequence[str] = [python or sys.executable, "-m", CALL_MODULE, call] + ([items] if items else [])
-    return "PYTHONUNBUFFERED=1 exec " + " ".join(shlex.quote(word) for word in words)
+    return f"{_UNBUFFERED} exec " + " ".join(shlex.quote(word) for word in words)
+
+
+def parse_call_command(command: str) -> CallCommand | None:
+    """The call, items and interpreter of a command that is exactly a :func:`call_command`; else None."""
+    if not command.startswith(f"{_UNBUFFERED} exec ") or CALL_MODULE not in command:
+        return None
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if len(words) not in (6, 7) or words[:2] != [_UNBUFFERED, "exec"] or words[3:5] != ["-m", CALL_MODULE]:
+        return None
+    parsed = CallCommand(words[5], words[6] if len(words) == 7 else None, words[2])
+    if call_command(parsed.call, parsed.items, parsed.python) != command:
+        return None  # same words, other spelling (extra spaces, other quoting): not the one form
+    return parsed

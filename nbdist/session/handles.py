@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, overload
 
 from .logs import read_tail
+from .outcomes import call_of, function_error, read_step_outcome
 from .records import Attempt, JobRecord, LogPaths
 from .state import State
 
@@ -274,6 +275,27 @@ class Job(Handle):
         self._owner.retry(self._rec, [self._index], scale)
         return self
 
+    def result(self, timeout: float | None = None) -> Any:
+        """The Job when it ends DONE; for a Python call the function's return value (read from its
+        outcome file at each call, never kept here). Raises :class:`JobFailed`, or for a call that
+        raised, that exception again (the remote traceback as its ``__cause__``)."""
+        error = self.exception(timeout)
+        if error is not None:
+            raise error from error.__cause__
+        if call_of(self._rec) is None:
+            return self
+        outcome = read_step_outcome(self._rec, self._index, self.session.root)
+        if outcome is None:
+            raise JobFailed(self, State.DONE, f"{self.name} ended DONE but wrote no result (sys.exit(0)?)")
+        if not outcome[0]:
+            raise outcome[1] from outcome[1].__cause__
+        return outcome[1]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """What :meth:`result` raises (None when it returns)."""
+        error = super().exception(timeout)
+        return error and (function_error(self._rec, self._index, self.session.root) or error)
+
     def _ended(self) -> bool:
         return self.state.is_terminal
 
@@ -382,6 +404,40 @@ class Array(Handle, Sequence):  # type: ignore[misc]
     def running(self) -> bool:
         """True while some step runs."""
         return bool(self._rec.by_state[State.RUNNING])
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The Array when every step ends DONE; for a map of a Python function, :meth:`results`."""
+        error = self.exception(timeout)
+        if error is not None:
+            raise error from error.__cause__
+        return self if call_of(self._rec) is None else self.results()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """What :meth:`result` raises (None when it returns)."""
+        error = super().exception(timeout)
+        if error is None or call_of(self._rec) is None:
+            return error
+        failed = sorted(i for state in State if state.is_failure for i in self._rec.by_state[state])
+        return (self[failed[0]].exception() if failed else None) or error
+
+    def results(self, timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
+        """A map's return values in step order, read from the outcome files once every step ended. The first
+        failed step (in step order) raises what its ``result()`` raises — the function's exception or
+        :class:`JobFailed` — unless ``return_exceptions``: then the exception is in the step's place."""
+        super().exception(timeout)  # waits; TimeoutError as for any Future
+        values, rec, root = [], self._rec, self.session.root
+        for index in range(rec.n):
+            outcome = read_step_outcome(rec, index, root) if rec.states[index] is State.DONE else None
+            if outcome is not None and outcome[0]:
+                values.append(outcome[1])
+                continue
+            try:  # a failed step, or one with no outcome, says why as its Job does
+                values.append(self[index].result())
+            except Exception as error:
+                if not return_exceptions:
+                    raise
+                values.append(error)
+        return values
 
     def _ended(self) -> bool:
         return self._rec.all_terminal

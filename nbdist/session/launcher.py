@@ -17,6 +17,8 @@ from typing import Any
 from ..backends import backend_options, load_backend
 from ..cluster_protocol import AdoptingDistributor, ReportingDistributor, SessionDefaults
 from ..cluster_protocol.naming import array_id
+from ..cluster_protocol.resources import SITE_KEYS
+from ..cluster_protocol.pycall import parse_call_command
 from .records import JobRecord
 from .sweep import STEP_ENV, script_command
 
@@ -86,6 +88,12 @@ class Launcher:
             return self.parallelism or os.cpu_count() or 1
         return None
 
+    def parse_options(self) -> dict[str, Any]:
+        """``Resources.parse`` keywords for the session's backend: its largest task, and whether it takes
+        site options (``gpus``, ``account``…: a backend class that sets ``SITE_OPTIONS = True``, i.e. Slurm)."""
+        return {"max_cores": self.max_cores(),
+                "site_options": bool(getattr(self._classes[self.backend_name], "SITE_OPTIONS", False))}
+
     def usable(self, name: str) -> bool:
         """True if the backend ``name`` can be loaded here."""
         if name not in self._classes:
@@ -107,8 +115,8 @@ class Launcher:
         if index is not None:
             resources.update(rec.step_resources.get(index, {}))
         requested: dict[str, Any] = {"stdout": rec.log_dir, "stderr": rec.log_dir}
-        for key in ("cores", "memory", "runtime"):
-            if resources.get(key) is not None:
+        for key in ("cores", "memory", "runtime", *SITE_KEYS):
+            if resources.get(key) is not None and (key != "steps_per_task" or index is None):
                 requested[key] = resources[key]
         if index is None and rec.kind == "array" and resources.get("max_concurrent"):
             requested["max_concurrent"] = resources["max_concurrent"]
@@ -124,6 +132,8 @@ class Launcher:
         assert sweep is not None
         if rec.script_dir is not None:
             return script_command(rec.script_dir, rec.script_chunk)
+        if parse_call_command(rec.command) is not None:
+            return rec.command  # a map's step finds its item from the array index: no shell needed
         return sweep.array_prologue() + rec.command
 
     def step_command(self, rec: JobRecord, index: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 
 import pytest
@@ -27,9 +28,9 @@ def _run(tmp_path, call: pycall.Call, items: list | None = None, steps: int | No
     if items is not None:
         items_file = pycall.items_path(logs, "fn", "j1")
         pycall.write_items(items_file, items)
+    # No shell prologue: the runner finds its item from the backend's array index.
     command = pycall.call_command(call_file, items_file)
-    if items is not None:
-        command = "NBDIST_STEP=$ARRAY_STEP_ID; export NBDIST_STEP\n" + command
+    assert pycall.parse_call_command(command) == (call_file, items_file, sys.executable)
     requested = {"stdout": logs, "stderr": logs, **resources}
     with MultiprocessDistributor("local", parallelism=2, log_dir=logs) as distributor:
         if items is None:
@@ -168,3 +169,30 @@ def test_an_argument_that_cannot_be_pickled_is_refused_before_anything_is_writte
     with pytest.raises(TypeError, match="cannot be pickled"):
         pycall.write_call(path, pycall.Call(print, (threading.Lock(),)))
     assert os.listdir(tmp_path) == []
+
+
+def test_items_spread_as_positional_arguments_and_the_step_is_in_the_environment(tmp_path):
+    def add(a, b, scale):
+        return (a + b) * scale, os.environ["NBDIST_STEP"]
+
+    outcomes = _run(tmp_path, pycall.Call(add, args=(10,), item_as_args=True), items=[(1, 2), (3, 4)])
+    assert [pycall.read_outcome(outcomes[step][2]) for step in (0, 1)] == [(True, (30, "0")), (True, (70, "1"))]
+
+
+def test_the_command_form_is_parsed_only_when_it_is_exactly_the_one_call_command(tmp_path):
+    call = str(tmp_path / "a b.c1")
+    command = pycall.call_command(call, None, "/opt/py thon")
+    assert pycall.parse_call_command(command) == pycall.CallCommand(call, None, "/opt/py thon")
+    assert pycall.parse_call_command(command + " ") is None
+    assert pycall.parse_call_command("NBDIST_STEP=1; " + command) is None
+    assert pycall.parse_call_command(command.replace(" -m ", "  -m ")) is None
+    assert pycall.parse_call_command("echo hello") is None
+    assert pycall.parse_call_command("PYTHONUNBUFFERED=1 exec 'x") is None
+
+
+def test_the_step_index_comes_from_nbdist_step_else_the_backends_array_index():
+    assert pycall.step_index({"NBDIST_STEP": "4", "ARRAY_STEP_ID": "9"}) == 4
+    assert pycall.step_index({"ARRAY_STEP_ID": "9"}) == 9
+    assert pycall.step_index({"SLURM_ARRAY_TASK_ID": "7"}) == 7
+    with pytest.raises(LookupError):
+        pycall.step_index({})

@@ -1,7 +1,9 @@
 """``python -m nbdist.backends._task.pycall CALL [ITEMS]``: run one Python call as a task.
 
 The call file (:mod:`nbdist.cluster_protocol.pycall`) holds the function and its arguments; for a
-map, ITEMS holds one item per step and this step's is item ``$NBDIST_STEP``. The outcome is written
+map, ITEMS holds one item per step and this step's is item ``$NBDIST_STEP``, or without it the
+backend's array index (so an array needs no shell prologue; ``NBDIST_STEP`` is then set for the
+function to read, as a shell step would see it). The outcome is written
 to ``{stem}.r{distributor id}`` beside the call file, and the exit code says how it went:
 
 - the function returned: its value is written, exit 0;
@@ -19,8 +21,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from ...cluster_protocol.pycall import RAISED_EXIT_CODE, read_call, read_item, result_path_for, write_error, \
-    write_value
+from ...cluster_protocol.pycall import RAISED_EXIT_CODE, read_call, read_item, result_path_for, step_index, \
+    write_error, write_value
 from .node import current_distributor_id
 
 __all__ = ["main", "run_call"]
@@ -33,9 +35,13 @@ def run_call(call_file: str, items_file: str | None, distributor_id: str) -> int
         call = read_call(call_file, apply_environment=True)
         args, kwargs = call.args, call.kwargs
         if items_file is not None:
-            item = read_item(items_file, int(os.environ["NBDIST_STEP"]))
+            index = step_index()
+            os.environ.setdefault("NBDIST_STEP", str(index))
+            item = read_item(items_file, index)
             if call.item_as_kwargs:
                 kwargs = {**kwargs, **item}
+            elif call.item_as_args:
+                args = (*item, *args)
             else:
                 args = (item, *args)
         value = call.function(*args, **kwargs)

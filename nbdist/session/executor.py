@@ -1,0 +1,152 @@
+"""``nbdist.Executor``: the standard ``concurrent.futures.Executor`` on any nbdist backend.
+
+::
+
+    submit(fn, *args) ──► one Job (a Future) ──► result() = fn's return value
+    map(fn, *iterables) ──► one Array (one step per item) ──► values in order, lazily
+              │
+              └─ call/items files beside the logs ──► backend (multiprocess, Slurm, …) ──► outcome files
+
+Code written for ``ProcessPoolExecutor`` runs unchanged; nbdist's options (cores, memory,
+runtime, …) are the executor's, never mixed with the function's own keyword arguments.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from .functions import Options, grid_rows, map_call, resolve_session, submit_call
+from .handles import Array, Handle, Job
+from .outcomes import read_step_outcome
+from .session import Session
+from .state import State
+
+__all__ = ["Executor"]
+
+
+class Executor(concurrent.futures.Executor):
+    """Run Python functions as nbdist jobs: ``submit``, ``map``, ``shutdown``, ``with``.
+
+    Parameters
+    ----------
+    session
+        The session to run on (default: the default session, or for ``backend=`` another backend
+        than its own, a session of that backend on the same root, closed by :meth:`shutdown`).
+    backend
+        ``"multiprocess"``, ``"slurm"``, … (see :class:`nbdist.Session`).
+    name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent, resource_scales
+        The options of every job and array of this executor (as for :meth:`nbdist.Session.submit`);
+        ``name`` defaults to the function's name.
+
+    Examples
+    --------
+    >>> with nbdist.Executor(cores=2, memory="4G") as pool:            # doctest: +SKIP
+    ...     job = pool.submit(fit, data, lr=0.1)       # lr goes to fit, not to nbdist
+    ...     scores = list(pool.map(score, range(100)))
+    """
+
+    def __init__(self, *, session: Session | None = None, backend: str | None = None, name: str | None = None,
+                 cores: int = 1, memory: str | int | None = None, runtime: str | int | None = None,
+                 after: Any = (), max_attempts: int = 1, env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, max_concurrent: int | None = None,
+                 resource_scales: Mapping[str, float] | None = None) -> None:
+        self.options = Options(name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent,
+                               resource_scales)
+        self.session, self._owns_session = resolve_session(session, backend)
+        self._lock = threading.Lock()
+        self._live: set[Handle] = set()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+        """Run ``fn(*args, **kwargs)`` as a job; the Job is a Future whose ``result()`` is the value."""
+        return self._track(lambda: submit_call(self.session, self.options, fn, args, kwargs))
+
+    def array(self, fn: Callable[..., Any], items: Iterable[Any] | None = None, *, over: Any = None,
+              args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None) -> Array:
+        """A map as an Array handle: ``fn(item, *args, **kwargs)`` per item, or with ``over=`` a grid
+        (as for commands) ``fn(*args, **params, **kwargs)`` per step; ``results()`` in step order."""
+        if (items is None) == (over is None):
+            raise ValueError("give items or over=, not both (nor neither)")
+        if over is not None:
+            return self._track(lambda: map_call(self.session, self.options, fn, grid_rows(over), args=args,
+                                                kwargs=kwargs, spread="kwargs"))
+        return self._track(lambda: map_call(self.session, self.options, fn, items, args=args, kwargs=kwargs))
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """``fn(*values)`` for each tuple of the iterables' values, as one array; the values in order.
+
+        Submitted at once, read lazily: the iterator yields each value as its step ends and raises
+        the exception of the first failed step it reaches, or ``TimeoutError`` when ``timeout``
+        seconds (from this call) pass first. ``chunksize`` is accepted for compatibility: every
+        item is its own step.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
+        items = list(zip(*iterables))
+        if not items:
+            return iter(())
+        array = self._track(lambda: map_call(self.session, self.options, fn, items, spread="args"))
+        del items
+        return _values_in_order(array, end)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more work; ``cancel_futures`` drops what has not started, ``wait`` waits for the rest.
+
+        A session the executor made for ``backend=`` is closed after the wait (Slurm jobs go on
+        running and are found again by ``nbdist.attach()``).
+        """
+        with self._lock:
+            self._shutdown = True
+            live = list(self._live)
+        if cancel_futures:
+            for handle in live:
+                for job in handle if isinstance(handle, Array) else [handle]:
+                    if job.state in (State.PENDING, State.QUEUED):
+                        job.cancel()
+        if wait:
+            concurrent.futures.wait(live)
+            if self._owns_session:
+                self.session.close()
+
+    def _track(self, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            handle = make()
+            self._live.add(handle)
+        handle.add_done_callback(self._forget)
+        return handle
+
+    def _forget(self, handle: Handle) -> None:
+        with self._lock:
+            self._live.discard(handle)
+
+    def __repr__(self) -> str:
+        return f"<nbdist.Executor {self.session.backend_name} {self.options}>"
+
+
+def _values_in_order(array: Array, end: float | None) -> Iterator[Any]:
+    """Each step's value as it ends; a step ended DONE is read without making its Job.
+
+    When the iterator is left early (a timeout, an exception, ``break``), steps that have not
+    started are cancelled, as ``ProcessPoolExecutor.map`` cancels its pending futures.
+    """
+    rec, root = array.record, array.session.root
+    try:
+        for index in range(len(array)):
+            if rec.states[index] is State.DONE:
+                outcome = read_step_outcome(rec, index, root)
+                if outcome is not None and outcome[0]:
+                    yield outcome[1]
+                    continue
+            yield array[index].result(None if end is None else max(0.0, end - time.monotonic()))
+    finally:
+        for index in range(len(array)):
+            if rec.states[index] in (State.PENDING, State.QUEUED):
+                array[index].cancel()
