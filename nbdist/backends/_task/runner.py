@@ -11,6 +11,9 @@ task behaves the same everywhere:
   the calling process is a child subreaper, see :mod:`.reaping`) is killed too;
 - usage (wall, CPU, max RSS) comes from ``os.wait4``;
 - a task killed over a limit ends ``Z`` with :attr:`Outcome.limit` ``"runtime"`` or ``"memory"``.
+
+A task the caller started itself (the multiprocess consumer's warm Python calls fork instead of
+spawning ``/bin/sh``) is tracked with :meth:`RunningTask.adopt`, and from then on is the same.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.resources import format_memory, format_runtime
 from .reaping import reap_strays
 
-__all__ = ["Outcome", "RunningTask", "TaskSpec", "exit_message"]
+__all__ = ["Outcome", "RunningTask", "TaskSpec", "exit_message", "open_logs"]
 
 # How often the RSS of a memory-limited task's tree is sampled: a shorter period catches fast
 # allocations earlier but costs a /proc scan each time.
 MEMORY_POLL_SECONDS = 0.1
+# How often a watched task's CPU % and RSS are sampled for the dashboard (``wait(on_usage=...)``):
+# live enough for a table refreshed a few times a second, one /proc scan per task per second.
+USAGE_SAMPLE_SECONDS = 1.0
 
 
 @dataclass
@@ -96,45 +102,38 @@ class RunningTask:
     """One started task. ``wait()`` blocks until it ends (or is killed) and returns its Outcome."""
 
     def __init__(self, spec: TaskSpec, base_env: dict[str, str] | None = None) -> None:
+        started = time.monotonic()
+        self._track(spec, _spawn(spec, base_env), started)
+
+    @classmethod
+    def adopt(cls, spec: TaskSpec, pid: int, started: float) -> RunningTask:
+        """Track a task this process already started as ``pid`` (a child of ours, leader of its own session).
+
+        The warm Python calls of the multiprocess consumer (:mod:`nbdist.backends.multiprocess.warm`)
+        fork instead of spawning ``/bin/sh``; from here on they are waited for, limited, killed and
+        measured exactly like a spawned task.
+        """
+        task = cls.__new__(cls)
+        task._track(spec, pid, started)
+        return task
+
+    def _track(self, spec: TaskSpec, pid: int, started: float) -> None:
         self.spec = spec
-        env = dict(base_env if base_env is not None else os.environ)
-        env.update(spec.env)
-        out_fd = _open_log(spec.stdout_path)
-        try:
-            err_fd = _open_log(spec.stderr_path)
-        except OSError:
-            os.close(out_fd)
-            raise
-        try:
-            actions = [
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, out_fd, 1),
-                (os.POSIX_SPAWN_DUP2, err_fd, 2),
-            ]
-            command = spec.command
-            if spec.cwd:
-                # posix_spawn has no chdir: the shell changes directory before running the command.
-                command = f"cd -- {_quote(spec.cwd)} || exit 125\n{command}"
-            self.started = time.monotonic()
-            self.pid = os.posix_spawn(
-                "/bin/sh",
-                ["/bin/sh", "-c", command],
-                env,
-                file_actions=actions,
-                setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM),
-                setsigmask=(),
-            )
-        finally:
-            os.close(out_fd)
-            os.close(err_fd)
-        self.pidfd = os.pidfd_open(self.pid)
-        self.deadline = self.started + spec.runtime_s if spec.runtime_s else None
+        self.pid = pid
+        self.started = started
+        self.pidfd = os.pidfd_open(pid)
+        self.deadline = started + spec.runtime_s if spec.runtime_s else None
         self.peak_rss_mb = 0.0
+        self._next_sample: float | None = None  # when live usage is due (None: nobody asked for it)
+        self._cpu_mark = (self.started, 0.0)  # (monotonic time, CPU seconds of the tree) at the last sample
         self._verdict: tuple[str, str, Limit | None] | None = None  # set when we decide to kill
 
-    def wait(self, control_fd: int | None = None, on_control: Callable[[], None] | None = None) -> Outcome:
-        """Wait for the end; ``on_control`` runs when ``control_fd`` is readable (it may call kill)."""
+    def wait(self, control_fd: int | None = None, on_control: Callable[[], None] | None = None,
+             on_usage: Callable[[dict[str, float]], None] | None = None) -> Outcome:
+        """Wait for the end; ``on_control`` runs when ``control_fd`` is readable (it may call kill);
+        ``on_usage`` gets ``{"cpu_percent", "rss_mb"}`` of the task's tree every :data:`USAGE_SAMPLE_SECONDS`."""
+        if on_usage is not None:
+            self._next_sample = self.started + USAGE_SAMPLE_SECONDS
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
         if control_fd is not None:
@@ -149,6 +148,8 @@ class RunningTask:
                 on_control()
                 continue
             self._check_limits()
+            if on_usage is not None and self._verdict is None and time.monotonic() >= self._next_sample:  # type: ignore[operator]
+                on_usage(self._sample_usage())
         return self._finish()
 
     def exited_within(self, seconds: float) -> bool:
@@ -171,6 +172,8 @@ class RunningTask:
             timeouts.append(self.deadline - now)
         if self.spec.memory_mb is not None:
             timeouts.append(MEMORY_POLL_SECONDS)
+        if self._next_sample is not None:
+            timeouts.append(self._next_sample - now)
         return min(timeouts) if timeouts else None
 
     def _check_limits(self) -> None:
@@ -206,6 +209,32 @@ class RunningTask:
             except psutil.Error:
                 pass
         return total / 2**20
+
+    def _sample_usage(self) -> dict[str, float]:
+        """CPU % since the last sample and RSS of the task's tree (its reaped children's CPU included)."""
+        import psutil
+
+        now = time.monotonic()
+        self._next_sample = now + USAGE_SAMPLE_SECONDS
+        cpu, rss = 0.0, 0
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                cpu += times.user + times.system + times.children_user + times.children_system
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        mark_time, mark_cpu = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        rss_mb = rss / 2**20
+        self.peak_rss_mb = max(self.peak_rss_mb, rss_mb)
+        percent = 100.0 * max(cpu - mark_cpu, 0.0) / max(now - mark_time, 1e-3)
+        return {"cpu_percent": round(percent, 1), "rss_mb": round(rss_mb, 1)}
 
     def _wait_exit(self, timeout: float) -> bool:
         poller = select.poll()
@@ -246,6 +275,45 @@ class RunningTask:
         else:
             status_letter, message = Status.ERROR, exit_message(code, signum)
         return Outcome(status_letter, message, code, signum, usage, limit)
+
+
+def _spawn(spec: TaskSpec, base_env: dict[str, str] | None) -> int:
+    """``/bin/sh -c COMMAND`` in a new session, stdin from ``/dev/null``, stdout/stderr to the logs; its pid."""
+    env = dict(base_env if base_env is not None else os.environ)
+    env.update(spec.env)
+    out_fd, err_fd = open_logs(spec)
+    try:
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out_fd, 1),
+            (os.POSIX_SPAWN_DUP2, err_fd, 2),
+        ]
+        command = spec.command
+        if spec.cwd:
+            # posix_spawn has no chdir: the shell changes directory before running the command.
+            command = f"cd -- {_quote(spec.cwd)} || exit 125\n{command}"
+        return os.posix_spawn(
+            "/bin/sh",
+            ["/bin/sh", "-c", command],
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM),
+            setsigmask=(),
+        )
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+
+
+def open_logs(spec: TaskSpec) -> tuple[int, int]:
+    """The task's stdout and stderr logs, opened (truncated, close-on-exec) for writing: two fds."""
+    out_fd = _open_log(spec.stdout_path)
+    try:
+        return out_fd, _open_log(spec.stderr_path)
+    except OSError:
+        os.close(out_fd)
+        raise
 
 
 def _open_log(path: str) -> int:

@@ -18,9 +18,10 @@ from collections import deque
 
 from ...cluster_protocol import TaskInstanceStatus as Status
 from .._task.reaping import become_subreaper
-from .._task.runner import Outcome, RunningTask
+from .._task.runner import Outcome, RunningTask, TaskSpec
+from . import warm
 from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
-                       receive_message, send_message)
+                       Usage, receive_message, send_message)
 
 __all__ = ["Consumer"]
 
@@ -133,6 +134,7 @@ class _ConsumerLoop:
         self.events: list[Event] = []
         self.current: tuple[PickableTask, RunningTask] | None = None
         self.stopping = False
+        self.warm = False  # cloudpickle and the call runner imported: done on the first Python call
         # Connection.poll() builds a selector per call; one poll object is much cheaper per task.
         self._poller = select.poll()
         self._poller.register(inbox.fileno(), select.POLLIN)
@@ -158,7 +160,7 @@ class _ConsumerLoop:
 
     def _run_one(self, task: PickableTask) -> None:
         try:
-            running = RunningTask(task.spec, self.base_env)
+            running = self._start(task.spec)
         except OSError as exc:
             self.events.append(Error(task.distributor_id, f"could not start: {exc}"))
             return
@@ -169,10 +171,25 @@ class _ConsumerLoop:
             self._flush()
         self.current = (task, running)
         try:
-            outcome = running.wait(self.inbox.fileno(), self._on_message)
+            outcome = running.wait(self.inbox.fileno(), self._on_message,
+                                   lambda usage: self._send_usage(task.distributor_id, usage))
         finally:
             self.current = None
         self.events.append(Done(task.distributor_id, outcome))
+
+    def _start(self, spec: TaskSpec) -> RunningTask:
+        """Fork a warm Python call (see :mod:`.warm`) when the task is one for this interpreter, else spawn it."""
+        files = warm.python_call(spec)
+        if files is not None and warm.single_threaded():
+            if not self.warm:
+                warm.warm_up()
+                self.warm = True
+            return warm.start_call(spec, self.base_env, files)
+        return RunningTask(spec, self.base_env)
+
+    def _send_usage(self, distributor_id: str, usage: dict[str, float]) -> None:
+        self.events.append(Usage(distributor_id, usage))
+        self._flush()
 
     def _on_message(self) -> None:
         while self._has_message():

@@ -45,7 +45,7 @@ from .._task.reaping import kill_tasks_by_id
 from .._task.runner import Outcome, TaskSpec, exit_message
 from .ids import new_job_id_prefix
 from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
-                       receive_message, send_message)
+                       Usage, receive_message, send_message)
 from .placement import pick_slot, tasks_to_take_back
 from .slots import ConsumerSlot, QueuedTask
 
@@ -408,6 +408,9 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
             record.message = "running"
             record.pid = event.pid
             record.started = time.time()
+            return
+        if type(event) is Usage:  # while it runs: the report's usage is the last sample
+            record.usage = event.usage
             return
         if record in slot.assigned:
             slot.assigned.remove(record)

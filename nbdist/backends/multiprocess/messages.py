@@ -12,7 +12,8 @@ Each consumer has two one-way pipes::
 
 Events are batched (see ``EVENT_BATCH_SECONDS`` in :mod:`.consumer`): :class:`Started` (with the
 task's pid), :class:`Done` (with its :class:`~nbdist.backends._task.runner.Outcome`), :class:`Error`
-(it could not start) and :class:`Returned` (an answer to ``Unqueue``).
+(it could not start), :class:`Returned` (an answer to ``Unqueue``) and :class:`Usage` (a running
+task's CPU % and RSS, once a second).
 
 Messages are pickled with plain :mod:`pickle` (several times cheaper per message than
 ``Connection.send``'s ForkingPickler); both ends are the same nbdist install.
@@ -28,7 +29,7 @@ from typing import Any, NamedTuple, Union
 from .._task.runner import Outcome, TaskSpec
 
 __all__ = ["Command", "Done", "Error", "Event", "Kill", "PickableTask", "Returned", "Run", "Started", "Stop",
-           "Unqueue", "receive_message", "send_message"]
+           "Unqueue", "Usage", "receive_message", "send_message"]
 
 
 class PickableTask:
@@ -109,6 +110,13 @@ class Error(NamedTuple):
     message: str
 
 
+class Usage(NamedTuple):
+    """A running task's CPU % and RSS, sampled every ``USAGE_SAMPLE_SECONDS`` (:mod:`.._task.runner`)."""
+
+    distributor_id: str
+    usage: dict[str, float]
+
+
 class Returned(NamedTuple):
     """A queued task handed back after an ``Unqueue``; it never started."""
 
@@ -116,7 +124,7 @@ class Returned(NamedTuple):
 
 
 Command = Union[Run, Kill, Unqueue, Stop]
-Event = Union[Started, Done, Error, Returned]
+Event = Union[Started, Done, Error, Returned, Usage]
 
 
 def send_message(connection: multiprocessing.connection.Connection, message: Command | list[Event]) -> None:

@@ -1,0 +1,180 @@
+"""Warm Python calls: a consumer forks itself to run a Python call instead of starting a new interpreter.
+
+A Python call is an ordinary task whose command is ``call_command(CALL, ITEMS)``
+(:mod:`nbdist.cluster_protocol.pycall`): ``/bin/sh`` then a fresh interpreter that imports
+cloudpickle and nbdist before it can unpickle the function — tens of milliseconds per call. When
+that command names the consumer's own interpreter, the consumer (which has those modules imported
+already) forks, and the child makes the call::
+
+    consumer ── fork ──► child: setsid, stdin /dev/null, stdout/stderr → the task's logs (dup2),
+       │                        the task's env and cwd, default SIGINT/SIGTERM, every other fd closed,
+       │                        run_call(CALL, ITEMS, id), exit handlers, os._exit(code)
+       └── RunningTask.adopt(pid): the same wait, limits, kill of the group, usage and reaping as any task
+
+Fork is safe here because a consumer is single-threaded (checked before each fork, from
+``/proc/self/task``: if anything made it multi-threaded, the call is spawned as before). The child
+is a copy, so a call that changes globals, the cwd or the environment leaves the consumer — and the
+next call — untouched. Any other command, a call for another interpreter, or a task whose
+environment changes how Python starts (``PYTHON*`` variables) runs through ``/bin/sh`` as always.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from ...cluster_protocol.pycall import CALL_MODULE, call_command
+from .._task.runner import RunningTask, TaskSpec, open_logs
+
+__all__ = ["CallFiles", "python_call", "single_threaded", "start_call", "warm_up"]
+
+CallFiles = tuple[str, "str | None"]
+# What a forked child exits with when the task's cwd cannot be entered (as ``cd ... || exit 125``).
+CWD_EXIT_CODE = 125
+_PREFIX = "PYTHONUNBUFFERED=1 exec "
+# The task's own variable, set anyway: a fresh interpreter would read it; ours is configured.
+_ALLOWED_PYTHON_VARIABLES = {"PYTHONUNBUFFERED"}
+_inherited_streams: list[Any] = []
+
+
+def python_call(spec: TaskSpec) -> CallFiles | None:
+    """``(call file, items file or None)`` when the task is exactly a Python call for this interpreter."""
+    command = spec.command
+    if not command.startswith(_PREFIX):  # a shell task pays one string comparison
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not 6 <= len(words) <= 7 or words[:2] != ["PYTHONUNBUFFERED=1", "exec"] or words[3:5] != ["-m", CALL_MODULE]:
+        return None
+    python, call, items = words[2], words[5], (words[6] if len(words) == 7 else None)
+    # Only the exact form call_command writes: no other shell syntax hides in it.
+    if python != sys.executable or call_command(call, items, python) != command:
+        return None
+    if any(name.startswith("PYTHON") and name not in _ALLOWED_PYTHON_VARIABLES for name in spec.env):
+        return None
+    return call, items
+
+
+def single_threaded() -> bool:
+    """True if this process has one thread (native ones included), so that fork copies a consistent state."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
+
+
+def warm_up() -> None:
+    """Import what every call needs, once, in the consumer (lazily: shell-only consumers never pay it)."""
+    import cloudpickle  # noqa: F401  (unpickling a notebook function needs it)
+
+    from .._task import pycall  # noqa: F401
+
+
+def start_call(spec: TaskSpec, base_env: dict[str, str], files: CallFiles) -> RunningTask:
+    """Fork a child that makes the call as task ``spec``; the parent tracks it as any started task.
+
+    Raises ``OSError`` (nothing started) when a log cannot be opened or the fork fails.
+    """
+    env = {**base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
+    out_fd, err_fd = open_logs(spec)
+    try:
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns (coverage cannot follow it)
+            _child(spec, env, files, out_fd, err_fd)
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+    return RunningTask.adopt(spec, pid, started)
+
+
+def _child(spec: TaskSpec, env: dict[str, str], files: CallFiles, out_fd: int, err_fd: int) -> None:
+    """The forked child: become the task, make the call, exit with its code. Never returns."""
+    code = 1
+    try:
+        _become_task(spec, env, out_fd, err_fd)
+        code = _call(spec, files)
+    except BaseException:  # anything the set-up raised: say it in the task's stderr
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def _become_task(spec: TaskSpec, env: dict[str, str], out_fd: int, err_fd: int) -> None:
+    """What ``RunningTask`` gives a spawned task: session, stdio, signals, env, cwd, no inherited fds."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    # The consumer's pipes above all: a task must not read or write the distributor's messages.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    # The consumer's streams own fds 0-2 (closefd): kept alive, or collecting them would close the logs.
+    _inherited_streams.extend((sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__))
+    sys.stdin = sys.__stdin__ = open(0, closefd=False)
+    sys.stdout = sys.__stdout__ = _unbuffered(1, "strict")
+    sys.stderr = sys.__stderr__ = _unbuffered(2, "backslashreplace")
+    # The consumer ignores SIGINT (Ctrl-C is the distributor's); a task gets Python's defaults.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(env)
+    if spec.cwd:
+        try:
+            os.chdir(spec.cwd)
+        except OSError as exc:
+            print(f"nbdist: cannot enter {spec.cwd}: {exc.strerror}", file=sys.stderr)
+            os._exit(CWD_EXIT_CODE)
+
+
+def _unbuffered(fd: int, errors: str) -> io.TextIOWrapper:
+    """A text stream that writes straight to ``fd`` (as ``python -u`` makes them): prints are live in the log."""
+    return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8", errors=errors, write_through=True)
+
+
+def _call(spec: TaskSpec, files: CallFiles) -> int:
+    """``run_call``, then what an interpreter does at exit: its exit code (``sys.exit`` as Python maps it)."""
+    from .._task.pycall import run_call
+
+    call_file, items_file = files
+    sys.argv = [CALL_MODULE, call_file, *([items_file] if items_file else [])]
+    try:
+        code = run_call(call_file, items_file, spec.distributor_id)
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except KeyboardInterrupt:  # an interpreter ends killed by SIGINT then, and so does this child
+        traceback.print_exc()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 128 + signal.SIGINT
+    # As an interpreter does before it exits (and multiprocessing's fork children: they skip atexit
+    # handlers too, which here would be the consumer's).
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    return code
+
+
+def _exit_code(value: Any) -> int:
+    """The exit status ``sys.exit(value)`` gives a script: None → 0, an int → itself, else printed → 1."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    print(value, file=sys.stderr)
+    return 1
