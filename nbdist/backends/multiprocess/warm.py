@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ import time
 import traceback
 from typing import Any
 
-from ...cluster_protocol.pycall import CALL_MODULE, call_command
+from ...cluster_protocol.pycall import CALL_MODULE, parse_call_command
 from .._task.runner import RunningTask, TaskSpec, open_logs
 
 __all__ = ["CallFiles", "python_call", "single_threaded", "start_call", "warm_up"]
@@ -38,7 +37,6 @@ __all__ = ["CallFiles", "python_call", "single_threaded", "start_call", "warm_up
 CallFiles = tuple[str, "str | None"]
 # What a forked child exits with when the task's cwd cannot be entered (as ``cd ... || exit 125``).
 CWD_EXIT_CODE = 125
-_PREFIX = "PYTHONUNBUFFERED=1 exec "
 # The task's own variable, set anyway: a fresh interpreter would read it; ours is configured.
 _ALLOWED_PYTHON_VARIABLES = {"PYTHONUNBUFFERED"}
 _inherited_streams: list[Any] = []
@@ -46,22 +44,12 @@ _inherited_streams: list[Any] = []
 
 def python_call(spec: TaskSpec) -> CallFiles | None:
     """``(call file, items file or None)`` when the task is exactly a Python call for this interpreter."""
-    command = spec.command
-    if not command.startswith(_PREFIX):  # a shell task pays one string comparison
-        return None
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    if not 6 <= len(words) <= 7 or words[:2] != ["PYTHONUNBUFFERED=1", "exec"] or words[3:5] != ["-m", CALL_MODULE]:
-        return None
-    python, call, items = words[2], words[5], (words[6] if len(words) == 7 else None)
-    # Only the exact form call_command writes: no other shell syntax hides in it.
-    if python != sys.executable or call_command(call, items, python) != command:
+    parsed = parse_call_command(spec.command)  # a shell task pays one string comparison
+    if parsed is None or parsed.python != sys.executable:
         return None
     if any(name.startswith("PYTHON") and name not in _ALLOWED_PYTHON_VARIABLES for name in spec.env):
         return None
-    return call, items
+    return parsed.call, parsed.items
 
 
 def single_threaded() -> bool:
