@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -21,11 +22,14 @@ from .state import TERMINAL_STATES, State
 if TYPE_CHECKING:
     from .sweep import Sweep
 
-__all__ = ["DEFAULT_SCALES", "Attempt", "JobRecord", "LogPaths", "Request", "job_name"]
+__all__ = ["DEFAULT_SCALES", "STATE_OF_CODE", "Attempt", "JobRecord", "LogPaths", "Request", "job_name"]
 
 # Resources are scaled by these factors for a retry after TIMEOUT (runtime) or OUT_OF_MEMORY (memory).
 DEFAULT_SCALES = {"runtime": 1.5, "memory": 1.5}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_STATE_CODES = {state: code for code, state in enumerate(State)}
+STATE_OF_CODE = tuple(State)  # ended_log entry % 16 → the State the attempt ended in
 
 
 class LogPaths(NamedTuple):
@@ -80,6 +84,7 @@ class JobRecord:
         self.queue_cursor = 0  # no step below this index is QUEUED (see Poller.window)
         self.has_rows = False  # some step has (or is about to have) a row in the registry's steps table
         self.refreshed: float | None = None  # last read from the registry (another session's job)
+        self.version = 0  # grows with every change of a step: a view's cheap "anything new?"
         self.owned = True
         self.session_id: str | None = None
         self.states: list[State] = [initial] * n
@@ -90,6 +95,12 @@ class JobRecord:
         self.runtimes: list[float | None] = [None] * n
         self.rss: list[float | None] = [None] * n
         self.started: list[float | None] = [None] * n
+        self.cpu: list[float | None] = [None] * n  # CPU seconds of the last finished attempt
+        self.live_usage: dict[int, dict[str, Any]] = {}  # of running steps, as the backend last sampled it
+        # Every attempt that ended, in order, as ``index * 16 + state code`` (see ended_state): the
+        # snapshot's progress tracker (:mod:`.progress`) reads only what was added since it last looked.
+        self.ended_log = array("q")
+        self.tracker: Any = None  # that tracker, made by the first snapshot
         self.usage: dict[int, dict[str, Any]] = {}  # of finished attempts not yet written to the registry
         self.step_resources: dict[int, dict[str, Any]] = {}  # scaled by retries
         self.by_state: dict[State, set[int]] = {state: set() for state in State}
@@ -107,11 +118,16 @@ class JobRecord:
     # ----------------------------------------------------------------- changing (the session's lock held)
     def move(self, index: int, state: State) -> State:
         """Put a step in ``state`` keeping counts and failure groups current; return its old state."""
+        self.version += 1
         old = self.states[index]
         if old is not state:
             self.by_state[old].discard(index)
             self.by_state[state].add(index)
             self.states[index] = state
+            if state in TERMINAL_STATES or old is State.RUNNING:  # an attempt ended (a retry leaves RUNNING)
+                self.ended_log.append(index * 16 + _STATE_CODES[state])
+            if old is State.RUNNING:
+                self.live_usage.pop(index, None)
             if state in TERMINAL_STATES and old not in TERMINAL_STATES:
                 self.n_terminal += 1
             elif old in TERMINAL_STATES and state not in TERMINAL_STATES:
@@ -274,6 +290,8 @@ def job_name(name: str | None, command: str) -> str:
     if name is None:
         for line in command.splitlines():
             words = line.strip().split()
+            while words[1:] and _ASSIGNMENT.match(words[0]):  # VAR=value python …: named after python
+                words.pop(0)
             if words and not words[0].startswith("#"):
                 word = os.path.basename(words[0])
                 name = re.sub(r"[^A-Za-z0-9._+=-]", "_", word).lstrip("._+=-")[:40] or "job"

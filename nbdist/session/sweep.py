@@ -343,7 +343,8 @@ def python_command(body: str, params: Sequence[Mapping[str, Any]] | None = None)
 
     body = _PLACEHOLDER.sub(value, body)
     words = "".join(f" {{{{{name}}}}}" for name in names)
-    return f"{shlex.quote(sys.executable)} -{words} <<'{PYTHON_EOF}'\n{body.rstrip()}\n{PYTHON_EOF}\n"
+    # Unbuffered: a print reaches the log (and the dashboard's tail) as it happens, not at the end.
+    return f"PYTHONUNBUFFERED=1 {shlex.quote(sys.executable)} -{words} <<'{PYTHON_EOF}'\n{body.rstrip()}\n{PYTHON_EOF}\n"
 
 
 def _python_type(values: Sequence[Any]) -> str:
