@@ -80,6 +80,7 @@ class Lifecycle:
         rec.states = [State.QUEUED] * rec.n
         rec.by_state[State.QUEUED] = rec.by_state[State.PENDING]
         rec.by_state[State.PENDING] = set()
+        rec.version += 1
         live = self.live.setdefault(rec.backend, {})
         live.update(zip(dids, zip(itertools.repeat(rec), range(rec.n))))
         self.pending.update_job(rec.id, initial_state=State.QUEUED.value, **update)
@@ -140,6 +141,8 @@ class Lifecycle:
         # The report says which limit ended a "Z" task; a plain Jobmon backend leaves it to its message.
         state = State.from_backend(report.get("status", ""), message, report.get("limit"))
         if not state.is_terminal:
+            if state is State.RUNNING and report.get("usage"):  # sampled while it runs (CPU %, RSS)
+                rec.live_usage[index] = report["usage"]
             if state is rec.states[index]:
                 return False
             rec.started[index] = report.get("started")
@@ -155,6 +158,7 @@ class Lifecycle:
         wall = usage.get("wall_s")
         rec.runtimes[index] = wall if wall is not None else (ended - started if started and ended else None)
         rec.rss[index] = usage.get("max_rss_mb")
+        rec.cpu[index] = usage.get("cpu_s")
         if started is not None or state is not State.KILLED:  # a step dropped before it started made no attempt
             self._record_attempt(rec, index, did, state, message, usage, started, ended)
         if state in RETRYABLE_STATES and rec.attempts[index] < rec.max_attempts:

@@ -10,16 +10,18 @@ incrementally by the session, only one page of rows is built, and log tails read
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .logs import MAX_GROUPED_FAILURES, LogCache
+from .progress import Progress, progress_of
 from .state import State
 
 if TYPE_CHECKING:
     from .records import JobRecord
 
-__all__ = ["MAX_FAILURE_GROUPS", "Snapshot", "StepRow", "build_snapshot", "default_log_step"]
+__all__ = ["MAX_FAILURE_GROUPS", "Snapshot", "StepRow", "build_snapshot", "default_log_step", "param_names"]
 
 # The failure summary lists this many distinct messages (largest groups first): enough to see the
 # causes, few enough to draw.
@@ -38,6 +40,8 @@ class StepRow:
     max_rss_mb: float | None
     attempt: int
     message: str | None
+    params: Mapping[str, Any] | None = None  # the step's parameters (an ``over=`` sweep), else None
+    cpu_percent: float | None = None  # of a running step, as its backend last sampled it
 
 
 @dataclass(frozen=True)
@@ -79,19 +83,29 @@ class Snapshot:
     stderr_tail: str
     failure_groups: list[tuple[str, list[int]]] = field(default_factory=list)
     state: State = State.PENDING  # the job's (or the array's summary) State, as ``handle.state``
+    param_names: tuple[str, ...] = ()  # the sweep's parameters: one column each
+    where: Mapping[str, str] = field(default_factory=dict)  # the parameter filter of ``rows``
+    reason: str | None = None  # why waiting steps wait (:func:`nbdist.session.reasons.waiting_reason`)
+    version: int = 0  # the record's change counter when taken (see ``Session.version``)
+    submitted: float = 0.0  # when it was submitted (seconds since the epoch)
+    progress: Progress | None = None  # throughput, ETA, efficiency and timeline (:mod:`.progress`)
 
 
 def _row(rec: JobRecord, index: int, now: float) -> StepRow:
     runtime = rec.runtime_of(index, now)
+    params = rec.sweep.params if rec.sweep is not None else None
+    live = rec.live_usage.get(index)
     return StepRow(
         step=rec.step_id(index),
         distributor_id=rec.dids[index],
         state=rec.states[index],
         exit_code=rec.exit_codes[index],
         runtime_s=None if runtime is None else round(runtime, 3),
-        max_rss_mb=rec.rss[index],
+        max_rss_mb=rec.rss[index] if live is None else live.get("rss_mb"),
         attempt=rec.attempts[index],
         message=rec.messages[index],
+        params=params[index] if params else None,
+        cpu_percent=None if live is None else live.get("cpu_percent"),
     )
 
 
@@ -107,13 +121,24 @@ def default_log_step(rec: JobRecord) -> int | None:
 
 
 def build_snapshot(rec: JobRecord, logs: LogCache, *, state: State | str | None = None, page: int = 0,
-                   page_size: int = 50, log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
-    """Compute the Snapshot of a record (the session calls this under its lock)."""
+                   page_size: int = 50, log_step: int | None = None, tail_lines: int = 20,
+                   where: Mapping[str, Any] | None = None, reason: str | None = None) -> Snapshot:
+    """Compute the Snapshot of a record (the session calls this under its lock).
+
+    ``where`` keeps the rows whose parameters equal the given values (compared as text, so
+    ``{"lr": "0.1"}`` matches 0.1); a name the sweep does not have is a ValueError.
+    """
     if page_size < 1:
         raise ValueError(f"page_size must be positive, not {page_size}")
     filter_state = State(state) if state is not None else None
+    names = param_names(rec)
+    wanted = {str(key): str(value) for key, value in (where or {}).items()}
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        known = ", ".join(names) if names else "none (not an over= sweep)"
+        raise ValueError(f"no parameter {unknown[0]!r}; parameters: {known}")
     now = time.time()
-    rows, page, pages = _rows(rec, filter_state, page, page_size, now)
+    rows, page, pages = _rows(rec, filter_state, page, page_size, now, wanted)
     if rec.steps is None:
         log_index: int | None = 0
     elif log_step is not None:
@@ -141,12 +166,36 @@ def build_snapshot(rec: JobRecord, logs: LogCache, *, state: State | str | None 
         stdout_tail=stdout_tail,
         stderr_tail=stderr_tail,
         failure_groups=_failure_groups(rec, logs),
+        param_names=names,
+        where=wanted,
+        reason=reason,
+        version=rec.version,
+        progress=progress_of(rec, now),
     )
 
 
+def param_names(rec: JobRecord) -> tuple[str, ...]:
+    """The parameter names of a sweep, in first-seen order (``()`` for steps without parameters)."""
+    params = rec.sweep.params if rec.sweep is not None else None
+    if not params:
+        return ()
+    names: dict[str, None] = {}
+    for step_params in params[:1000]:  # a sweep's steps share their names; a mixed list shows the first ones
+        names.update(dict.fromkeys(map(str, step_params)))
+    return tuple(names)
+
+
 def _rows(rec: JobRecord, filter_state: State | None, page: int, page_size: int,
-          now: float) -> tuple[list[StepRow], int, int]:
-    """One page of rows (of the steps in ``filter_state`` when given); ``(rows, page, pages)``."""
+          now: float, where: Mapping[str, str]) -> tuple[list[StepRow], int, int]:
+    """One page of rows (of the steps in ``filter_state`` whose parameters match ``where``, when
+    given); ``(rows, page, pages)``."""
+    if where:
+        params = rec.sweep.params if rec.sweep is not None else None
+        candidates = sorted(rec.by_state[filter_state]) if filter_state is not None else range(rec.n)
+        chosen = [i for i in candidates if params and all(str(params[i].get(k)) == v for k, v in where.items())]
+        pages = max(1, -(-len(chosen) // page_size))
+        page = min(max(page, 0), pages - 1)
+        return [_row(rec, i, now) for i in chosen[page * page_size:(page + 1) * page_size]], page, pages
     if filter_state is None:
         pages = max(1, -(-rec.n // page_size))
         page = min(max(page, 0), pages - 1)
