@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from .naming import log_file
 
-__all__ = ["CALL_MODULE", "Call", "CallCommand", "RemoteError", "RemoteTraceback", "call_command", "call_path",
+__all__ = ["CALL_MODULE", "CELL_PARAMS", "Call", "CallCommand", "Cell", "RemoteError", "RemoteTraceback", "call_command", "call_path",
            "encode_call", "encode_items", "items_path", "outcome_kind", "parse_call_command", "read_call", "read_item",
            "read_outcome", "result_path", "result_path_for", "step_index", "write_call", "write_encoded",
            "write_encoded_items", "write_error", "write_items", "write_value"]
@@ -81,6 +81,39 @@ class Call:
     # several iterables: the item is the tuple of their values).
     item_as_kwargs: bool = False
     item_as_args: bool = False
+
+
+# The name under which a cell's body finds its parameters (``{{lr}}`` becomes ``__nbdist_params__['lr']``).
+CELL_PARAMS = "__nbdist_params__"
+
+
+@dataclass
+class Cell:
+    """A notebook cell's body as a function: run it, return the value of its last expression.
+
+    As IPython shows a cell's value: the last statement, if it is an expression and the body does
+    not end with ``;``, is the value; otherwise None. ``inputs`` are the kernel variables shipped
+    with the cell (``--in``); ``params`` a step's parameters, read by the body as ``CELL_PARAMS[name]``.
+    The body runs as ``__main__``.
+    """
+
+    source: str
+    filename: str = "<cell>"
+
+    def __call__(self, inputs: dict[str, Any], /, **params: Any) -> Any:
+        import ast
+        import builtins
+        import linecache
+
+        # The traceback of a raise in the body then shows its lines, in the task's stderr and here.
+        linecache.cache[self.filename] = (len(self.source), None, self.source.splitlines(True), self.filename)
+        tree = ast.parse(self.source, self.filename)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not self.source.rstrip().endswith(";"):
+            last = ast.Expression(tree.body.pop().value)
+        namespace = {"__name__": "__main__", "__builtins__": builtins, **inputs, CELL_PARAMS: params}
+        exec(compile(tree, self.filename, "exec"), namespace)
+        return None if last is None else eval(compile(last, self.filename, "eval"), namespace)
 
 
 def _dumps(value: Any) -> bytes:

@@ -21,7 +21,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
-from ..session import Array, Job, NotebookSessions, Session
+from ..session import Array, Job, NotebookSessions, Options, Session, submit_cell
 from ..session.sweep import expand, parse_array_spec, placeholders
 
 __all__ = ["NbdistMagics", "load_ipython_extension"]
@@ -121,7 +121,20 @@ class NbdistMagics(Magics):
     @argument("--max-attempts", type=int, default=1, metavar="K",
               help="Re-run a failed step up to K attempts in all (TIMEOUT/OUT_OF_MEMORY scale resources).")
     @argument("--max-concurrent", type=int, metavar="N", help="Run at most N steps of the array at once.")
-    @argument("--python", action="store_true", help="The body is Python, run by this kernel's interpreter.")
+    @argument("--steps-per-task", type=int, metavar="K", help="Slurm: run K consecutive steps in one array task.")
+    @argument("--gpus", "-g", type=int, help="Slurm: GPUs per step (GRES gpu:N).")
+    @argument("--account", help="Slurm: account to charge.")
+    @argument("--qos", help="Slurm: quality of service.")
+    @argument("--constraint", help="Slurm: node features, e.g. 'a100|h100'.")
+    @argument("--reservation", help="Slurm: reservation to run in.")
+    @argument("--exclusive", action="store_true", help="Slurm: whole nodes only.")
+    @argument("--requeue", action="store_true", help="Slurm: let Slurm requeue a preempted step.")
+    @argument("--signal", metavar="SIG", help="Slurm: warning signal before the time limit, e.g. B:USR1@60.")
+    @argument("--sbatch", action="append", metavar="OPTION", help="Slurm: an extra #SBATCH line (repeatable).")
+    @argument("--python", action="store_true", help="The body is Python, run by this kernel's interpreter; "
+              "the value of its last expression is the job's result().")
+    @argument("--in", dest="inputs", metavar="NAMES", help="With --python: notebook variables sent with the cell, "
+              "e.g. --in df,model (pickled once for every step).")
     @argument("--backend", "-b", metavar="B", help="Backend for this submission (default: the session's).")
     @argument("--wait", "-w", action="store_true", help="Block until every step is finished, then show it.")
     @argument("--out", "-o", metavar="VAR", help="Store the Job/Array handle in this notebook variable.")
@@ -133,8 +146,9 @@ class NbdistMagics(Magics):
         The body is a shell script (``/bin/sh``), or Python with ``--python``. What it prints goes to
         its log files (see the dashboard's log viewer or ``%nbdist logs NAME``), never to the notebook.
         Array steps see their step id as ``$NBDIST_STEP`` and ``{{step}}``; with ``--over`` each
-        parameter is ``{{name}}`` (shell-quoted; with ``--python`` a Python value: a str, or an
-        int/float/bool when all its values are) and ``$name``.
+        parameter is ``{{name}}`` (shell-quoted; with ``--python`` the Python value itself) and ``$name``.
+        With ``--python`` the value of the body's last expression is the job's ``result()``, and
+        ``--in df,model`` sends those notebook variables with it.
 
         Examples::
 
@@ -152,14 +166,25 @@ class NbdistMagics(Magics):
 
             %%submit --name flaky --array 0-99%4 --runtime 10m --max-attempts 3 --quiet
             ./simulate.sh --seed {{step}}
+
+            %%submit --name tiny --array 0-9999 --steps-per-task 50 --backend slurm
+            echo $(( NBDIST_STEP * 2 ))
+
+            %%submit --name train --gpus 1 --account proj --signal B:USR1@60 --runtime 2h --backend slurm
+            python train.py --checkpoint-on-usr1
         """
         args = self._parse(self.submit, line)
         request = self._check_submit(args, cell)
+        inputs = self._inputs(args)
         session = self.session(args.backend)
         after = [self._lookup(name, "job or array for --after", session) for name in args.after]
         try:
             handle: Job | Array
-            if request["steps"] is None and request["over"] is None:
+            if args.python:
+                options = {key: value for key, value in request["options"].items() if key != "python"}
+                handle = submit_cell(session, Options(**options, after=after, max_concurrent=request["max_concurrent"]),
+                                     cell, inputs, steps=request["steps"], over=request["over"])
+            elif request["steps"] is None and request["over"] is None:
                 handle = session.submit(request["command"], after=after, **request["options"])
             else:
                 handle = session.array(
@@ -176,6 +201,20 @@ class NbdistMagics(Magics):
             from .widget import show
 
             display(show(handle, session=session))
+
+    def _inputs(self, args: Any) -> dict[str, Any]:
+        """The notebook variables named by ``--in`` (each must exist)."""
+        if args.inputs is None:
+            return {}
+        if not args.python:
+            raise UsageError("--in sends notebook variables to a Python cell: add --python")
+        names = [name.strip() for name in args.inputs.split(",") if name.strip()]
+        namespace = self._user_ns()
+        missing = [name for name in names if name not in namespace]
+        if missing or not names:
+            raise UsageError(f"--in: no notebook variable named {', '.join(missing)}" if missing else
+                             "--in needs variable names, e.g. --in df,model")
+        return {name: namespace[name] for name in names}
 
     def _parse(self, magic: Any, line: str) -> Any:
         return magic.parser.parse_args(_split(line))
@@ -196,6 +235,10 @@ class NbdistMagics(Magics):
             raise UsageError(f"--max-concurrent {args.max_concurrent}: must be at least 1")
         if args.max_concurrent is not None and args.array is None and args.over is None:
             raise UsageError("--max-concurrent applies to arrays: add --array or --over")
+        if args.steps_per_task is not None and (args.steps_per_task < 1 or (args.array is None and args.over is None)):
+            raise UsageError(f"--steps-per-task {args.steps_per_task}: a positive number of steps, for an array")
+        if args.gpus is not None and args.gpus < 0:
+            raise UsageError(f"--gpus {args.gpus}: must be 0 or more")
         if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
             raise UsageError(f"--out {args.out!r}: not a Python variable name")
         steps, max_concurrent = (None, args.max_concurrent)
@@ -227,6 +270,11 @@ class NbdistMagics(Magics):
             options["memory"] = args.memory
         if args.runtime is not None:
             options["runtime"] = args.runtime
+        # Site options are checked by the core (and refused by a backend that cannot honour them).
+        for key in ("steps_per_task", "gpus", "account", "qos", "constraint", "reservation", "signal", "sbatch"):
+            if getattr(args, key) is not None:
+                options[key] = getattr(args, key)
+        options.update({key: True for key in ("exclusive", "requeue") if getattr(args, key)})
         return {"command": cell, "steps": steps, "over": over, "max_concurrent": max_concurrent,
                 "options": options}
 
@@ -247,7 +295,7 @@ class NbdistMagics(Magics):
         Sub-commands::
 
             %nbdist status [NAME]             every job and array (or one, as a table)
-            %nbdist show NAME                 the live dashboard of a job or array
+            %nbdist show [NAME]               the live dashboard of a job or array (none: every job)
             %nbdist logs NAME[:STEP] [--err] [--tail N]
                                               a step's stdout (stderr with --err)
             %nbdist kill NAME[:STEP]          kill a job, an array, or one step of it
@@ -288,6 +336,11 @@ class NbdistMagics(Magics):
     def _cmd_show(self, args: Any) -> None:
         from .widget import show
 
+        if args.name is None:  # every job of the magics' sessions' registries
+            from .overview import show_all
+
+            display(show_all(self.sessions.all()))
+            return
         handle = self._lookup(args.name)
         display(show(handle, session=handle.session))
 
@@ -366,7 +419,8 @@ def _build_nbdist_parser() -> MagicArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     status = commands.add_parser("status", help="jobs and arrays and their counts")
     status.add_argument("name", nargs="?")
-    commands.add_parser("show", help="the dashboard of a job or array").add_argument("name")
+    commands.add_parser("show", help="the dashboard of a job or array (none: every job)").add_argument(
+        "name", nargs="?")
     logs = commands.add_parser("logs", help="a step's log")
     logs.add_argument("target", metavar="NAME[:STEP]")
     logs.add_argument("--err", action="store_true")
