@@ -125,8 +125,13 @@ def attach(root: str = ".nbdist", **session_options: _Any) -> Session:
     return defaults.attach(root, **session_options)
 
 
-def show(handle: _Any, **options: _Any) -> _Any:
-    """The live dashboard of a job or array (``nbdist.views.widget``)."""
+def show(handle: _Any = None, **options: _Any) -> _Any:
+    """The live dashboard of a job or array (``nbdist.views.widget``); without one, every job of the
+    default session's registry at a glance (``nbdist.views.overview``: click one to open it)."""
+    if handle is None:
+        from .views.overview import show_all
+
+        return show_all(**options)
     from .views.widget import show as _show
 
     return _show(handle, **options)

@@ -10,14 +10,17 @@ Refreshing::
     _Refresher thread (one per kernel) ──every REFRESH_SECONDS──► Dashboard.refresh()
         └── session.snapshot(page, filter, log step) ──► set only the trait values that changed
 
-The thread serves every live dashboard and exits when all of them show only terminal steps (a
-button that retries failed steps brings it back). All text from users and tasks is HTML-escaped
+The thread refreshes every live dashboard; one whose steps are all terminal goes dormant, and the same
+thread only compares its job's change counter (``session.version``, an int read) every
+IDLE_CHECK_SECONDS, so a retry from a button, a magic, the CLI or another kernel brings it back to
+life. With no live dashboard the thread does nothing else; with no dashboard at all it exits. All text from users and tasks is HTML-escaped
 (:mod:`nbdist.views.render`), and the display bundle carries ``text/plain`` and ``text/html`` drawings of
 the snapshot next to the widget, so saved notebooks, GitHub, VS Code and nbval show the table.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 import time
@@ -25,15 +28,20 @@ import uuid
 from typing import Any
 
 from ..session import Snapshot, State, default_session
-from . import render
+from ..session.state import RETRYABLE_STATES
+from . import render, timeline
 
-__all__ = ["REFRESH_SECONDS", "Dashboard", "refresher_running", "show"]
+__all__ = ["IDLE_CHECK_SECONDS", "REFRESH_SECONDS", "Dashboard", "dormant_dashboards", "keep_refreshed", "refresher_running",
+           "show"]
 
 log = logging.getLogger(__name__)
 
 # Seconds between refreshes: 4 Hz feels live for a progress bar and log tail while one refresh of a
 # 10k-step array (≈ a few ms) keeps the kernel's cost around 1-2 % of one core.
 REFRESH_SECONDS = 0.25
+# A dormant (all-terminal) dashboard looks for a retry this often: an int compare per dashboard, so
+# even hundreds of them cost nothing measurable, and a retry shows within about a second.
+IDLE_CHECK_SECONDS = 1.0
 # After this many consecutive refresh errors a dashboard stops refreshing (its session is gone).
 MAX_REFRESH_ERRORS = 5
 _ALL = ""  # the filter value meaning "every state"
@@ -50,47 +58,89 @@ def _clip(text: str) -> str:
 
 
 class _Refresher:
-    """One daemon thread refreshing every live dashboard, a few times a second."""
+    """One daemon thread refreshing every live dashboard a few times a second, and waking dormant
+    ones (every step terminal) when their job changes again."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._dashboards: set[Dashboard] = set()
+        self._dormant: set[Dashboard] = set()
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()  # a new live dashboard ends the thread's idle wait at once
 
     def add(self, dashboard: Dashboard) -> None:
         with self._lock:
+            self._dormant.discard(dashboard)
             self._dashboards.add(dashboard)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="nbdist-dashboard", daemon=True)
-                self._thread.start()
+            self._start()
+        self._wake.set()
+
+    def rest(self, dashboard: Dashboard) -> None:
+        """Stop refreshing ``dashboard`` until its job changes."""
+        with self._lock:
+            if dashboard in self._dashboards:
+                self._dashboards.discard(dashboard)
+                self._dormant.add(dashboard)
+            self._start()
 
     def discard(self, dashboard: Dashboard) -> None:
         with self._lock:
             self._dashboards.discard(dashboard)
+            self._dormant.discard(dashboard)
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="nbdist-dashboard", daemon=True)
+            self._thread.start()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """True while some dashboard is refreshed (not only watched while dormant)."""
+        with self._lock:
+            return bool(self._dashboards) and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def dormant(self) -> int:
+        """How many dashboards wait, all terminal, for their job to change."""
+        with self._lock:
+            return len(self._dormant)
 
     def _run(self) -> None:
+        last_check = time.monotonic()
         while True:
-            time.sleep(REFRESH_SECONDS)
             with self._lock:
-                dashboards = list(self._dashboards)
-                if not dashboards:
+                live, dormant = list(self._dashboards), list(self._dormant)
+                if not live and not dormant:
                     self._thread = None
                     return
-            for dashboard in dashboards:
+            self._wake.wait(REFRESH_SECONDS if live else IDLE_CHECK_SECONDS)
+            self._wake.clear()
+            for dashboard in live:
                 if dashboard.tick():
-                    self.discard(dashboard)
+                    self.rest(dashboard)
+            if time.monotonic() - last_check >= IDLE_CHECK_SECONDS:
+                last_check = time.monotonic()
+                for dashboard in dormant:
+                    if dashboard.changed():
+                        self.add(dashboard)
 
 
 _REFRESHER = _Refresher()
 
 
 def refresher_running() -> bool:
-    """True while the dashboards' refresher thread is alive (it stops when all steps are terminal)."""
+    """True while some dashboard is being refreshed (none is once all their steps are terminal)."""
     return _REFRESHER.running
+
+
+def keep_refreshed(view: Any) -> None:
+    """Refresh ``view`` with the dashboards' thread: anything with ``tick()`` and ``changed()`` (the overview)."""
+    _REFRESHER.add(view)
+
+
+def dormant_dashboards() -> int:
+    """How many dashboards are all terminal and only watch their job's change counter."""
+    return _REFRESHER.dormant
 
 
 class Dashboard:
@@ -118,6 +168,9 @@ class Dashboard:
         self.tail_lines = tail_lines
         self.page = 0
         self.filter_state: str | None = None
+        self.where: dict[str, str] = {}  # the parameter filter ("lr=0.1 depth=2")
+        self.retry_killed = False  # "Retry failed" re-runs KILLED/SKIPPED steps too
+        self._tab_step: Any = ()  # the log step whose tab was last chosen for the user
         self.selected: tuple[int, ...] = ()
         self.status = ""
         self.refreshes = 0
@@ -131,8 +184,9 @@ class Dashboard:
         self.snapshot: Snapshot = self._take()
         self._build()
         self._apply(self.snapshot)
-        if not self.snapshot.all_terminal:
-            _REFRESHER.add(self)
+        _REFRESHER.add(self)
+        if self.snapshot.all_terminal:  # nothing to refresh until the job changes (a retry)
+            _REFRESHER.rest(self)
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -145,7 +199,15 @@ class Dashboard:
 
     def _take(self) -> Snapshot:
         return self.session.snapshot(self.handle, state=self.filter_state, page=self.page,  # type: ignore[no-any-return]
-                                     page_size=self.page_size, log_step=self.log_step, tail_lines=self.tail_lines)
+                                     page_size=self.page_size, log_step=self.log_step, tail_lines=self.tail_lines,
+                                     where=self.where)
+
+    def changed(self) -> bool:
+        """True when the job changed since the snapshot drawn (one int compare; never raises)."""
+        try:
+            return bool(self.session.version(self.handle) != self.snapshot.version)
+        except Exception:  # a closed or broken session: nothing will change any more
+            return False
 
     def refresh(self) -> Any:
         """Take a new snapshot and push what changed to the browser; returns the snapshot."""
@@ -180,22 +242,34 @@ class Dashboard:
 
         self.header = w.HTML()
         self.progress = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="60%"))
+        self.progress.layout.display = "none"  # drawn stacked by state by the pictures; its value stays
         self.percent = w.Label()
+        self.pictures = timeline.Pictures(on_pick=self.open_step)
         options = [("all states", _ALL)] + [(state.value, state.value) for state in State]
         self.filter = w.Dropdown(options=options, value=_ALL, description="show", layout=w.Layout(width="14em"))
+        self.where_text = w.Text(placeholder="lr=0.1 depth=2", description="where", continuous_update=False,
+                                 layout=w.Layout(width="18em"))
+        if not self.snapshot.param_names:
+            self.where_text.layout.display = "none"
         self.prev_button = w.Button(description="◀", tooltip="previous page", layout=w.Layout(width="3em"))
         self.next_button = w.Button(description="▶", tooltip="next page", layout=w.Layout(width="3em"))
         self.page_label = w.Label()
-        self.pager = w.HBox([self.filter, self.prev_button, self.page_label, self.next_button])
+        self.pager = w.HBox([self.filter, self.where_text, self.prev_button, self.page_label, self.next_button])
         if self.snapshot.kind != "array":  # one row: nothing to page or filter
             self.pager.layout.display = "none"
-        self.columns = w.HTML(f'<pre style="margin:0 0 0 4px;font-family:var(--jp-code-font-family, monospace);'
-                              f'font-size:var(--jp-code-font-size, 12px)">{render.column_header()}</pre>')
+        self.columns = w.HTML()
         self.rows = w.SelectMultiple(options=[], rows=min(self.page_size, 10), layout=w.Layout(width="100%"))
         self.rows.add_class("nbdist-rows")
         self.kill_button = w.Button(description="Kill selected", icon="stop", button_style="warning", disabled=True)
-        self.kill_all_button = w.Button(description="Kill all", icon="times", button_style="danger")
-        self.retry_button = w.Button(description="Retry failed", icon="redo")
+        single = self.snapshot.kind != "array"  # one step: one "Kill" button, nothing to select
+        self.kill_all_button = w.Button(description="Kill" if single else "Kill all", icon="times",
+                                        button_style="danger")
+        self.retry_button = w.Button(description="Retry" if single else "Retry failed", icon="redo",
+                                     tooltip="re-run FAILED, TIMEOUT, OUT_OF_MEMORY and LOST steps")
+        self.retry_killed_box = w.Checkbox(value=False, description="retry killed too", indent=False,
+                                           layout=w.Layout(width="10em"))
+        if single:
+            self.kill_button.layout.display = "none"
         self.status_label = w.Label()
         self.failures = w.HTML()
         self.stdout = w.HTML()
@@ -205,15 +279,19 @@ class Dashboard:
         style = w.HTML("<style>.nbdist-rows select{font-family:var(--jp-code-font-family, monospace);"
                        "font-size:var(--jp-code-font-size, 12px)}</style>")
         self.widget = w.VBox([
-            style, self.header, w.HBox([self.progress, self.percent]),
+            style, self.header, w.HBox([self.progress, self.pictures.bar, self.percent, self.pictures.rates]),
+            self.pictures.efficiency, self.pictures.timeline,
             self.pager,
             self.columns, self.rows,
-            w.HBox([self.kill_button, self.kill_all_button, self.retry_button, self.status_label]),
+            w.HBox([self.kill_button, self.kill_all_button, self.retry_button, self.retry_killed_box,
+                    self.status_label]),
             self.failures, self.logs,
         ])
         self.widget.add_class("nbdist-dashboard")
         self.rows.observe(self._on_select, names="value")
         self.filter.observe(self._on_filter, names="value")
+        self.where_text.observe(self._on_where, names="value")
+        self.retry_killed_box.observe(self._on_retry_killed, names="value")
         self.prev_button.on_click(lambda _: self._turn(-1))
         self.next_button.on_click(lambda _: self._turn(+1))
         self.kill_button.on_click(lambda _: self._act(self.kill_selected))
@@ -229,29 +307,56 @@ class Dashboard:
     def _apply(self, snap: Snapshot) -> None:
         """Draw one snapshot into the widgets."""
         counts = {name: n for name, n in render.nonzero_counts(snap.counts)}
-        failed = any(State(name).is_failure for name in counts)  # what "retry failed" applies to
+        failed = any(State(name).is_failure for name in counts)
+        retryable = bool(self._retry_states() & {State(name) for name in counts})  # what "Retry failed" re-runs
         self._set(self.header, "value", render.header_html(snap))
         self._set(self.progress, "value", float(snap.done_fraction or 0.0))
         style = ("danger" if failed else "success") if snap.all_terminal else ("warning" if failed else "info")
         self._set(self.progress, "bar_style", style)
         self._set(self.percent, "value", f"{round(100 * (snap.done_fraction or 0.0))}%")
+        self.pictures.apply(snap)
         self._set(self.page_label, "value", f"page {snap.page + 1}/{max(snap.pages, 1)}")
         self._set(self.prev_button, "disabled", snap.page <= 0)
         self._set(self.next_button, "disabled", snap.page >= snap.pages - 1)
         self._set(self.kill_all_button, "disabled", bool(snap.all_terminal))
-        self._set(self.retry_button, "disabled", not failed)
+        self._set(self.retry_button, "disabled", not retryable)
+        self._set(self.retry_killed_box.layout, "display",
+                  None if counts.get(State.KILLED.value) or counts.get(State.SKIPPED.value) else "none")
         self._set(self.status_label, "value", self.status)
         self._set(self.failures, "value", render.failures_html(snap.failure_groups, kind=snap.kind))
         self._set(self.rows, "rows", max(2, min(10, len(snap.rows))))
-        self._draw_rows(snap.rows)
-        self._set(self.kill_button, "disabled", not self.selected or bool(snap.all_terminal))
+        widths = render.param_widths(snap.rows, snap.param_names)
+        self._set(self.columns, "value", '<pre style="margin:0 0 0 4px;font-family:var(--jp-code-font-family, '
+                  'monospace);font-size:var(--jp-code-font-size, 12px)">'
+                  f"{html.escape(render.column_header(snap.param_names, widths))}</pre>")
+        self._draw_rows(snap.rows, snap.param_names, widths)
+        self._set(self.kill_button, "disabled", not self._selected_live(snap))
         step = "" if snap.log_step is None else f" · step {snap.log_step}"
         self._set(self.logs, "titles", (f"stdout{step}", f"stderr{step}"))
+        self._open_tab(snap)
         self._set(self.stdout, "value", render.pre_html(_clip(render.tail_text(snap.stdout_tail))))
         self._set(self.stderr, "value", render.pre_html(_clip(render.tail_text(snap.stderr_tail))))
 
-    def _draw_rows(self, rows: Any) -> None:
-        labels = tuple(render.row_label(row) for row in rows)
+    def _retry_states(self) -> frozenset[State]:
+        extra = {State.KILLED, State.SKIPPED} if self.retry_killed else set()
+        return RETRYABLE_STATES | extra
+
+    def _selected_live(self, snap: Snapshot) -> bool:
+        """True when a selected step can still be killed (not terminal)."""
+        return any(row.step in self.selected and not row.state.is_terminal for row in snap.rows)
+
+    def _open_tab(self, snap: Snapshot) -> None:
+        """Open stderr when the log step shown failed, stdout otherwise — once per step shown, so
+        the user's own choice of tab is kept while the step stays the same."""
+        row = next((row for row in snap.rows if row.step == snap.log_step), None)
+        key = (snap.log_step, None if row is None else row.state.is_failure)
+        if row is None or key == self._tab_step:
+            return
+        self._tab_step = key
+        self._set(self.logs, "selected_index", 1 if row.state.is_failure else 0)
+
+    def _draw_rows(self, rows: Any, names: Any = (), widths: Any = ()) -> None:
+        labels = tuple(render.row_label(row, names, widths) for row in rows)
         steps = tuple(row.step for row in rows)
         if (labels, steps) == self._row_options:
             return
@@ -267,20 +372,53 @@ class Dashboard:
             self._syncing = False
 
     # -- events -------------------------------------------------------------------------------
+    def open_step(self, step: int) -> None:
+        """Show the logs of ``step`` (a click on its bar in the timeline)."""
+        self.preferred_step, self.selected = step, ()
+        self.refresh()
+
     def _on_select(self, change: Any) -> None:
         if self._syncing:
             return
         self.selected = tuple(change["new"])
-        self._set(self.kill_button, "disabled", not self.selected or self.snapshot.all_terminal)
+        self.status = ""  # an earlier action's outcome no longer describes what is shown
+        self._set(self.kill_button, "disabled", not self._selected_live(self.snapshot))
         self.refresh()
 
     def _on_filter(self, change: Any) -> None:
         self.filter_state = change["new"] or None
         self.page = 0
+        self.status = ""
+        self.refresh()
+
+    def _on_where(self, change: Any) -> None:
+        """``lr=0.1 depth=2``: only the steps with these parameter values; a bad filter says why."""
+        where: dict[str, str] = {}
+        for word in str(change["new"]).replace(",", " ").split():
+            key, sep, value = word.partition("=")
+            if not sep or not key:
+                self.status = f"filter {word!r}: write name=value, e.g. {self.snapshot.param_names[0]}=1"
+                self.refresh()
+                return
+            where[key] = value
+        unknown = [key for key in where if key not in self.snapshot.param_names]
+        if unknown:
+            self.status = f"no parameter {unknown[0]!r}; parameters: {', '.join(self.snapshot.param_names)}"
+            self.refresh()
+            return
+        self.where = where
+        self.page = 0
+        self.status = ""
+        self.refresh()
+
+    def _on_retry_killed(self, change: Any) -> None:
+        self.retry_killed = bool(change["new"])
+        self.status = ""
         self.refresh()
 
     def _turn(self, delta: int) -> None:
         self.page = max(0, min(self.page + delta, max(self.snapshot.pages - 1, 0)))
+        self.status = ""
         self.refresh()
 
     def _act(self, action: Any) -> None:
@@ -296,26 +434,34 @@ class Dashboard:
 
     # -- actions (public so that code and tests can press the buttons) ----------------------
     def kill_selected(self) -> str:
-        """Kill the selected steps."""
-        steps = self.selected
-        for step in steps:
-            (self.handle.step(step) if self.snapshot.kind == "array" else self.handle).cancel()
-        if steps == (None,):
-            return "killed"
-        return f"killed step{'s' if len(steps) != 1 else ''} {', '.join(map(str, steps))}"
+        """Kill the selected steps that are not finished."""
+        if self.snapshot.kind != "array":
+            return self.kill_all()
+        killed = [step for step in self.selected if self.handle.step(step).cancel()]
+        return f"killed {render.steps_label(killed)}" if killed else "nothing to kill: the selected steps had ended"
 
     def kill_all(self) -> str:
         """Kill every unfinished step."""
-        self.handle.cancel()
-        return "killed all unfinished steps"
+        before = self.snapshot.total - round(self.snapshot.done_fraction * self.snapshot.total)
+        if not self.handle.cancel():
+            return "nothing to kill: every step had ended"
+        return "killed" if self.snapshot.kind != "array" else f"killed {before} unfinished step{'s' * (before != 1)}"
 
     def retry_failed(self) -> str:
-        """Re-run failed steps (Array.retry_failed; Job.retry for a single job)."""
-        if self.snapshot.kind == "array":
-            self.handle.retry_failed()
-        else:
+        """Re-run the steps that failed by themselves (FAILED, TIMEOUT, OUT_OF_MEMORY, LOST); with
+        "retry killed too", KILLED and SKIPPED ones as well. A single job: Job.retry."""
+        states = self._retry_states()
+        if self.snapshot.kind != "array":
+            if self.handle.state not in states:
+                return f"nothing to retry: it is {self.handle.state.value}"
             self.handle.retry()
-        return "retrying failed steps"
+            return f"retrying (after {self.snapshot.state.value})"
+        steps = [job for job in self.handle.failed() if job.state in states]
+        for job in steps:
+            job.retry()
+        if not steps:
+            return "nothing to retry"
+        return f"retrying {render.steps_label([job.step for job in steps])}"
 
     def close(self) -> None:
         """Stop refreshing and close the widgets."""
@@ -350,7 +496,7 @@ class Dashboard:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
         bundle["text/plain"] = render.snapshot_text(self.snapshot)
-        bundle["text/html"] = render.snapshot_html(self.snapshot)
+        bundle["text/html"] = render.snapshot_html(self.snapshot, pictures=timeline.pictures_html(self.snapshot))
         return bundle
 
     def __repr__(self) -> str:
@@ -364,7 +510,8 @@ class _StaticView:
         self.snapshot = snapshot
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {"text/plain": render.snapshot_text(self.snapshot), "text/html": render.snapshot_html(self.snapshot)}
+        return {"text/plain": render.snapshot_text(self.snapshot),
+                "text/html": render.snapshot_html(self.snapshot, pictures=timeline.pictures_html(self.snapshot))}
 
 
 def show(handle: Any, *, session: Any = None, **options: Any) -> Any:

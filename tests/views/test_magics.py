@@ -351,7 +351,6 @@ BAD_SUBMIT = [
 BAD_NBDIST = [
     "",
     "frobnicate",
-    "show",
     "show nosuch",
     "status nosuch",
     "logs nosuch",
