@@ -27,6 +27,8 @@ from .lifecycle import Lifecycle
 from .logs import LogCache
 from .ownership import Ownership
 from .poller import Poller
+from .listing import UnknownJob, known_hint
+from .reasons import waiting_reason
 from .records import DEFAULT_SCALES, JobRecord, LogPaths, Request, job_name
 from .registry import Registry
 from .snapshot import Snapshot, build_snapshot
@@ -35,13 +37,6 @@ from .sweep import Sweep, expand, placeholders, python_command, write_manifest, 
 
 __all__ = ["Session", "UnknownJob"]
 logger = logging.getLogger(__name__)
-
-class UnknownJob(KeyError):
-    """No job or array has this name or id."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown job"
-
 
 class Session:
     """Submit jobs and arrays to one backend, track them, and remember them in a registry.
@@ -96,7 +91,7 @@ class Session:
     def submit(self, command: str, *, name: str | None = None, cores: int = 1, memory: str | int | None = None,
                runtime: str | int | None = None, after: Any = (), max_attempts: int = 1,
                env: Mapping[str, str] | None = None, cwd: str | None = None,
-               resource_scales: Mapping[str, float] | None = None, python: bool = False) -> Job:
+               resource_scales: Mapping[str, float] | None = None, python: bool = False, **site: Any) -> Job:
         """Run one shell command as a job.
 
         Parameters
@@ -107,8 +102,10 @@ class Session:
         name
             Letters, digits and ``._+=-`` (default: the command's first word). Names may repeat;
             ``get(name)`` finds the newest.
-        cores, memory, runtime
-            Resources: ``memory`` like ``"512M"``/``"2G"``, ``runtime`` like ``"90s"``/``"10m"``.
+        cores, memory, runtime, **site
+            Resources: ``memory`` like ``"512M"``/``"2G"``, ``runtime`` like ``"90s"``/``"10m"``; site options
+            (``gpus``, ``account``, ``qos``, ``constraint``, ``reservation``, ``exclusive``, ``sbatch`` lines, ``requeue``,
+            ``signal``; arrays ``steps_per_task``) only Slurm honours: see :mod:`nbdist.backends.slurm`.
         after
             Jobs, arrays, step jobs, names or ids that must end DONE first; until then the job is
             PENDING, and it becomes SKIPPED (with the reason) if one of them fails.
@@ -131,15 +128,15 @@ class Session:
         if python:
             command = python_command(command)
         name = job_name(name, command)
-        request = self._validate("job", command, name, None, dict(cores=cores, memory=memory, runtime=runtime),
-                                 after, max_attempts, env, cwd, resource_scales)
+        request = self._validate("job", command, name, None, dict(cores=cores, memory=memory, runtime=runtime,
+                                 **site), after, max_attempts, env, cwd, resource_scales)
         return self._owner.step_handle(self._create(request), 0)
 
     def array(self, command: str, *, steps: int | Iterable[int] | None = None, over: Any = None,
               name: str | None = None, max_concurrent: int | None = None, cores: int = 1,
               memory: str | int | None = None, runtime: str | int | None = None, after: Any = (),
               max_attempts: int = 1, env: Mapping[str, str] | None = None, cwd: str | None = None,
-              resource_scales: Mapping[str, float] | None = None, python: bool = False) -> Array:
+              resource_scales: Mapping[str, float] | None = None, python: bool = False, **site: Any) -> Array:
         """Run a command once per step: ``steps=`` (a count or step ids) or ``over=`` (parameters).
 
         Parameters
@@ -171,9 +168,8 @@ class Session:
             command = python_command(command, sweep.params)
             sweep = Sweep(sweep.steps, sweep.params, bool(placeholders(command)))
         name = job_name(name, command)
-        options = dict(cores=cores, memory=memory, runtime=runtime, max_concurrent=max_concurrent)
-        request = self._validate("array", command, name, sweep, options, after, max_attempts, env, cwd,
-                                 resource_scales)
+        options = dict(cores=cores, memory=memory, runtime=runtime, max_concurrent=max_concurrent, **site)
+        request = self._validate("array", command, name, sweep, options, after, max_attempts, env, cwd, resource_scales)
         return self._owner.array_handle(self._create(request))
 
     # ================================================================== finding and drawing
@@ -202,22 +198,19 @@ class Session:
             except (ValueError, KeyError):
                 raise UnknownJob(f"array {base!r} has no step {step!r}") from None
         with self._lock:
-            names = sorted({rec.name for rec in self._lifecycle.records.values()})
-        hint = f"known: {', '.join(names[-20:])}" if names else "no jobs yet (nbdist.attach() finds earlier ones)"
+            hint = known_hint(self._lifecycle.records.values())
         raise UnknownJob(f"no job or array named {key!r}; {hint}")
 
     def snapshot(self, handle: Any, *, state: State | str | None = None, page: int = 0, page_size: int = 50,
-                 log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
+                 log_step: int | None = None, tail_lines: int = 20, where: Mapping[str, Any] | None = None) -> Snapshot:
         """Everything a view draws about a job or array (see :class:`nbdist.Snapshot`).
 
         Parameters
         ----------
         handle
             A Job, Array, name or id. A step Job gives its array's snapshot with its logs.
-        state
-            Only rows of steps in this state.
-        page, page_size
-            Which rows.
+        state, where, page, page_size
+            Which rows: of steps in this state whose parameters have these values (``{"lr": "0.1"}``), one page.
         log_step
             The step whose log tails to include (default: the first failed, else the first running).
         tail_lines
@@ -227,8 +220,13 @@ class Session:
         if isinstance(item, Job) and item.step is not None and log_step is None:
             log_step = item.step
         with self._lock:
+            reason = waiting_reason(item.record, self._lifecycle.records.values(), self.parallelism)
             return build_snapshot(item.record, self._logs, state=state, page=page, page_size=page_size,
-                                  log_step=log_step, tail_lines=tail_lines)
+                                  log_step=log_step, tail_lines=tail_lines, where=where, reason=reason)
+
+    def version(self, handle: Any) -> int:
+        """A number that grows with every change of the job's steps: a view's cheap "anything new?"."""
+        return self.get(handle).record.version
 
     def poll(self) -> bool:
         """Ask the backends about every live task now (the poller does it on its own); True if anything changed."""
@@ -314,7 +312,7 @@ class Session:
                 raise ValueError(f"resource_scales: {key!r}: {value!r}; expected runtime/memory → positive factor")
             factors[key] = float(value)
         resources = {key: value for key, value in options.items() if value is not None}
-        parsed = Resources.parse(dict(resources, env=env or {}, cwd=cwd), max_cores=self._launcher.max_cores())
+        parsed = Resources.parse(dict(resources, env=env or {}, cwd=cwd), **self._launcher.parse_options())
         with self._lock:
             deps = self._resolve_after(after, name)
         return Request(kind, command, name, sweep, resources, parsed.env, cwd, max_attempts, factors, deps)

@@ -170,6 +170,7 @@ def build_snapshot(rec: JobRecord, logs: LogCache, *, state: State | str | None 
         where=wanted,
         reason=reason,
         version=rec.version,
+        submitted=rec.created,
         progress=progress_of(rec, now),
     )
 

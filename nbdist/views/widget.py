@@ -7,7 +7,7 @@ their last stderr line (grouped by the snapshot). Its buttons call the public AP
 
 Refreshing::
 
-    _Refresher thread (one per kernel) ──every REFRESH_SECONDS──► Dashboard.refresh()
+    Refresher thread (one per kernel, :mod:`nbdist.views.refresher`) ──every REFRESH_SECONDS──► Dashboard.refresh()
         └── session.snapshot(page, filter, log step) ──► set only the trait values that changed
 
 The thread refreshes every live dashboard; one whose steps are all terminal goes dormant, and the same
@@ -30,18 +30,13 @@ from typing import Any
 from ..session import Snapshot, State, default_session
 from ..session.state import RETRYABLE_STATES
 from . import render, timeline
+from .refresher import IDLE_CHECK_SECONDS, REFRESH_SECONDS, REFRESHER
 
 __all__ = ["IDLE_CHECK_SECONDS", "REFRESH_SECONDS", "Dashboard", "dormant_dashboards", "keep_refreshed", "refresher_running",
            "show"]
 
 log = logging.getLogger(__name__)
 
-# Seconds between refreshes: 4 Hz feels live for a progress bar and log tail while one refresh of a
-# 10k-step array (≈ a few ms) keeps the kernel's cost around 1-2 % of one core.
-REFRESH_SECONDS = 0.25
-# A dormant (all-terminal) dashboard looks for a retry this often: an int compare per dashboard, so
-# even hundreds of them cost nothing measurable, and a retry shows within about a second.
-IDLE_CHECK_SECONDS = 1.0
 # After this many consecutive refresh errors a dashboard stops refreshing (its session is gone).
 MAX_REFRESH_ERRORS = 5
 _ALL = ""  # the filter value meaning "every state"
@@ -57,90 +52,19 @@ def _clip(text: str) -> str:
     return "… (earlier output cut; see %nbdist logs)\n" + text[-MAX_TAIL_CHARS:]
 
 
-class _Refresher:
-    """One daemon thread refreshing every live dashboard a few times a second, and waking dormant
-    ones (every step terminal) when their job changes again."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._dashboards: set[Dashboard] = set()
-        self._dormant: set[Dashboard] = set()
-        self._thread: threading.Thread | None = None
-        self._wake = threading.Event()  # a new live dashboard ends the thread's idle wait at once
-
-    def add(self, dashboard: Dashboard) -> None:
-        with self._lock:
-            self._dormant.discard(dashboard)
-            self._dashboards.add(dashboard)
-            self._start()
-        self._wake.set()
-
-    def rest(self, dashboard: Dashboard) -> None:
-        """Stop refreshing ``dashboard`` until its job changes."""
-        with self._lock:
-            if dashboard in self._dashboards:
-                self._dashboards.discard(dashboard)
-                self._dormant.add(dashboard)
-            self._start()
-
-    def discard(self, dashboard: Dashboard) -> None:
-        with self._lock:
-            self._dashboards.discard(dashboard)
-            self._dormant.discard(dashboard)
-
-    def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="nbdist-dashboard", daemon=True)
-            self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        """True while some dashboard is refreshed (not only watched while dormant)."""
-        with self._lock:
-            return bool(self._dashboards) and self._thread is not None and self._thread.is_alive()
-
-    @property
-    def dormant(self) -> int:
-        """How many dashboards wait, all terminal, for their job to change."""
-        with self._lock:
-            return len(self._dormant)
-
-    def _run(self) -> None:
-        last_check = time.monotonic()
-        while True:
-            with self._lock:
-                live, dormant = list(self._dashboards), list(self._dormant)
-                if not live and not dormant:
-                    self._thread = None
-                    return
-            self._wake.wait(REFRESH_SECONDS if live else IDLE_CHECK_SECONDS)
-            self._wake.clear()
-            for dashboard in live:
-                if dashboard.tick():
-                    self.rest(dashboard)
-            if time.monotonic() - last_check >= IDLE_CHECK_SECONDS:
-                last_check = time.monotonic()
-                for dashboard in dormant:
-                    if dashboard.changed():
-                        self.add(dashboard)
-
-
-_REFRESHER = _Refresher()
-
-
 def refresher_running() -> bool:
     """True while some dashboard is being refreshed (none is once all their steps are terminal)."""
-    return _REFRESHER.running
+    return REFRESHER.running
 
 
 def keep_refreshed(view: Any) -> None:
     """Refresh ``view`` with the dashboards' thread: anything with ``tick()`` and ``changed()`` (the overview)."""
-    _REFRESHER.add(view)
+    REFRESHER.add(view)
 
 
 def dormant_dashboards() -> int:
     """How many dashboards are all terminal and only watch their job's change counter."""
-    return _REFRESHER.dormant
+    return REFRESHER.dormant
 
 
 class Dashboard:
@@ -184,9 +108,9 @@ class Dashboard:
         self.snapshot: Snapshot = self._take()
         self._build()
         self._apply(self.snapshot)
-        _REFRESHER.add(self)
+        REFRESHER.add(self)
         if self.snapshot.all_terminal:  # nothing to refresh until the job changes (a retry)
-            _REFRESHER.rest(self)
+            REFRESHER.rest(self)
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -430,7 +354,7 @@ class Dashboard:
             self.status = f"error: {exc}"
         self.refresh()
         if not self.snapshot.all_terminal:
-            _REFRESHER.add(self)
+            REFRESHER.add(self)
 
     # -- actions (public so that code and tests can press the buttons) ----------------------
     def kill_selected(self) -> str:
@@ -465,7 +389,7 @@ class Dashboard:
 
     def close(self) -> None:
         """Stop refreshing and close the widgets."""
-        _REFRESHER.discard(self)
+        REFRESHER.discard(self)
         self.widget.close_all() if hasattr(self.widget, "close_all") else self.widget.close()
 
     # -- display ------------------------------------------------------------------------------

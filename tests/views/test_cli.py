@@ -44,10 +44,12 @@ def test_status_and_logs(tmp_path, capsys):
         session.array("echo step $NBDIST_STEP; exit {{step}}", steps=2, name="arr").wait(10)
     assert main(["--root", root, "status"]) == 0
     listing = capsys.readouterr().out
-    assert listing.splitlines()[1].split() == ["array", "arr", "2", "DONE", "1", "FAILED", "1"]
+    header, newest, older = listing.splitlines()
+    assert header.split()[:2] == ["id", "submitted"] and newest.split()[0] == "2" and older.split()[0] == "1"
+    assert newest.split()[3:] == ["array", "arr", "2", "DONE", "1", "FAILED", "1"]
     assert main(["--root", root, "status", "arr"]) == 0
     detail = capsys.readouterr().out
-    assert "array arr" in detail and "exit code 1" in detail and "failed ×1 (steps 1)" in detail
+    assert "array arr" in detail and "exit code 1" in detail and "failed ×1 (step 1)" in detail
     # The terminal draws what the notebook draws: the same functions of nbdist.render.
     with Session(root=root) as session:
         session.attach(take_over=False)

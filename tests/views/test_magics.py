@@ -247,7 +247,7 @@ def test_backend_switch_closes_the_idle_session_and_keeps_its_jobs(ip: Any, sess
     ip.run_line_magic("nbdist", "logs before")
     ip.run_line_magic("nbdist", "status")
     out = capsys.readouterr().out
-    assert out.startswith("before\n") and "before" in out.splitlines()[1] and "DONE 1" in out
+    assert out.startswith("before\n") and "before" in out.splitlines()[2] and "DONE 1" in out
 
 
 def test_replaced_session_with_live_work_stays_until_it_ends(ip: Any, session: Any,

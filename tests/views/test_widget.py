@@ -18,8 +18,10 @@ pytest.importorskip("ipywidgets")
 from ipywidgets import Widget
 
 from nbdist import State
+from nbdist.views import refresher
 from nbdist.views import widget as widget_module
 from nbdist.session.snapshot import Snapshot, StepRow
+from nbdist.session.state import RETRYABLE_STATES
 from nbdist.views.widget import Dashboard
 
 STATES = tuple(state.value for state in State)
@@ -30,10 +32,20 @@ XSS = "<img src=x onerror=alert(1)>"
 @dataclass
 class FakeJob:
     step: int
+    states: list[str] = field(default_factory=list)  # the session's step states
     cancelled: int = 0
+    retried: int = 0
 
-    def cancel(self) -> None:
+    @property
+    def state(self) -> State:
+        return State(self.states[self.step])
+
+    def cancel(self) -> bool:
         self.cancelled += 1
+        return not self.state.is_terminal
+
+    def retry(self) -> None:
+        self.retried += 1
 
 
 @dataclass
@@ -48,11 +60,15 @@ class FakeArray:
     def __iter__(self) -> Any:
         return iter(self.jobs)
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
         self.cancelled += 1
+        return True
 
     def retry_failed(self, scale: Any = None) -> None:
         self.retried += 1
+
+    def failed(self) -> list[FakeJob]:
+        return [job for job in self.jobs if job.state.is_failure]
 
     def step(self, step_id: int) -> FakeJob:
         return next(job for job in self.jobs if job.step == step_id)
@@ -64,11 +80,12 @@ class FakeSession:
 
     states: list[str]
     name: str = "sweep"
+    kind: str = "array"
     logs: dict[int, tuple[str, str]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def snapshot(self, handle: Any, *, state: str | None = None, page: int = 0, page_size: int = 50,
-                 log_step: int | None = None, tail_lines: int = 20) -> Snapshot:
+                 log_step: int | None = None, tail_lines: int = 20, where: Any = None) -> Snapshot:
         self.calls.append({"state": state, "page": page, "page_size": page_size, "log_step": log_step})
         counts = {name: 0 for name in STATES}
         for value in self.states:
@@ -85,9 +102,12 @@ class FakeSession:
         failed = [i for i, value in enumerate(self.states) if value == "FAILED"]
         total = len(self.states)
         finished = sum(counts[name] for name in TERMINAL)
-        return Snapshot("abc123", self.name, "multiprocess", "array", counts, total, finished / total, 1.0,
+        return Snapshot("abc123", self.name, "multiprocess", self.kind, counts, total, finished / total, 1.0,
                         finished == total, rows, page, pages, State(state) if state else None, log_step, out, err,
-                        [("ValueError: boom", failed)] if failed else [])
+                        [("ValueError: boom", failed)] if failed else [], version=self.version(handle))
+
+    def version(self, handle: Any) -> int:
+        return hash(tuple(self.states))
 
 
 @pytest.fixture()
@@ -106,7 +126,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Widget, dict[str, Any]]]
 
 def make(states: list[str], **kw: Any) -> tuple[Dashboard, FakeSession, FakeArray]:
     session = FakeSession(list(states), **kw)
-    handle = FakeArray([FakeJob(i) for i in range(len(states))])
+    handle = FakeArray([FakeJob(i, session.states) for i in range(len(states))])
     dashboard = Dashboard(handle, session=session)
     return dashboard, session, handle
 
@@ -165,6 +185,9 @@ def test_header_progress_failures() -> None:
 @pytest.mark.parametrize("state", list(State), ids=[state.value for state in State])
 def test_retry_and_log_step_follow_the_state_module(state: State) -> None:
     dashboard, session, _ = make(["DONE", state.value])
+    # "Retry failed" re-runs what failed by itself; a user's kill or a skipped dependency only when asked.
+    assert dashboard.retry_button.disabled is not (state in RETRYABLE_STATES)
+    dashboard.retry_killed_box.value = True
     assert dashboard.retry_button.disabled is not state.is_failure
     # The dashboard asks for no step of its own: the snapshot's policy (failed first, then running) decides.
     assert dashboard.log_step is None and session.calls[-1]["log_step"] is None
@@ -197,7 +220,48 @@ def test_buttons_call_the_api() -> None:
     dashboard.kill_all_button.click()
     assert handle.cancelled == 1
     dashboard.retry_button.click()
-    assert handle.retried == 1 and dashboard.status_label.value == "retrying failed steps"
+    assert [job.retried for job in handle.jobs] == [0, 0, 1] and dashboard.status_label.value == "retrying step 2"
+    dashboard.close()
+
+
+def test_buttons_and_defaults_a_new_user_expects() -> None:
+    """Issue 14 point 8: each default as the user expects it."""
+    dashboard, session, handle = make(["KILLED", "RUNNING", "FAILED", "FAILED"])
+    # Kill selected: disabled while only a finished step is selected.
+    dashboard.rows.value = (0,)
+    assert dashboard.kill_button.disabled
+    dashboard.rows.value = (0, 1)
+    assert not dashboard.kill_button.disabled
+    dashboard.kill_button.click()
+    assert dashboard.status_label.value == "killed step 1"  # "step 1", not "steps 1"
+    # The status text clears after a later action (a new selection).
+    dashboard.rows.value = (2,)
+    assert dashboard.status_label.value == ""
+    # A failed step opens on its stderr tab; a running one on stdout.
+    assert dashboard.logs.selected_index == 1
+    dashboard.rows.value = (1,)
+    assert dashboard.logs.selected_index == 0
+    # Retry failed leaves the user's KILLED step alone unless asked.
+    dashboard.retry_button.click()
+    assert [job.retried for job in handle.jobs] == [0, 0, 1, 1]
+    assert dashboard.status_label.value == "retrying steps 2, 3"
+    dashboard.retry_killed_box.value = True
+    dashboard.retry_button.click()
+    assert [job.retried for job in handle.jobs] == [1, 0, 2, 2]
+    # The message column has a header; one failed step reads "step 3".
+    assert "message" in dashboard.columns.value
+    session.states[:] = ["DONE", "DONE", "DONE", "FAILED"]
+    dashboard.refresh()
+    assert "step 3<" in dashboard.failures.value and "steps 3" not in dashboard.failures.value
+    dashboard.close()
+
+
+def test_a_single_job_shows_one_kill_button() -> None:
+    session = FakeSession(["RUNNING"], kind="job")
+    dashboard = Dashboard(FakeArray([FakeJob(0, session.states)]), session=session)
+    visible = [button.description for button in (dashboard.kill_button, dashboard.kill_all_button)
+               if button.layout.display != "none"]
+    assert visible == ["Kill"]
     dashboard.close()
 
 
@@ -237,7 +301,7 @@ def test_bundle_has_widget_text_and_html() -> None:
 
 
 def test_refresher_stops_when_all_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(widget_module, "REFRESH_SECONDS", 0.02)
+    monkeypatch.setattr(refresher, "REFRESH_SECONDS", 0.02)
     dashboard, session, _ = make(["RUNNING", "QUEUED"])
     assert widget_module.refresher_running()
     before = dashboard.refreshes
@@ -249,13 +313,28 @@ def test_refresher_stops_when_all_terminal(monkeypatch: pytest.MonkeyPatch) -> N
         time.sleep(0.02)
     assert not widget_module.refresher_running()
     assert dashboard.progress.value == 1.0 and "FAILED 1" in dashboard.header.value
+    # Dormant, not dead: a retry from anywhere (here: the job's states change) brings it back.
+    assert widget_module.dormant_dashboards() >= 1
+    refreshes = dashboard.refreshes
+    time.sleep(3 * refresher.IDLE_CHECK_SECONDS)
+    assert dashboard.refreshes == refreshes  # idle: no refresh at all
+    session.states[:] = ["DONE", "RUNNING"]
+    deadline = time.monotonic() + 5
+    while "RUNNING 1" not in dashboard.header.value and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "RUNNING 1" in dashboard.header.value and widget_module.refresher_running()
+    session.states[:] = ["DONE", "DONE"]
+    deadline = time.monotonic() + 5
+    while ("FAILED" in dashboard.header.value or "RUNNING" in dashboard.header.value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "DONE 2" in dashboard.header.value
     dashboard.close()
 
 
 def test_one_refresher_thread_for_many_dashboards(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    monkeypatch.setattr(widget_module, "REFRESH_SECONDS", 0.02)
+    monkeypatch.setattr(refresher, "REFRESH_SECONDS", 0.02)
     dashboards = [make(["RUNNING"])[0] for _ in range(5)]
     names = [thread.name for thread in threading.enumerate() if thread.name == "nbdist-dashboard"]
     assert names == ["nbdist-dashboard"]
@@ -312,9 +391,22 @@ def test_dashboard_with_real_session(tmp_path: Any) -> None:
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not pid_alive(pid)
+        dashboard.retry_button.click()  # the FAILED step only: step 2 was killed on purpose
+        assert array.wait(timeout=30).is_terminal
+        assert len(array.step(1).attempts) == 2 and len(array.step(2).attempts) == 1
+        dashboard.retry_killed_box.value = True
         dashboard.retry_button.click()
         assert array.wait(timeout=30).is_terminal
-        assert len(array.step(1).attempts) == 2 and len(array.step(2).attempts) == 2
+        assert len(array.step(1).attempts) == 3 and len(array.step(2).attempts) == 2
+        # A retry from elsewhere (the API, as a magic or the CLI's request does) wakes the dormant dashboard.
+        deadline = time.monotonic() + 5
+        while widget_module.refresher_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        array.step(1).retry()
+        deadline = time.monotonic() + 10
+        while dashboard.snapshot.rows[1].attempt != 4:
+            assert time.monotonic() < deadline, dashboard.snapshot.rows[1]
+            time.sleep(0.05)
         deadline = time.monotonic() + 5
         while widget_module.refresher_running() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -332,7 +424,7 @@ def test_show_without_ipywidgets_draws_text_and_html(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets now raises ImportError
     session = FakeSession(["DONE", "FAILED"], name="<i>plain</i>")
-    view = show(FakeArray([FakeJob(0), FakeJob(1)]), session=session)
+    view = show(FakeArray([FakeJob(0, session.states), FakeJob(1, session.states)]), session=session)
     bundle = view._repr_mimebundle_()
     assert set(bundle) == {"text/plain", "text/html"}
     assert "DONE 1" in bundle["text/plain"] and "&lt;i&gt;plain" in bundle["text/html"]
