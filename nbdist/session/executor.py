@@ -128,7 +128,7 @@ class Executor(concurrent.futures.Executor):
             self._live.discard(handle)
 
     def __repr__(self) -> str:
-        return f"<nbdist.Executor {self.session.backend_name} {self.options}>"
+        return f"<nbdist.Executor {self.session.backend_name} {self.options}>".replace(" >", ">")
 
 
 def _values_in_order(array: Array, end: float | None) -> Iterator[Any]:

@@ -50,6 +50,11 @@ class Options:
     max_concurrent: int | None = None
     resource_scales: Mapping[str, float] | None = field(default=None)
 
+    def __str__(self) -> str:
+        """The options that differ from the defaults, as ``cores=2 memory='4G'``."""
+        defaults = Options()
+        return " ".join(f"{key}={value!r}" for key, value in asdict(self).items() if value != getattr(defaults, key))
+
     def job_options(self) -> dict[str, Any]:
         """Keyword arguments of ``Session.submit`` (a name is chosen separately)."""
         options = asdict(self)
@@ -192,7 +197,7 @@ class RemoteFunction:
                         spread="kwargs")
 
     def __repr__(self) -> str:
-        return f"<nbdist.function {self.__name__} {self.options}>"
+        return f"<nbdist.function {self.__name__} {self.options}>".replace(" >", ">")
 
 
 def function(fn: Callable[..., Any] | None = None, *, session: Session | None = None, backend: str | None = None,
