@@ -298,3 +298,36 @@ def test_results_come_back_after_attach_in_a_new_process(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["{'answer': 42} DONE",
                                         "raised ValueError from the first kernel RemoteTraceback", "[1, 4, 9]"]
+
+
+def test_a_failed_step_retried_by_max_attempts_reads_its_own_item_and_returns(session, tmp_path):
+    marker = tmp_path / "tried"
+
+    def flaky(x):
+        if x == 2 and not marker.exists():
+            marker.write_text("once")
+            raise RuntimeError("first attempt")
+        return x * 10
+
+    array = nbdist.Executor(session=session, max_attempts=2).array(flaky, [1, 2, 3])
+    assert array.results(timeout=60) == [10, 20, 30]
+    assert array[1].attempts[0].state is State.FAILED and len(array[1].attempts) == 2
+
+
+def test_over_its_runtime_a_call_is_timeout_as_a_shell_job(session):
+    job = nbdist.Executor(session=session, runtime="1s").submit(time.sleep, 30)
+    with pytest.raises(JobFailed) as caught:
+        job.result(timeout=60)
+    assert caught.value.state is State.TIMEOUT
+
+
+def test_session_submit_python_prints_live_without_pythonunbuffered(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    with Session(parallelism=1, root=str(tmp_path / "live")) as live:
+        job = live.submit("import time\nprint('first line')\ntime.sleep(20)\n", python=True)
+        deadline = time.monotonic() + 15
+        while "first line" not in job.stdout() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert job.stdout() == "first line\n" and not job.done()
+        assert job.name == "python"
+        job.cancel()
