@@ -13,7 +13,7 @@ the session talks to a backend only through :mod:`nbdist.cluster_protocol` and f
 
 from __future__ import annotations
 
-from .cells import submit_cell
+from .cells import cell_inputs, submit_cell
 from .defaults import NotebookSessions, attach, default_session, set_default_session
 from .functions import Options
 from .handles import Array, Attempt, Job, JobFailed, LogPaths
@@ -21,5 +21,5 @@ from .session import Session, UnknownJob
 from .snapshot import Snapshot, StepRow
 from .state import State
 
-__all__ = ["Array", "Attempt", "Job", "JobFailed", "LogPaths", "NotebookSessions", "Options", "Session", "Snapshot", "State",
+__all__ = ["Array", "Attempt", "cell_inputs", "Job", "JobFailed", "LogPaths", "NotebookSessions", "Options", "Session", "Snapshot", "State",
            "StepRow", "UnknownJob", "attach", "default_session", "set_default_session", "submit_cell"]

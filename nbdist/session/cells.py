@@ -18,9 +18,23 @@ from .functions import Options, map_call, submit_call
 from .handles import Array, Job
 from .session import Session
 
-__all__ = ["cell_source", "submit_cell"]
+__all__ = ["cell_inputs", "cell_source", "submit_cell"]
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def cell_inputs(spec: str | None, namespace: Mapping[str, Any], *, python: bool = True) -> dict[str, Any]:
+    """The variables of ``namespace`` named by ``spec`` (``"df,model"``); ValueError for a missing one."""
+    if spec is None:
+        return {}
+    if not python:
+        raise ValueError("--in sends notebook variables to a Python cell: add --python")
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    missing = [name for name in names if name not in namespace]
+    if missing or not names:
+        raise ValueError(f"--in: no notebook variable named {', '.join(missing)}" if missing else
+                         "--in needs variable names, e.g. --in df,model")
+    return {name: namespace[name] for name in names}
 
 
 def cell_source(body: str) -> str:

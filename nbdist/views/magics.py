@@ -21,7 +21,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
-from ..session import Array, Job, NotebookSessions, Options, Session, submit_cell
+from ..session import Array, Job, NotebookSessions, Options, Session, cell_inputs, submit_cell
 from ..session.sweep import expand, parse_array_spec, placeholders
 
 __all__ = ["NbdistMagics", "load_ipython_extension"]
@@ -65,6 +65,24 @@ def _split(line: str) -> list[str]:
         raise UsageError(f"cannot read the line: {exc}") from None
 
 
+def _where(words: Sequence[str]) -> dict[str, str]:
+    """``["lr=0.1", "depth=2"]`` → ``{"lr": "0.1", "depth": "2"}`` (the snapshot checks the names)."""
+    where = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--where {word!r}: write NAME=VALUE, e.g. lr=0.1")
+        where[key] = value
+    return where
+
+
+def _known(handles: Sequence[Job | Array], limit: int = 20) -> str:
+    """Distinct names, newest first, ``…`` when some are left out (the hint of an unknown name)."""
+    newest = sorted(handles, key=lambda handle: -int(handle.id) if str(handle.id).isdigit() else 0)
+    names = list(dict.fromkeys(str(handle.name or handle.id) for handle in newest))
+    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
+
+
 def _split_step(target: str) -> tuple[str, int | None]:
     """``"sweep:3"`` → ``("sweep", 3)``; ``"sweep"`` → ``("sweep", None)``."""
     name, sep, step = target.rpartition(":")
@@ -99,7 +117,7 @@ class NbdistMagics(Magics):
         if found is not None:
             return found
         sessions = [session] if session is not None else self.sessions.all()
-        known = ", ".join(sorted({str(h.name or h.id) for s in sessions for h in s.jobs()})[:10])
+        known = _known([h for s in sessions for h in s.jobs()])
         raise UsageError(f"no {what} named {name!r}" + (f" (known: {known})" if known else "")) from None
 
     def _user_ns(self) -> dict[str, Any]:
@@ -196,25 +214,18 @@ class NbdistMagics(Magics):
         if args.out:
             self._user_ns()[args.out] = handle
         if args.wait:
-            handle.wait()
-        if not args.quiet:
+            self._wait([handle], None, dashboards=not args.quiet)
+        elif not args.quiet:
             from .widget import show
 
             display(show(handle, session=session))
 
     def _inputs(self, args: Any) -> dict[str, Any]:
         """The notebook variables named by ``--in`` (each must exist)."""
-        if args.inputs is None:
-            return {}
-        if not args.python:
-            raise UsageError("--in sends notebook variables to a Python cell: add --python")
-        names = [name.strip() for name in args.inputs.split(",") if name.strip()]
-        namespace = self._user_ns()
-        missing = [name for name in names if name not in namespace]
-        if missing or not names:
-            raise UsageError(f"--in: no notebook variable named {', '.join(missing)}" if missing else
-                             "--in needs variable names, e.g. --in df,model")
-        return {name: namespace[name] for name in names}
+        try:
+            return cell_inputs(args.inputs, self._user_ns(), python=args.python)
+        except ValueError as exc:
+            raise UsageError(_one_line(exc)) from None
 
     def _parse(self, magic: Any, line: str) -> Any:
         return magic.parser.parse_args(_split(line))
@@ -294,15 +305,22 @@ class NbdistMagics(Magics):
 
         Sub-commands::
 
-            %nbdist status [NAME]             every job and array (or one, as a table)
+            %nbdist status [NAME] [--all] [--where P=V ...]
+                                              the registry's unfinished and newest jobs, newest first
+                                              (every one with --all); or one, as a table (its steps
+                                              with these parameter values with --where)
             %nbdist show [NAME]               the live dashboard of a job or array (none: every job)
             %nbdist logs NAME[:STEP] [--err] [--tail N]
                                               a step's stdout (stderr with --err)
             %nbdist kill NAME[:STEP]          kill a job, an array, or one step of it
-            %nbdist retry NAME [--scale F]    re-run failed steps (resources × F for TIMEOUT/OUT_OF_MEMORY)
-            %nbdist wait [NAME ...] [--timeout S]
-                                              block until finished (every job when no NAME); after S
-                                              seconds, say which are still running
+            %nbdist retry NAME [--scale F] [--killed]
+                                              re-run FAILED/TIMEOUT/OUT_OF_MEMORY/LOST steps (resources × F
+                                              for TIMEOUT/OUT_OF_MEMORY); KILLED/SKIPPED too with --killed
+            %nbdist wait [NAME ...] [--timeout S] [--quiet]
+                                              block until finished (every job when no NAME), each live
+                                              dashboard shown meanwhile (not with --quiet); after S
+                                              seconds, say which are still running; an interrupt stops
+                                              the wait, not the work
             %nbdist attach [ROOT]             reconnect to the jobs of an earlier kernel (default .nbdist)
             %nbdist backend [NAME] [--parallelism N]
                                               show or switch the backend of the magics' session
@@ -317,21 +335,31 @@ class NbdistMagics(Magics):
         getattr(self, f"_cmd_{args.command}")(args)
 
     def _cmd_status(self, args: Any) -> None:
-        self._show_status(args.name)
+        self._show_status(args.name, all_jobs=args.all, where=args.where)
 
-    def _show_status(self, name: str | None) -> None:
+    def _show_status(self, name: str | None, all_jobs: bool = False, where: Sequence[str] = ()) -> None:
+        """One job's table; or, as ``nbdist status`` does, the registry's jobs: unfinished and newest
+        finished ones (every one with ``--all``), newest first."""
         from . import render
 
         if name:
             handle = self._lookup(name)
-            snapshot = handle.session.snapshot(handle)
+            try:
+                snapshot = handle.session.snapshot(handle, where=_where(where))
+            except ValueError as exc:
+                raise UsageError(f"status {name}: {_one_line(exc)}") from None
             display({"text/plain": render.snapshot_text(snapshot), "text/html": render.snapshot_html(snapshot)},
                     raw=True)
             return
+        if where:
+            raise UsageError("--where needs a NAME: %nbdist status NAME --where lr=0.1")
+        for session in self.sessions.all():  # the registry's jobs, other kernels' too (read-only)
+            session.attach(take_over=False)
         snapshots = [handle.session.snapshot(handle, page_size=1, tail_lines=0) for handle in self.sessions.handles()]
+        shown, more = render.status_selection(snapshots, all_jobs=all_jobs)
         empty = "no jobs yet: submit one with %%submit"
-        display({"text/plain": render.status_text(snapshots, empty=empty),
-                 "text/html": render.status_html(snapshots, empty=empty)}, raw=True)
+        display({"text/plain": render.status_text(shown, empty=empty, more=more),
+                 "text/html": render.status_html(shown, empty=empty, more=more)}, raw=True)
 
     def _cmd_show(self, args: Any) -> None:
         from .widget import show
@@ -352,30 +380,48 @@ class NbdistMagics(Magics):
         sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
 
     def _cmd_kill(self, args: Any) -> None:
-        self._target(args.target).cancel()
+        from . import actions
+
+        sys.stdout.write(actions.kill(self._target(args.target)) + "\n")
 
     def _cmd_retry(self, args: Any) -> None:
         if args.scale is not None and not args.scale > 0:
             raise UsageError(f"--scale {args.scale}: must be positive")
+        from . import actions
+
         handle = self._target(args.target)
         try:
-            if isinstance(handle, Array):
-                handle.retry_failed(**({"scale": args.scale} if args.scale is not None else {}))
-            else:
-                handle.retry()
+            line = actions.retry(handle, args.scale, killed=args.killed)
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"retry {args.target}: {_one_line(exc)}") from None
+        sys.stdout.write(line + "\n")
 
     def _cmd_wait(self, args: Any) -> None:
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"--timeout {args.timeout}: must be positive")
         handles = [self._lookup(name) for name in args.names] if args.names else self.sessions.handles()
-        deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        for handle in handles:
-            handle.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._wait(handles, args.timeout, dashboards=not args.quiet)
+
+    def _wait(self, handles: Sequence[Job | Array], timeout: float | None, dashboards: bool) -> None:
+        """Block until every handle ends, with each unfinished one's live dashboard shown meanwhile
+        (as ``tqdm.notebook`` does); an interrupt stops the wait, not the work, and says so in one line."""
+        from .widget import show
+
+        if dashboards:
+            for handle in handles:
+                display(show(handle, session=handle.session))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for handle in handles:
+                handle.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            running = [handle for handle in handles if not handle.done()]
+            names = ", ".join(handle.name for handle in running) or "nothing"
+            kill = f"; %nbdist kill {running[0].name} stops it" if running else ""
+            raise UsageError(f"stopped waiting; {names} goes on running{kill}") from None
         running = [handle.name for handle in handles if not handle.done()]
         if running:
-            sys.stdout.write(f"still running after {args.timeout:g}s: {', '.join(running)}\n")
+            sys.stdout.write(f"still running after {timeout:g}s: {', '.join(running)}\n")
 
     def _cmd_attach(self, args: Any) -> None:
         try:
@@ -419,6 +465,8 @@ def _build_nbdist_parser() -> MagicArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     status = commands.add_parser("status", help="jobs and arrays and their counts")
     status.add_argument("name", nargs="?")
+    status.add_argument("--all", action="store_true")
+    status.add_argument("--where", nargs="+", default=[], metavar="NAME=VALUE")
     commands.add_parser("show", help="the dashboard of a job or array (none: every job)").add_argument(
         "name", nargs="?")
     logs = commands.add_parser("logs", help="a step's log")
@@ -429,9 +477,11 @@ def _build_nbdist_parser() -> MagicArgumentParser:
     retry = commands.add_parser("retry", help="re-run failed steps")
     retry.add_argument("target", metavar="NAME[:STEP]")
     retry.add_argument("--scale", type=float)
+    retry.add_argument("--killed", action="store_true")
     wait = commands.add_parser("wait", help="block until finished")
     wait.add_argument("names", nargs="*", metavar="NAME")
     wait.add_argument("--timeout", type=float)
+    wait.add_argument("--quiet", "-q", action="store_true")
     commands.add_parser("attach", help="reconnect to a registry").add_argument("root", nargs="?", default=".nbdist")
     backend = commands.add_parser("backend", help="show or switch the backend")
     backend.add_argument("name", nargs="?")
