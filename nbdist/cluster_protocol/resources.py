@@ -9,10 +9,18 @@ from typing import Any, Mapping, Sequence
 
 __all__ = [
     "Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "check_command",
-    "check_array_length", "command_line", "positive_int",
+    "check_array_length", "command_line", "positive_int", "SITE_KEYS", "parse_site_options",
 ]
 
-KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd", "max_concurrent", "after")
+# Options only a batch scheduler honours (Slurm's sbatch): a backend that does parses with
+# ``site_options=True``; any other refuses one that asks for something (``gpus=0`` asks nothing).
+SITE_KEYS = ("gpus", "steps_per_task", "account", "qos", "constraint", "reservation", "exclusive", "sbatch",
+             "requeue", "signal")
+KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd", "max_concurrent", "after",
+              *SITE_KEYS)
+_GPUS_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+:)?\d+$")
+_SIGNAL_RE = re.compile(r"^(?:[BR]{1,2}:)?(?:SIG)?[A-Z0-9]+(?:@\d+)?$")
+_WORD_RE = re.compile(r"^[A-Za-z0-9_.,:|&!*()\[\]@+=-]+$")  # an account, qos, reservation or constraint
 
 _MEMORY_UNITS = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -121,14 +129,22 @@ class Resources:
     cwd: str | None = None
     max_concurrent: int | None = None
     after: tuple[str, ...] = ()
+    site: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, requested: Mapping[str, Any] | None, max_cores: int | None = None) -> "Resources":
-        """Validate ``requested`` (the protocol's ``requested_resources``)."""
+    def parse(cls, requested: Mapping[str, Any] | None, max_cores: int | None = None,
+              site_options: bool = False) -> "Resources":
+        """Validate ``requested`` (the protocol's ``requested_resources``); ``site_options``: the backend
+        honours :data:`SITE_KEYS` (else one that asks for something is a ValueError)."""
         requested = dict(requested or {})
         unknown = sorted(set(requested) - set(KNOWN_KEYS))
         if unknown:
             raise ValueError(f"unknown resource(s) {unknown}; known: {', '.join(KNOWN_KEYS)}")
+        site = parse_site_options({key: requested[key] for key in SITE_KEYS if key in requested})
+        asked = sorted(key for key in site if key != "steps_per_task")  # packing is only a speed hint
+        if asked and not site_options:
+            raise ValueError(f"{', '.join(asked)}: only a batch scheduler (backend='slurm') honours "
+                             "this; this backend runs tasks on this machine")
         cores = _cores(requested.get("cores", 1))
         if max_cores is not None and cores > max_cores:
             raise ValueError(f"a task asks for {cores} cores but parallelism is {max_cores}")
@@ -158,7 +174,59 @@ class Resources:
             cwd=requested.get("cwd"),
             max_concurrent=max_concurrent,
             after=tuple(str(item) for item in after),
+            site=site,
         )
+
+
+def parse_site_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked :data:`SITE_KEYS` values (unset and "nothing asked" ones dropped); ValueError on a bad one.
+
+    Values end up in sbatch's argv or ``#SBATCH`` lines: none may hold a newline or start an option.
+    """
+    site: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in SITE_KEYS:
+            raise ValueError(f"unknown site option {key!r}; known: {', '.join(SITE_KEYS)}")
+        if value is None or value is False:
+            continue
+        if key == "gpus":
+            text = str(value).strip()
+            if isinstance(value, bool) or not _GPUS_RE.match(text):
+                raise ValueError(f"gpus must be a number of GPUs (0 or more) or 'TYPE:N', not {value!r}")
+            if int(text.rpartition(":")[2]) > 0:
+                site[key] = text
+        elif key == "steps_per_task":
+            site[key] = positive_int(value, "steps_per_task")
+        elif key in ("exclusive", "requeue"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be True or False, not {value!r}")
+            site[key] = True
+        elif key == "sbatch":
+            site[key] = _sbatch_lines(value)
+        elif key == "signal":
+            if not isinstance(value, str) or not _SIGNAL_RE.match(value.strip()):
+                raise ValueError(f"signal must be like 'B:USR1@60' (sbatch --signal), not {value!r}")
+            site[key] = value.strip()
+        else:
+            if not isinstance(value, str) or not _WORD_RE.match(value) or value.startswith("-"):
+                raise ValueError(f"{key} must be a name (letters, digits, _.,:|&!*[]@+=-), not {value!r}")
+            site[key] = value
+    return site
+
+
+def _sbatch_lines(value: object) -> tuple[str, ...]:
+    """Extra ``#SBATCH`` lines: ``"--mail-type=END"`` or ``"#SBATCH --mail-type=END"``, one option a line."""
+    lines = [value] if isinstance(value, str) else value
+    if not isinstance(lines, (list, tuple)):
+        raise ValueError(f"sbatch must be a list of '#SBATCH --option' lines, not {type(value).__name__}")
+    checked = []
+    for line in lines:
+        text = str(line).strip()
+        text = text[len("#SBATCH"):].strip() if text.startswith("#SBATCH") else text
+        if not text.startswith("-") or any(char in text for char in "\n\r\0"):
+            raise ValueError(f"sbatch: {line!r} is not one '#SBATCH --option' line")
+        checked.append(text)
+    return tuple(checked)
 
 
 def _cores(raw: object) -> int:

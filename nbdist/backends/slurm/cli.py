@@ -18,7 +18,7 @@ from ...cluster_protocol import TaskInstanceStatus as Status
 __all__ = [
     "SlurmUnavailable", "run_cli", "parse_squeue", "squeue_env", "compress_ids", "error_text", "epoch",
     "controller_down", "SQUEUE_FORMAT", "PENDING_STATES", "RUNNING_STATES", "EXIT_STATES", "SLURM_VERDICTS",
-    "SLURM_LIMITS", "HOPELESS_REASONS", "JOB_ID_RE", "CLI_TIMEOUT_SECONDS",
+    "SLURM_LIMITS", "HOPELESS_REASONS", "JOB_ID_RE", "CLI_TIMEOUT_SECONDS", "site_limits", "squeue_rows",
 ]
 
 # A Slurm command that has not answered in this long is given up on (the controller is down).
@@ -132,3 +132,24 @@ def run_cli(argv: list[str], input_text: str | None = None,
         raise SlurmUnavailable(f"{argv[0]} not found on PATH: is the Slurm client installed?") from exc
     except subprocess.TimeoutExpired as exc:
         raise SlurmUnavailable(f"{argv[0]} did not answer within {CLI_TIMEOUT_SECONDS:.0f} s") from exc
+
+
+def site_limits() -> tuple[int, int]:
+    """``(MaxArraySize, MaxJobCount)`` from ``scontrol show config`` (Slurm's defaults where unreadable)."""
+    values = {"MaxArraySize": 1001, "MaxJobCount": 10000}
+    result = run_cli(["scontrol", "show", "config"])
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in values and value.strip().isdigit():
+            values[key.strip()] = int(value.strip())
+    return values["MaxArraySize"], values["MaxJobCount"]
+
+
+def squeue_rows(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    """ONE squeue call for every job (and array task) of ``job_ids``: ``{JobArrayID: row}``."""
+    argv = ["squeue", "--noheader", "--states=all", "--array", f"--jobs={','.join(sorted(job_ids, key=int))}",
+            f"--Format={SQUEUE_FORMAT}"]
+    result = run_cli(argv, env=squeue_env())
+    if result.returncode != 0 and "Invalid job id" not in result.stderr:
+        raise SlurmUnavailable(f"squeue failed: {error_text(result.stderr)}")
+    return parse_squeue(result.stdout if result.returncode == 0 else "")

@@ -2,8 +2,8 @@
 
 Data flow::
 
-    submit ──► sbatch --parsable [--array=0-N%K]   (ONE call per job or per whole array)
-                   │
+    submit ──► sbatch --parsable [--array=0-N%K]   (ONE call per job; per array one per MaxArraySize
+                   │                                tasks, each task ``steps_per_task`` steps: .arrays)
                    ▼  batch script: exec nbdist-worker --name … -- COMMAND
     compute node:  nbdist-worker ──► /bin/sh -c COMMAND   {stdout}/{name}.o{id}, {stderr}/{name}.e{id}
                    │                                      {stdout}/{name}.x{id}  (exit code, signal, usage)
@@ -39,12 +39,13 @@ from typing import Any
 
 from ...cluster_protocol import Limit
 from ...cluster_protocol import TaskInstanceStatus as Status
-from ...cluster_protocol.naming import array_id, log_stem
-from ...cluster_protocol.resources import Resources, check_array_length, check_command
-from .._table import TableDistributor, TaskRecord
-from .._task.exit_info import read_exit_info
+from ...cluster_protocol.naming import array_id
+from ...cluster_protocol.resources import Resources, check_array_length, parse_site_options
+from .._table import TableDistributor
 from . import cli, verdict
-from .sbatch import batch_script, log_folders, sbatch_argv, sbatch_env
+from .arrays import ArrayPlan, default_steps_per_task
+from .submitter import Submitter, log_dir_of, slurm_ids_of
+from .task import SlurmTask
 
 __all__ = ["SlurmDistributor", "SlurmTask"]
 
@@ -65,23 +66,6 @@ MISSING_POLLS_BEFORE_LOST = 3
 # stop() waits this long for a poll in flight; squeue answers in milliseconds unless the controller is
 # down (then the client retries for ~10 s), and stop() must not hang a notebook for that.
 STOP_JOIN_SECONDS = 2.0
-class SlurmTask(TaskRecord):
-    """A Slurm job or array step: its record plus what the poller learnt of it."""
-
-    __slots__ = ("slurm_state", "queue_error", "missing_polls", "ended_seen_at")
-
-    def __init__(self, distributor_id: str, name: str, resources: Resources, log_dir: str) -> None:
-        super().__init__(distributor_id, name, resources, *log_folders(resources, log_dir))
-        self.slurm_state: str | None = None
-        self.queue_error: str | None = None
-        self.missing_polls = 0
-        self.ended_seen_at: float | None = None
-
-    def exit_info(self) -> dict[str, Any] | None:
-        """What ``nbdist-worker`` wrote when the task ended; None while there is nothing (yet)."""
-        return read_exit_info(self.log_path("x"))
-
-
 class SlurmDistributor(TableDistributor[SlurmTask]):
     """Runs tasks as Slurm batch jobs; one ``sbatch`` per job or array, one ``squeue`` per poll.
 
@@ -101,17 +85,38 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         Ceiling of the back-off while nothing changes.
     sbatch_args
         Extra ``sbatch`` options for every job (e.g. ``["--account=abc"]``), passed as argv.
+    prologue
+        Shell lines every batch script runs before the task (``module load cuda``, ``source env/bin/activate``).
+    wrapper
+        Words put before ``nbdist-worker`` (a container: ``["apptainer", "exec", "image.sif"]``).
+    gpus, account, qos, constraint, reservation, exclusive, sbatch, requeue, signal
+        Site options for every job of the session (a task's own win): see
+        :func:`~nbdist.cluster_protocol.resources.parse_site_options`.
+    max_array_size
+        Tasks per ``sbatch --array`` call at most (default and ceiling: the site's ``MaxArraySize``).
     """
+
+    # The session may pass site options (gpus, account…) in requested_resources.
+    SITE_OPTIONS = True
 
     def __init__(self, cluster_name: str = "slurm", partition: str | None = None, log_dir: str | None = None,
                  poll_interval: float = POLL_INTERVAL_SECONDS, max_poll_interval: float = MAX_POLL_INTERVAL_SECONDS,
-                 sbatch_args: Iterable[str] = (), *args: Any, **kwargs: Any) -> None:
+                 sbatch_args: Iterable[str] = (), prologue: str | None = None, wrapper: Iterable[str] = (),
+                 gpus: int | str | None = None, account: str | None = None, qos: str | None = None,
+                 constraint: str | None = None, reservation: str | None = None, exclusive: bool = False,
+                 sbatch: Iterable[str] = (), requeue: bool = False, signal: str | None = None,
+                 max_array_size: int | None = None, *args: Any, **kwargs: Any) -> None:
         if poll_interval <= 0 or max_poll_interval < poll_interval:
             raise ValueError("poll_interval must be positive and at most max_poll_interval")
+        self.site = parse_site_options(dict(gpus=gpus, account=account, qos=qos, constraint=constraint,
+                                            reservation=reservation, exclusive=exclusive, sbatch=list(sbatch) or None,
+                                            requeue=requeue, signal=signal))
+        self.submitter = Submitter(partition, log_dir_of(cluster_name, log_dir), sbatch_args, self.site, prologue,
+                                   wrapper, self.worker_node_entry_point, max_array_size)
+        self._plans: list[tuple[ArrayPlan, str, str, Resources]] = []  # arrays with calls still to make
         super().__init__(cluster_name)
         self.partition = partition
-        self.log_dir = os.path.abspath(
-            log_dir or os.path.join(os.path.expanduser("~"), ".nbdist", "slurm-logs", log_stem(cluster_name)))
+        self.log_dir = log_dir_of(cluster_name, log_dir)
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.sbatch_args = [str(arg) for arg in sbatch_args]
@@ -180,22 +185,46 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         SlurmUnavailable
             sbatch is missing or the controller does not answer.
         """
-        resources = self._parse_resources_and_make_log_folders(command, requested_resources)
-        job_id = self._sbatch(command, name, resources, array_length=None)
-        self._register([SlurmTask(job_id, name, resources, self.log_dir)])
+        resources = self.submitter.prepare(command, requested_resources)
+        job_id, message = self.submitter.sbatch(command, name, resources, None)
+        if job_id is None:
+            raise ValueError(f"sbatch rejected {name!r}: {message}")
+        self._register([SlurmTask(job_id, name, resources, self.log_dir, job_id)])
         return job_id
 
     def submit_array_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
                                           array_length: int) -> dict[int, str]:
-        """Submit ``array_length`` steps with ONE ``sbatch --array=0-N[%K]``; return ``{step: "JOBID_step"}``.
+        """Submit ``array_length`` steps; return ``{step: "JOBID_step"}`` (JOBID: the first sbatch call's).
 
-        ``requested_resources["max_concurrent"]`` becomes ``%K``. Steps see ``JOB_ID`` and
+        One ``sbatch --array`` per ``MaxArraySize`` tasks (the site's, read once with ``scontrol show
+        config``), each task running ``requested_resources["steps_per_task"]`` consecutive steps (default:
+        :func:`~.arrays.default_steps_per_task`). ``max_concurrent`` holds across the calls, and a call the
+        site refuses for a submit limit is made as jobs finish (:mod:`.arrays`). Steps see ``JOB_ID`` and
         ``ARRAY_STEP_ID`` (as well as Slurm's own variables).
+
+        Raises
+        ------
+        ValueError
+            Malformed resources, or sbatch rejected the first call (nothing is then submitted).
         """
         check_array_length(array_length)
-        resources = self._parse_resources_and_make_log_folders(command, requested_resources)
-        job_id = self._sbatch(command, name, resources, array_length=array_length)
-        records = [SlurmTask(array_id(job_id, step), name, resources, self.log_dir) for step in range(array_length)]
+        resources = self.submitter.prepare(command, requested_resources)
+        max_array_size, max_job_count = self.submitter.site_limits()
+        per_task = resources.site.get("steps_per_task") or default_steps_per_task(array_length, max_job_count)
+        plan = ArrayPlan(array_length, per_task, max_array_size, resources.max_concurrent)
+        made = self.submitter.make_calls(plan, command, name, resources, 0)
+        if plan.base is None:
+            raise ValueError(f"sbatch rejected {name!r}: {plan.held} (nothing was submitted)")
+        slurm_ids = slurm_ids_of(plan, made)
+        held = plan.held or f"held back: max_concurrent={plan.max_concurrent} across Slurm's MaxArraySize pieces"
+        records = []
+        for step in range(array_length):
+            record = SlurmTask(array_id(plan.base, step), name, resources, self.log_dir, slurm_ids.get(step), plan)
+            if record.slurm_id is None:
+                record.message = held
+            records.append(record)
+        if not plan.complete:
+            self._plans.append((plan, command, name, resources))
         self._register(records)
         return {step: record.distributor_id for step, record in enumerate(records)}
 
@@ -203,7 +232,9 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         """Track a job submitted by an earlier session (e.g. before a kernel restart).
 
         No CLI call is made here: the next poll finds the job in ``squeue`` or, once Slurm has
-        forgotten it, its exit info next to its logs.
+        forgotten it, its exit info next to its logs. An array step finds its Slurm task in the
+        array's plan file (``{name}.a{JOBID}`` beside its logs); a step whose sbatch call the earlier
+        session still held back was never submitted and ends lost (retry it).
 
         Parameters
         ----------
@@ -215,48 +246,21 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         distributor_id = str(distributor_id)
         if not cli.JOB_ID_RE.match(distributor_id):
             raise ValueError(f"not a Slurm job id: {distributor_id!r} (expected JOBID or JOBID_STEP)")
-        resources = Resources.parse(requested_resources)
+        resources = Resources.parse(requested_resources, site_options=True)
         with self._lock:
             if distributor_id in self.tasks.records:
                 return
-            record = SlurmTask(distributor_id, name, resources, self.log_dir)
+            record = SlurmTask(distributor_id, name, resources, self.log_dir, distributor_id)
+            plan = self.submitter.adopted_plan(record.stdout_dir, record.name, record.job_id) \
+                if record.array_step_id is not None else None
+            if plan is not None:
+                record.plan, record.slurm_id = plan, plan.slurm_id(record.array_step_id or 0)
             record.message = "adopted: waiting for the next poll"
         self._register([record])
-
-    def _parse_resources_and_make_log_folders(self, command: str,
-                                              requested_resources: dict[str, Any] | None) -> Resources:
-        """Validate a submission and create its log folders (``ValueError`` if one cannot be made)."""
-        check_command(command)
-        resources = Resources.parse(requested_resources)
-        for dependency in resources.after:
-            if not cli.JOB_ID_RE.match(dependency):
-                raise ValueError(f"after: {dependency!r} is not a Slurm distributor id (JOBID or JOBID_STEP)")
-        for folder in {resources.stdout_dir or self.log_dir, resources.stderr_dir or self.log_dir}:
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:
-                raise ValueError(f"cannot create the log folder {folder!r}: {exc}") from exc
-        return resources
-
-    def _sbatch(self, command: str, name: str, resources: Resources, array_length: int | None) -> str:
-        argv = sbatch_argv(name, resources, array_length, log_dir=self.log_dir, partition=self.partition,
-                           extra_args=self.sbatch_args)
-        script = batch_script(command, name, resources, log_dir=self.log_dir, worker=self.worker_node_entry_point)
-        result = cli.run_cli(argv, input_text=script, env=sbatch_env(os.environ, resources))
-        if result.returncode != 0:
-            message = cli.error_text(result.stderr)
-            if cli.controller_down(message):
-                raise cli.SlurmUnavailable(f"sbatch could not reach the Slurm controller: {message}")
-            if array_length is not None and "array" in message.lower():
-                message += (f" ({array_length} steps: Slurm's MaxArraySize caps array indices, see "
-                            "`scontrol show config | grep MaxArraySize`; split the array)")
-            raise ValueError(f"sbatch rejected {name!r}: {message}")
-        job_id = result.stdout.strip().split(";")[0]
-        if not job_id.isdigit():
-            raise cli.SlurmUnavailable(f"sbatch returned no job id (stdout {result.stdout!r}, "
-                                       f"stderr {result.stderr!r})")
-        logger.debug("submitted %s as Slurm job %s", name, job_id)
-        return job_id
+        if record.slurm_id is None:
+            with self._lock:
+                self._finish(record, Status.UNKNOWN_ERROR, "lost: the session that held this step back (a "
+                             "submit limit or max_concurrent) ended before submitting it")
 
     def _register(self, records: list[SlurmTask]) -> None:
         with self._lock:
@@ -283,9 +287,12 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
             targets = [self.tasks.live[i] for i in distributor_ids if i in self.tasks.live]
             for record in targets:
                 record.cancel_requested = True
-        if not targets:
+            self._cancel_held([record for record in targets if record.slurm_id is None])
+            slurm_ids = {record.slurm_id for record in targets if record.slurm_id is not None}
+        if not slurm_ids:
             return
-        argv = ["scancel", *cli.compress_ids(record.distributor_id for record in targets)]
+        # A step of a packed task cancels its task: the task's unfinished steps end with it.
+        argv = ["scancel", *cli.compress_ids(sorted(slurm_ids))]
         result = cli.run_cli(argv)
         if result.returncode != 0:
             logger.warning("%s: %s", " ".join(argv), cli.error_text(result.stderr))
@@ -294,25 +301,60 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
             self._next_poll = time.monotonic()
         self._wake.set()
 
+    def _cancel_held(self, records: list[SlurmTask]) -> None:
+        """End steps whose sbatch call is still held back; an array with none left makes no more calls."""
+        for record in records:
+            self._finish(record, Status.KILL_SELF, "cancelled before it was submitted")
+        for plan in {id(record.plan): record.plan for record in records if record.plan is not None}.values():
+            if not any(r.plan is plan and r.slurm_id is None for r in self.tasks.live.values()):
+                plan.cancelled = True
+
     # ----------------------------------------------------------------- polling
     def poll(self) -> bool:
-        """Ask Slurm about every live job now (ONE ``squeue`` call); True if anything changed."""
+        """Ask Slurm about every live job now (ONE ``squeue`` call); True if anything changed.
+
+        Then the arrays with calls still to make get them (as far as ``max_concurrent`` and the
+        site's submit limits allow), and their ``%`` throttles rise as earlier calls drain.
+        """
         with self._poll_lock:
             with self._lock:
-                live = list(self.tasks.live.values())
-            if not live:
-                return False
-            job_ids = sorted({record.job_id for record in live}, key=int)
-            argv = ["squeue", "--noheader", "--states=all", "--array", f"--jobs={','.join(job_ids)}",
-                    f"--Format={cli.SQUEUE_FORMAT}"]
-            result = cli.run_cli(argv, env=cli.squeue_env())
-            if result.returncode != 0 and "Invalid job id" not in result.stderr:
-                raise cli.SlurmUnavailable(f"squeue failed: {cli.error_text(result.stderr)}")
-            rows = cli.parse_squeue(result.stdout if result.returncode == 0 else "")
+                live = [record for record in self.tasks.live.values() if record.slurm_id is not None]
+            changes = []
+            if live:
+                rows = cli.squeue_rows({record.slurm_id.partition("_")[0] for record in live})  # type: ignore[union-attr]
+                with self._lock:
+                    # A list, not a generator: any() must not stop updating at the first change.
+                    changes = [self._update(record, rows.get(record.slurm_id)) for record in live]  # type: ignore[arg-type]
+            return any(changes) | self._advance_plans()
+
+    def _advance_plans(self) -> bool:
+        """Raise throttles and make held-back calls of the arrays that have some; True if any was made."""
+        changed = False
+        for entry in list(self._plans):
+            plan, command, name, resources = entry
             with self._lock:
-                # A list, not a generator: any() must not stop updating at the first change.
-                changes = [self._update(record, rows.get(record.distributor_id)) for record in live]
-            return any(changes)
+                unfinished: dict[str, int] = {}
+                for slurm_id in {r.slurm_id for r in self.tasks.live.values() if r.plan is plan and r.slurm_id}:
+                    job_id = slurm_id.partition("_")[0]
+                    unfinished[job_id] = unfinished.get(job_id, 0) + 1
+            self.submitter.raise_throttles(plan, unfinished)
+            made = self.submitter.make_calls(plan, command, name, resources, sum(unfinished.values())) \
+                if not plan.complete else []
+            with self._lock:
+                for step, slurm_id in slurm_ids_of(plan, made).items():
+                    record = self.tasks.records.get(array_id(str(plan.base), step))
+                    if record is not None and record.slurm_id is None:
+                        record.slurm_id, record.message = slurm_id, "submitted"
+                held = [r for r in self.tasks.live.values() if r.plan is plan and r.slurm_id is None]
+                for record in held:
+                    if plan.cancelled:
+                        self._finish(record, Status.UNKNOWN_ERROR, plan.held or "lost: never submitted")
+                    elif plan.held:
+                        record.message = f"held back by a submit limit, submitted as jobs finish: {plan.held}"
+            changed = changed or bool(made)
+            if plan.complete:
+                self._plans.remove(entry)
+        return changed
 
     def _poll_loop(self) -> None:
         while not self._stopping.is_set():
@@ -363,13 +405,38 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         record.missing_polls = 0
         record.slurm_state = row["State"]
         progress = verdict.progress(row["State"], row["Reason"])
-        if progress is not None:
+        if progress is None:
+            self._ended(record, row)
+        elif progress.status == Status.RUNNING and record.packed:
+            self._packed_running(record)
+        else:
+            if progress.status == Status.QUEUED and record.started is not None:
+                # Back in the queue after it ran: Slurm requeued it (preemption, scontrol requeue). One
+                # step still, whose attempts Slurm counts; its earlier exit info is no longer the truth.
+                record.requeues += 1
+                record.started = None
             record.state, record.message, record.queue_error = progress
+            if record.requeues:
+                record.message += f" (requeued {record.requeues}x by Slurm)"
             if progress.status == Status.RUNNING:
                 record.started = record.started or cli.epoch(row["StartTime"])
-        else:
-            self._ended(record, row)
         return (record.state, record.message, record.queue_error) != before
+
+    def _packed_running(self, record: SlurmTask) -> None:
+        """A step of a running packed task: ended (its exit info is there), running, or waiting its turn."""
+        info = record.exit_info()
+        if info is not None and not info.get("terminated"):  # a terminated step waits for Slurm's verdict
+            self._apply(record, info, verdict.from_exit_info(info))
+            return
+        step = record.array_step_id or 0
+        plan = record.plan
+        assert plan is not None
+        previous = array_id(record.job_id, step - 1)
+        if step % plan.per_task and previous in self.tasks.live:
+            record.state, record.message = Status.QUEUED, f"waiting in its packed task ({plan.per_task} steps a task)"
+            return
+        record.state, record.message = Status.RUNNING, "running"
+        record.started = record.started or time.time()
 
     def _ended(self, record: SlurmTask, row: dict[str, str]) -> None:
         """squeue lists the task in an ended state: apply the verdict, or wait a little for its exit info."""
@@ -385,6 +452,8 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         if decided is None:
             record.state, record.message = Status.RUNNING, "ending (waiting for its exit info)"
             return
+        if record.packed and info is None and decided.status != Status.DONE:
+            decided = decided._replace(message=f"not finished when its packed task ended: {decided.message}")
         self._apply(record, info, decided)
         if info is None:
             record.ended = cli.epoch(row["EndTime"]) or record.ended
@@ -393,6 +462,8 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         """End the record with the verdict (None: nothing to do yet); exit info gives usage and times."""
         if decided is None:
             return
+        if record.requeues:
+            decided = decided._replace(message=f"{decided.message} (requeued {record.requeues}x by Slurm)")
         self._finish(record, decided.status, decided.message, decided.exit_code, decided.signal,
                      info.get("usage") if info is not None else None, decided.limit)
         if info is not None:

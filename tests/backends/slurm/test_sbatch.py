@@ -11,7 +11,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from nbdist.backends.slurm.sbatch import IDENTITY_VARIABLES, batch_script, sbatch_argv, sbatch_env
+from nbdist.backends.slurm.sbatch import IDENTITY_VARIABLES, ArrayCall, batch_script, sbatch_argv, sbatch_env
 from nbdist.cluster_protocol.resources import Resources
 
 RECORD = Path(__file__).with_name("sbatch_record.txt")
@@ -23,17 +23,29 @@ CASES = {
         "python train.py --lr 0.1 > out.txt; echo 'done' #SBATCH --mem=1T", "my job/../x",
         {"cores": 4, "memory": "1.5G", "runtime": "90m", "queue": "gpu", "stdout": "/data/out %x", "stderr": "/data/err",
          "cwd": "/work dir", "after": ["12", "13_4"], "env": {"A": "1"}}, None),
-    "an array of 1000 throttled to 10": ("echo $ARRAY_STEP_ID", "sweep", {"max_concurrent": 10, "runtime": 30}, 1000),
+    "an array of 1000 throttled to 10": ("echo $ARRAY_STEP_ID", "sweep", {"max_concurrent": 10, "runtime": 30},
+                                         ArrayCall(1000, throttle=10)),
+    "the third call of a packed array on a GPU with site options": (
+        "python step.py", "big", {"runtime": "30s", "gpus": 1, "steps_per_task": 10, "account": "proj",
+                                  "qos": "low", "constraint": "a100|h100", "reservation": "maint",
+                                  "exclusive": True, "requeue": True, "signal": "B:USR1@60",
+                                  "sbatch": ["#SBATCH --mail-type=END", "--comment=nbdist"]},
+        ArrayCall(1001, per_task=10, length=25000, offset=2002, base="4242", throttle=50)),
 }
+SESSION_PROLOGUE = "module load cuda/12\nsource env/bin/activate"
 
 
 def render() -> str:
     parts = []
-    for title, (command, name, requested, array_length) in CASES.items():
-        resources = Resources.parse(requested)
-        argv = sbatch_argv(name, resources, array_length, log_dir="/home/u/.nbdist/slurm-logs/slurm",
-                           partition="debug", extra_args=["--account=abc"])
-        script = batch_script(command, name, resources, log_dir="/home/u/.nbdist/slurm-logs/slurm", worker=WORKER)
+    for title, (command, name, requested, array) in CASES.items():
+        resources = Resources.parse(requested, site_options=True)
+        site = {"account": "abc"} if resources.site else {}
+        argv = sbatch_argv(name, resources, array, log_dir="/home/u/.nbdist/slurm-logs/slurm",
+                           partition="debug", extra_args=["--account=abc"], site=site)
+        packed = array is not None and not array.simple
+        script = batch_script(command, name, resources, log_dir="/home/u/.nbdist/slurm-logs/slurm", worker=WORKER,
+                              array=array, prologue=SESSION_PROLOGUE if packed else None,
+                              wrapper=["apptainer", "exec", "img.sif"] if packed else ())
         parts.append(f"### {title}\n$ {shlex.join(argv)}\n{script}")
     return "\n".join(parts)
 

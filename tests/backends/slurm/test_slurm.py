@@ -186,8 +186,15 @@ def test_rejected_submissions_raise_with_sbatch_message(dist):
         dist.submit_to_batch_distributor("true", "big", {"cores": 64})
     with pytest.raises(ValueError, match="sbatch rejected 'nowhere'.*[Pp]artition"):
         dist.submit_to_batch_distributor("true", "nowhere", {"queue": "no-such-partition"})
-    with pytest.raises(ValueError, match="MaxArraySize"):
-        dist.submit_array_to_batch_distributor("true", "huge", {}, 100_000)
+    # More GPUs than any node has (2 each): sbatch refuses at once, and its message is the error.
+    with pytest.raises(ValueError, match="sbatch rejected 'greedy'.*(node configuration|gres|GRES)"):
+        dist.submit_array_to_batch_distributor("true", "greedy", {"gpus": 3}, 1500)
+    with pytest.raises(ValueError, match="gpus must be"):
+        dist.submit_to_batch_distributor("true", "bad", {"gpus": -1})
+    with pytest.raises(ValueError, match="steps_per_task must be a positive integer"):
+        dist.submit_array_to_batch_distributor("true", "bad", {"steps_per_task": 0}, 10)
+    with pytest.raises(ValueError, match="unknown resource"):
+        dist.submit_to_batch_distributor("true", "bad", {"partition_typo": "x"})
     with pytest.raises(ValueError, match="memory"):
         dist.submit_to_batch_distributor("true", "bad", {"memory": "lots"})
     assert dist.get_submitted_or_running() == set()
@@ -258,16 +265,17 @@ def test_cli_calls_one_sbatch_per_array_one_squeue_per_poll(tmp_path, monkeypatc
     dist = SlurmDistributor(log_dir=str(tmp_path / "logs"), poll_interval=60, max_poll_interval=60,
                             sbatch_args=["--hold"])
     ids = list(dist.submit_array_to_batch_distributor("true", "big", {}, 1000).values())
-    assert cli_calls(log) == {"sbatch": 1}
+    # One sbatch, and one scontrol show config: the site's MaxArraySize/MaxJobCount, read once.
+    assert cli_calls(log) == {"sbatch": 1, "scontrol": 1}
     assert dist.poll() is True
-    assert cli_calls(log) == {"sbatch": 1, "squeue": 1}
+    assert cli_calls(log) == {"sbatch": 1, "scontrol": 1, "squeue": 1}
     reports = dist.get_task_reports(ids)
     assert {r["status"] for r in reports.values()} == {"Q"}
     assert len(dist.get_queueing_errors(ids)) == 1000
     dist.terminate_task_instances(ids)
-    assert cli_calls(log) == {"sbatch": 1, "squeue": 1, "scancel": 1}
+    assert cli_calls(log) == {"sbatch": 1, "scontrol": 1, "squeue": 1, "scancel": 1}
     dist.poll()
-    assert cli_calls(log) == {"sbatch": 1, "squeue": 2, "scancel": 1}
+    assert cli_calls(log) == {"sbatch": 1, "scontrol": 1, "squeue": 2, "scancel": 1}
     assert {r["status"] for r in dist.get_task_reports(ids).values()} == {"K"}
     dist.poll()  # nothing live: no call at all
     assert cli_calls(log)["squeue"] == 2
@@ -284,7 +292,7 @@ def test_cli_calls_one_sbatch_per_array_one_squeue_per_poll(tmp_path, monkeypatc
         calls = cli_calls(log)
         # Without back-off: 8 s / 0.2 s = 40 calls; with it: 0.2, 0.3, 0.45, 0.68, 1, 1.5, 2, 2 … ≈ 9.
         assert 4 <= calls["squeue"] <= 12, calls
-        assert calls["sbatch"] == 2 and "scontrol" not in calls
+        assert calls["sbatch"] == 2 and calls.get("scontrol") == 1  # the site limits, once
         dist.terminate_task_instances(held)
         assert cli_calls(log)["scancel"] == 1
         wait_done(dist, held, timeout=20)
