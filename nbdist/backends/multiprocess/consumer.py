@@ -25,7 +25,8 @@ from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned
 
 __all__ = ["Consumer"]
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The folder that holds the nbdist package (this file is nbdist/backends/multiprocess/consumer.py).
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 # Tasks shorter than this report in batches (one message for several tasks): it cuts per-task
 # messaging for tiny tasks and delays a state change by at most this long.
 EVENT_BATCH_SECONDS = 0.005
@@ -134,7 +135,7 @@ class _ConsumerLoop:
         self.events: list[Event] = []
         self.current: tuple[PickableTask, RunningTask] | None = None
         self.stopping = False
-        self.warm = False  # cloudpickle and the call runner imported: done on the first Python call
+        self.warm = warm.WarmInterpreter()  # Python calls for this interpreter are forked, not spawned
         # Connection.poll() builds a selector per call; one poll object is much cheaper per task.
         self._poller = select.poll()
         self._poller.register(inbox.fileno(), select.POLLIN)
@@ -176,16 +177,18 @@ class _ConsumerLoop:
         finally:
             self.current = None
         self.events.append(Done(task.distributor_id, outcome))
+        self._learn_imports()
 
     def _start(self, spec: TaskSpec) -> RunningTask:
         """Fork a warm Python call (see :mod:`.warm`) when the task is one for this interpreter, else spawn it."""
-        files = warm.python_call(spec)
-        if files is not None and warm.single_threaded():
-            if not self.warm:
-                warm.warm_up()
-                self.warm = True
-            return warm.start_call(spec, self.base_env, files)
-        return RunningTask(spec, self.base_env)
+        return self.warm.start(spec, self.base_env) or RunningTask(spec, self.base_env)
+
+    def _learn_imports(self) -> None:
+        """Import what the call just ended needed, once its end is reported (the next task waits for it)."""
+        names = self.warm.to_learn()
+        if names:
+            self._flush()
+            self.warm.learn(names)
 
     def _send_usage(self, distributor_id: str, usage: dict[str, float]) -> None:
         self.events.append(Usage(distributor_id, usage))

@@ -8,8 +8,10 @@ already) forks, and the child makes the call::
 
     consumer ── fork ──► child: setsid, stdin /dev/null, stdout/stderr → the task's logs (dup2),
        │                        the task's env and cwd, default SIGINT/SIGTERM, every other fd closed,
-       │                        run_call(CALL, ITEMS, id), exit handlers, os._exit(code)
-       └── RunningTask.adopt(pid): the same wait, limits, kill of the group, usage and reaping as any task
+       │                        run_call(CALL, ITEMS, id), non-daemon threads joined, the modules it
+       │                        imported written to a pipe (.warm_imports), os._exit(code)
+       ├── RunningTask.adopt(pid): the same wait, limits, kill of the group, usage and reaping as any task
+       └── after it ended: imports those modules itself, so the next call starts with them
 
 Fork is safe here because a consumer is single-threaded (checked before each fork, from
 ``/proc/self/task``: if anything made it multi-threaded, the call is spawned as before). The child
@@ -31,8 +33,9 @@ from typing import Any
 
 from ...cluster_protocol.pycall import CALL_MODULE, parse_call_command
 from .._task.runner import RunningTask, TaskSpec, open_logs
+from .warm_imports import ModuleWarmer, report_new_modules, single_threaded
 
-__all__ = ["CallFiles", "python_call", "single_threaded", "start_call", "warm_up"]
+__all__ = ["CallFiles", "WarmInterpreter", "python_call"]
 
 CallFiles = tuple[str, "str | None"]
 # What a forked child exits with when the task's cwd cannot be entered (as ``cd ... || exit 125``).
@@ -52,45 +55,68 @@ def python_call(spec: TaskSpec) -> CallFiles | None:
     return parsed.call, parsed.items
 
 
-def single_threaded() -> bool:
-    """True if this process has one thread (native ones included), so that fork copies a consistent state."""
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return threading.active_count() == 1
+class WarmInterpreter:
+    """A consumer's warm state: what it has imported, and the report of the call it forked last.
 
-
-def warm_up() -> None:
-    """Import what every call needs, once, in the consumer (lazily: shell-only consumers never pay it)."""
-    import cloudpickle  # noqa: F401  (unpickling a notebook function needs it)
-
-    from .._task import pycall  # noqa: F401
-
-
-def start_call(spec: TaskSpec, base_env: dict[str, str], files: CallFiles) -> RunningTask:
-    """Fork a child that makes the call as task ``spec``; the parent tracks it as any started task.
-
-    Raises ``OSError`` (nothing started) when a log cannot be opened or the fork fails.
+    ``start`` forks a Python call (None for any other task: the caller spawns it as always);
+    after the call has ended, ``learn`` imports here the modules it needed (:mod:`.warm_imports`).
     """
-    env = {**base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
-    out_fd, err_fd = open_logs(spec)
-    try:
-        started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child never returns (coverage cannot follow it)
-            _child(spec, env, files, out_fd, err_fd)
-    finally:
-        os.close(out_fd)
-        os.close(err_fd)
-    return RunningTask.adopt(spec, pid, started)
+
+    def __init__(self) -> None:
+        self.ready = False  # cloudpickle and the call runner imported (on the first call, not at start)
+        self.imports = ModuleWarmer()
+        self._report_fd: int | None = None
+
+    def start(self, spec: TaskSpec, base_env: dict[str, str]) -> RunningTask | None:
+        """Fork a child that makes the call as task ``spec`` and track it as any started task.
+
+        Raises ``OSError`` (nothing started) when a log cannot be opened or the fork fails.
+        """
+        files = python_call(spec)
+        if files is None or not single_threaded():
+            return None
+        if not self.ready:
+            import cloudpickle  # noqa: F401  (unpickling a notebook function needs it)
+
+            from .._task import pycall  # noqa: F401
+
+            self.ready = True
+        env = {**base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
+        out_fd, err_fd = open_logs(spec)
+        report_read, report_write = os.pipe()
+        try:
+            started = time.monotonic()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child never returns (coverage cannot follow it)
+                _child(spec, env, files, (out_fd, err_fd, report_write))
+        except BaseException:
+            os.close(report_read)
+            raise
+        finally:
+            for fd in (out_fd, err_fd, report_write):
+                os.close(fd)
+        self._report_fd = report_read
+        return RunningTask.adopt(spec, pid, started)
+
+    def to_learn(self) -> list[str]:
+        """Modules the call forked last imported that this process could import too (its report is read once)."""
+        fd, self._report_fd = self._report_fd, None
+        return [] if fd is None else self.imports.read_report(fd)
+
+    def learn(self, names: list[str]) -> None:
+        """Import ``names`` here, so the next forks start with them (unless that would start a thread)."""
+        self.imports.load(names)
 
 
-def _child(spec: TaskSpec, env: dict[str, str], files: CallFiles, out_fd: int, err_fd: int) -> None:
-    """The forked child: become the task, make the call, exit with its code. Never returns."""
+def _child(spec: TaskSpec, env: dict[str, str], files: CallFiles, fds: tuple[int, int, int]) -> None:
+    """The forked child: become the task, make the call, report its imports, exit with its code. Never returns."""
     code = 1
+    out_fd, err_fd, report_fd = fds
     try:
-        _become_task(spec, env, out_fd, err_fd)
+        _become_task(spec, env, out_fd, err_fd, report_fd)
+        before = set(sys.modules)
         code = _call(spec, files)
+        report_new_modules(report_fd, before)
     except BaseException:  # anything the set-up raised: say it in the task's stderr
         traceback.print_exc()
     finally:
@@ -102,7 +128,7 @@ def _child(spec: TaskSpec, env: dict[str, str], files: CallFiles, out_fd: int, e
         os._exit(code)
 
 
-def _become_task(spec: TaskSpec, env: dict[str, str], out_fd: int, err_fd: int) -> None:
+def _become_task(spec: TaskSpec, env: dict[str, str], out_fd: int, err_fd: int, report_fd: int) -> None:
     """What ``RunningTask`` gives a spawned task: session, stdio, signals, env, cwd, no inherited fds."""
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
@@ -110,7 +136,7 @@ def _become_task(spec: TaskSpec, env: dict[str, str], out_fd: int, err_fd: int) 
     os.dup2(out_fd, 1)
     os.dup2(err_fd, 2)
     # The consumer's pipes above all: a task must not read or write the distributor's messages.
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    _close_inherited_fds(keep=report_fd)
     # The consumer's streams own fds 0-2 (closefd): kept alive, or collecting them would close the logs.
     _inherited_streams.extend((sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__))
     sys.stdin = sys.__stdin__ = open(0, closefd=False)
@@ -119,14 +145,34 @@ def _become_task(spec: TaskSpec, env: dict[str, str], out_fd: int, err_fd: int) 
     # The consumer ignores SIGINT (Ctrl-C is the distributor's); a task gets Python's defaults.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ.clear()
-    os.environ.update(env)
+    # Only what differs (the task's ids, its env): clearing and refilling every variable costs more.
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
     if spec.cwd:
         try:
             os.chdir(spec.cwd)
         except OSError as exc:
             print(f"nbdist: cannot enter {spec.cwd}: {exc.strerror}", file=sys.stderr)
             os._exit(CWD_EXIT_CODE)
+
+
+def _close_inherited_fds(keep: int) -> None:
+    """Close every fd above 2 but ``keep``, found in ``/proc/self/fd`` (``closerange`` to the limit costs ~10 ms)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        return
+    for fd in fds:
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own fd, already closed
+                pass
 
 
 def _unbuffered(fd: int, errors: str) -> io.TextIOWrapper:

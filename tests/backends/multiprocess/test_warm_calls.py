@@ -253,3 +253,35 @@ def test_a_map_runs_warm_with_each_step_its_own_item_and_logs(tmp_path):
             assert distributor.get_remote_exit_info(task) == ("D", "exit code 0")
             assert pycall.read_outcome(pycall.result_path_for(call_file, task)) == (True, (step * step, True))
             assert Path(distributor.log_paths(task)[0]).read_text() == f"step {step}\n"
+
+
+def _imports(name: str) -> tuple[bool, bool]:
+    """(was ``name`` loaded before this call, is this a fork of the consumer); then imports it."""
+    import importlib
+
+    loaded = name in sys.modules
+    importlib.import_module(name)
+    return loaded, CONSUMER_MODULE in sys.modules
+
+
+def test_the_consumer_imports_what_a_call_needed_so_the_next_call_starts_with_it(calls):
+    first = calls.submit(_imports, "xml.dom.minidom")
+    assert calls.wait(first)["status"] == "D" and calls.outcome(first) == (True, (False, True))
+    second = calls.submit(_imports, "xml.dom.minidom")
+    assert calls.wait(second)["status"] == "D" and calls.outcome(second) == (True, (True, True))
+
+
+def test_a_module_that_starts_a_thread_on_import_is_not_imported_by_the_consumer(tmp_path, monkeypatch):
+    packages = tmp_path / "site"
+    packages.mkdir()
+    (packages / "spins_a_thread.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    monkeypatch.setenv("PYTHONPATH", str(packages))  # on the consumer's own sys.path: a candidate
+    with MultiprocessDistributor("warm", parallelism=1, log_dir=str(tmp_path / "default")) as distributor:
+        calls = Calls(tmp_path, distributor)
+        first = calls.submit(_imports, "spins_a_thread")
+        assert calls.wait(first)["status"] == "D" and calls.outcome(first) == (True, (False, True))
+        second = calls.submit(_imports, "spins_a_thread")
+        assert calls.wait(second)["status"] == "D"
+        # not imported by the consumer, which stays single-threaded: the call is still a fork
+        assert calls.outcome(second) == (True, (False, True))
