@@ -26,7 +26,9 @@ class NodeError(Exception):
     pass
 
 
-def test_a_function_and_a_map_run_on_slurm_with_the_kernels_interpreter_and_path(tmp_path):
+def test_a_function_and_a_map_run_on_slurm_with_the_kernels_interpreter_and_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nbdist.set_default_session(None)
     threshold = 10
 
     def where(x):
@@ -36,7 +38,7 @@ def test_a_function_and_a_map_run_on_slurm_with_the_kernels_interpreter_and_path
             raise NodeError(f"{x} > {threshold}")
         return x * 2, sys.executable, os.environ.get("SLURM_JOB_ID") is not None, list(sys.path)
 
-    with nbdist.Executor(backend="slurm", session=Session(backend="slurm", root=str(tmp_path / "root"))) as pool:
+    with nbdist.Executor(backend="slurm") as pool:  # a Slurm session of its own, on the default root
         value, python, on_slurm, path = pool.submit(where, 4).result(timeout=120)
         assert (value, python, on_slurm) == (8, sys.executable, True)
         assert set(sys.path) <= set(path)  # the kernel's sys.path reaches the node
@@ -45,7 +47,8 @@ def test_a_function_and_a_map_run_on_slurm_with_the_kernels_interpreter_and_path
         with pytest.raises(NodeError, match="11 > 10"):
             failing.result(timeout=120)
         assert failing.state is State.FAILED and failing.exit_code == 1
-        pool.session.close()
+        assert pool.session.backend_name == "slurm" and pool.session.root == str(tmp_path / ".nbdist")
+    assert pool.session.closed  # shutdown closed the session it made
 
 
 LATER = textwrap.dedent("""
