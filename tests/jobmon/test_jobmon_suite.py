@@ -8,6 +8,7 @@ distributor (:data:`ALLOWED_FAILURES`), which say nothing about another distribu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import xml.etree.ElementTree as ElementTree
@@ -18,7 +19,8 @@ import pytest
 
 import jobmon_env
 
-pytestmark = pytest.mark.jobmon
+# Jobmon's tests take minutes (their tasks sleep), and the first use builds the venv (~2 min).
+pytestmark = [pytest.mark.jobmon, pytest.mark.timeout(1500)]
 
 JOBMON_TESTS = [
     "tests/integration/distributor",
@@ -27,19 +29,20 @@ JOBMON_TESTS = [
     "tests/e2e/test_workflow_resume.py",
 ]
 JOBMON_GROUPS = [JOBMON_TESTS[0::2], JOBMON_TESTS[1::2]]  # distributor + worker | the two e2e files
-# Jobmon tests that read Jobmon-private attributes of Jobmon's own MultiprocessDistributor.
+# Jobmon tests that read Jobmon-private attributes of Jobmon's own MultiprocessDistributor, with
+# the words their failure may show.
 ALLOWED_FAILURES = {
-    # After every status check passes on nbdist's plugin, it compares the ids with
-    # ``cluster_interface._next_job_id - 1`` and ``cluster_interface._get_subtask_id(...)``. It is also
-    # the test that is racy with Jobmon's own distributor (its "O" checks); on nbdist's it fails only
-    # there, every run.
+    # It compares the ids with ``cluster_interface._next_job_id - 1`` and ``_get_subtask_id(...)``:
+    # on nbdist's plugin every check before that passes, then AttributeError. It is also racy, with
+    # Jobmon's own distributor and with nbdist's alike: when the machine is loaded, the distributor ids
+    # are not logged yet when it reads them (``assert ...distributor_id is not None``), one of two
+    # runs here with other test suites running beside it.
     "tests.integration.distributor.test_instantiate::test_instantiate_array":
-        "reads _next_job_id and _get_subtask_id of Jobmon's MultiprocessDistributor",
+        ("_next_job_id", "_get_subtask_id", "distributor_id"),
     # Its DoNothingArrayDistributor subclasses the distributor and makes ids with self._get_subtask_id:
     # the submission raises AttributeError, the task instances go W without ids, and the test's
     # ``distributor_id.split("_")`` meets None.
-    "tests.integration.client.test_worker::test_array_task_instance":
-        "its DoNothingArrayDistributor calls self._get_subtask_id of Jobmon's MultiprocessDistributor",
+    "tests.integration.client.test_worker::test_array_task_instance": ("split",),
 }
 SUITE_TIMEOUT_S = 900
 
@@ -84,18 +87,19 @@ def jobmon_suite(jobmon_root: Path, tmp_path_factory) -> dict[str, str]:
     # Two pytest processes side by side (each its own server and database): the e2e tests mostly
     # wait on their tasks' sleeps, so this halves the wall time on two cores.
     runs = []
+    logs = contextlib.ExitStack()
     for index, group in enumerate(JOBMON_GROUPS):
         report = copy / f"junit-{index}.xml"
         command = [str(jobmon_root / "venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    "-p", "no:logging", "--show-capture=no", f"--junitxml={report}", *group]
-        log = open(copy / f"pytest-{index}.log", "w")
+        log = logs.enter_context(open(copy / f"pytest-{index}.log", "w"))
         runs.append((report, log, subprocess.Popen(command, cwd=copy, env=jobmon_env.venv_env(jobmon_root),
                                                     stdout=log, stderr=subprocess.STDOUT)))
     try:
-        for _, log, process in runs:
+        for _, _, process in runs:
             process.wait(SUITE_TIMEOUT_S)
-            log.close()
     finally:
+        logs.close()
         for _, _, process in runs:
             if process.poll() is None:
                 process.kill()
@@ -126,11 +130,11 @@ def test_jobmon_tests_pass_on_nbdist(jobmon_suite, path):
 
 
 def test_allowed_failures_fail_only_where_they_read_private_attributes(jobmon_suite):
-    for name in ALLOWED_FAILURES:
+    for name, words in ALLOWED_FAILURES.items():
         outcome = jobmon_suite.get(name)
         assert outcome is not None, f"{name} did not run"
         if outcome != "passed":
-            assert "_next_job_id" in outcome or "_get_subtask_id" in outcome or "split" in outcome, outcome
+            assert any(word in outcome for word in words), outcome
 
 
 def test_a_real_workflow_on_the_nbdist_cluster(jobmon_root, tmp_path):
