@@ -14,6 +14,15 @@ The Python API (the magics, the dashboard and the ``nbdist`` CLI are thin shells
     sweep.retry_failed()              # failed steps again (runtime/memory × 1.5 after TIMEOUT/OOM)
     nbdist.show(sweep)                # the live dashboard
 
+Python functions (their return values come back; nbdist's options are the executor's or the
+decorator's, never the call's)::
+
+    with nbdist.Executor(cores=2, memory="4G") as pool:      # a concurrent.futures.Executor
+        model = pool.submit(fit, data, lr=0.1).result()       # fit's return value (lr goes to fit)
+        scores = list(pool.map(evaluate, range(100)))          # one array, values in order
+    grid = nbdist.function(memory="1G")(score).over({"lr": [0.1, 0.01], "depth": [2, 4]})
+    grid.results()                    # values in step order; a failure re-raises the function's exception
+
 - ``Session(backend="multiprocess", parallelism=None, root=".nbdist", **backend_options)`` owns a
   backend, a SQLite registry under ``root`` and one poller thread; ``nbdist.submit``/``array`` use
   ``default_session()``. ``session.jobs()``, ``session.get(name_or_id)`` (``"name:step"`` for a
