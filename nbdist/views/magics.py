@@ -354,7 +354,8 @@ class NbdistMagics(Magics):
         if where:
             raise UsageError("--where needs a NAME: %nbdist status NAME --where lr=0.1")
         for session in self.sessions.all():  # the registry's jobs, other kernels' too (read-only)
-            session.attach(take_over=False)
+            if not session.closed:
+                session.attach(take_over=False)
         snapshots = [handle.session.snapshot(handle, page_size=1, tail_lines=0) for handle in self.sessions.handles()]
         shown, more = render.status_selection(snapshots, all_jobs=all_jobs)
         empty = "no jobs yet: submit one with %%submit"
@@ -407,13 +408,15 @@ class NbdistMagics(Magics):
         (as ``tqdm.notebook`` does); an interrupt stops the wait, not the work, and says so in one line."""
         from .widget import show
 
-        if dashboards:
-            for handle in handles:
-                display(show(handle, session=handle.session))
+        views = [show(handle, session=handle.session) for handle in handles if dashboards and not handle.done()]
+        for view in views:
+            display(view)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             for handle in handles:
                 handle.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            for view in views:  # the end drawn now, not a refresh later
+                getattr(view, "refresh", lambda: None)()
         except KeyboardInterrupt:
             running = [handle for handle in handles if not handle.done()]
             names = ", ".join(handle.name for handle in running) or "nothing"

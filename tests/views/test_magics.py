@@ -288,7 +288,7 @@ def test_wait_timeout_says_what_still_runs(ip: Any, session: Any, capsys: pytest
     cell(ip, "--name quick --wait --quiet", "true")
     capsys.readouterr()
     started = time.monotonic()
-    ip.run_line_magic("nbdist", "wait --timeout 0.5")
+    ip.run_line_magic("nbdist", "wait --timeout 0.5 --quiet")
     assert time.monotonic() - started < 5
     assert capsys.readouterr().out == "still running after 0.5s: napping\n"
     ip.run_line_magic("nbdist", "wait quick --timeout 5")
