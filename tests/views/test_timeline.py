@@ -100,15 +100,16 @@ def test_dashboard_draws_pictures_and_a_click_opens_that_steps_log(session) -> N
 
 def test_running_rows_show_live_cpu_and_the_header_rates(session) -> None:
     array = session.array('python3 -c "import time\nt = time.time()\nwhile time.time() - t < 3: pass"',
-                          steps=3, name="live")
+                          steps=6, name="live")  # 3 waves on 2 cores: rates show between the first end and the last
     dashboard = Dashboard(array, session=session)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "CPU " not in " ".join(label for label, _ in dashboard.rows.options):
             time.sleep(0.3)
             dashboard.refresh()
         running = [label for label, _ in dashboard.rows.options if "RUNNING" in label]
         assert running and "CPU " in running[0]
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not dashboard.pictures.rates.value:
             time.sleep(0.3)
             dashboard.refresh()
