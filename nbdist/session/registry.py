@@ -205,8 +205,10 @@ class Registry:
             return int(cursor.lastrowid)  # type: ignore[arg-type]
 
     def delete_job(self, job_id: int) -> None:
-        """Remove a job that could not be submitted."""
+        """Remove a job and its rows (one that could not be submitted, or one forgotten)."""
         with self.transaction():
+            for table in ("steps", "attempts", "requests"):
+                self._db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def write(self, steps: Sequence[StepRecord], attempts: Sequence[AttemptRecord],

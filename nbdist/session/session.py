@@ -27,6 +27,7 @@ from .lifecycle import Lifecycle
 from .logs import LogCache
 from .ownership import Ownership
 from .poller import Poller
+from .cleanup import forget_record
 from .listing import UnknownJob, known_hint
 from .reasons import waiting_reason
 from .records import DEFAULT_SCALES, JobRecord, LogPaths, Request, job_name
@@ -44,18 +45,16 @@ class Session:
     Parameters
     ----------
     backend
-        ``"multiprocess"`` (this machine), ``"slurm"``, or a plugin of the ``nbdist.backends``
-        entry-point group.
+        ``"multiprocess"`` (this machine), ``"slurm"``, or a plugin of the ``nbdist.backends`` entry-point group.
     parallelism
         Cores used at once by the multiprocess backend (default: all of this machine's).
     root
         Folder of the registry (``registry.db``), the logs (``logs/{name}/``) and per-step scripts.
     poller_options
-        Tunables of the poller (``full_report_limit``, ``window_per_record``, ``full_poll_seconds``,
-        ``registry_check_seconds``; see :class:`nbdist.session.poller.Poller`).
+        Tunables of :class:`nbdist.session.poller.Poller` (``full_report_limit``, ``window_per_record``, ...).
     **backend_options
-        Passed to the backend's constructor; an option it does not name is a ValueError listing
-        those it does (e.g. ``partition``, ``sbatch_args`` for Slurm).
+        Passed to the backend's constructor; an option it does not name is a ValueError listing those it does
+        (e.g. ``partition``, ``sbatch_args`` for Slurm).
 
     Examples
     --------
@@ -228,6 +227,10 @@ class Session:
         """A number that grows with every change of the job's steps: a view's cheap "anything new?"."""
         return self.get(handle).record.version
 
+    def forget(self, handle: Any) -> list[str]:
+        """Remove a finished job from the registry and delete its files (:mod:`~nbdist.session.cleanup`)."""
+        return forget_record(self.get(handle).record, self.registry, self._lifecycle.records, self.id, self._lock)
+
     def poll(self) -> bool:
         """Ask the backends about every live task now (the poller does it on its own); True if anything changed."""
         return self._poller.poll()
@@ -244,10 +247,9 @@ class Session:
     def attach(self, take_over: bool = True) -> Session:
         """Load every job of the registry, and take over those whose session died; return the session.
 
-        Jobs whose kernel died are taken over: local steps that were queued or running are recorded
-        KILLED, Slurm jobs adopted, PENDING jobs start when their dependencies are DONE. With
-        ``take_over=False`` (the CLI's read-only commands) only the verdict on dead local tasks is
-        recorded: nothing is adopted or launched.
+        Jobs whose kernel died are taken over: local steps that were queued or running are recorded KILLED,
+        Slurm jobs adopted, PENDING jobs start when their dependencies are DONE. With ``take_over=False``
+        (the CLI's read-only commands) only the verdict on dead local tasks is recorded: nothing is adopted.
         """
         with self._lock:
             self._ownership.load_all(take_over)
@@ -276,10 +278,10 @@ class Session:
         for name, backend in backends.items():
             try:
                 backend.stop()
-            except Exception:
+            except Exception:  # one backend failing to stop must not keep the others running
                 logger.exception("stopping backend %s failed", name)
-        # Local tasks were just killed: record how they ended. A persistent backend's tasks (Slurm)
-        # keep running and stay QUEUED/RUNNING in the registry for the next attach to adopt.
+        # Local tasks were just killed: record how they ended. A persistent backend's tasks (Slurm) keep running
+        # and stay QUEUED/RUNNING in the registry for the next attach to adopt.
         for name, backend in backends.items():
             if not self._launcher.persistent(name):
                 self._poller.poll_backend(name, backend, full=True)

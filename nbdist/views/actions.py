@@ -6,16 +6,35 @@ what was killed or retried (how many, which steps), or that nothing matched and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..session import Array, Job
 from ..session.state import RETRYABLE_STATES, State
 from . import render
 
-__all__ = ["kill", "retry", "retry_states"]
+__all__ = ["kill", "known_names", "parse_where", "retry", "retry_states"]
 
 # Step ids listed in a line; past this many, the count and the first ones.
 MAX_LISTED_STEPS = 10
+
+
+def parse_where(words: Sequence[str]) -> dict[str, str]:
+    """``["lr=0.1", "depth=2"]`` → ``{"lr": "0.1", "depth": "2"}`` (the snapshot checks the names)."""
+    where = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {word!r}: write NAME=VALUE, e.g. lr=0.1")
+        where[key] = value
+    return where
+
+
+def known_names(handles: Sequence[Job | Array], limit: int = 20) -> str:
+    """Distinct names, newest first, ``…`` when some are left out (the hint of an unknown name)."""
+    newest = sorted(handles, key=lambda handle: -int(handle.id) if str(handle.id).isdigit() else 0)
+    names = list(dict.fromkeys(str(handle.name or handle.id) for handle in newest))
+    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
 
 
 def retry_states(killed: bool) -> frozenset[State]:

@@ -2,17 +2,22 @@
 
 Usage::
 
-    nbdist [--root ROOT] status [NAME]
+    nbdist [--root ROOT] status [NAME] [--all] [--where P=V ...]
     nbdist [--root ROOT] logs NAME[:STEP] [--err] [--tail N] [--follow]
     nbdist [--root ROOT] kill NAME[:STEP]
-    nbdist [--root ROOT] retry NAME[:STEP]
+    nbdist [--root ROOT] retry NAME[:STEP] [--killed]
+    nbdist [--root ROOT] forget NAME [NAME ...]
+    nbdist [--root ROOT] clean --older-than AGE
     nbdist [--root ROOT] run [--array SPEC] [--name N] [--cores C] [--memory M] [--runtime T]
                              [--max-attempts K] [--after NAME ...] [--parallelism P] [--backend B] -- COMMAND
 
 The CLI works on the same registry as the notebook (``--root``, default ``$NBDIST_ROOT`` or
 ``.nbdist``). ``kill``/``retry`` of a job owned by a running kernel are passed to that kernel through
-the registry. ``run`` submits from the terminal, draws a live progress line and exits 1 if any step
-failed (130 when interrupted; the tasks are killed then).
+the registry. ``run`` submits from the terminal, streams a single job's output (an array's first
+failure), draws a live progress line, groups failures by their last stderr line as the dashboard
+does, says which ``nbdist logs`` command reads more, and exits 1 if any step failed (130 when
+interrupted; the tasks are killed then). ``forget`` and ``clean`` remove finished jobs' rows and
+files, never a live job's.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import render
+from . import actions, render
 from ..session import Array, Job, Session, Snapshot, State, UnknownJob
 from ..session.sweep import command_line, parse_array_spec
 
@@ -33,6 +38,8 @@ __all__ = ["main"]
 
 # How often `run` and `logs --follow` redraw: fast enough to feel live, cheap on a shared machine.
 REFRESH_SECONDS = 0.2
+# `kill` waits this long to see the kill take effect (a kernel that owns the job reads requests every 0.5 s).
+KILL_WAIT_SECONDS = 10.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("name", nargs="?", help="a job or array name or id")
     status.add_argument("--state", help="only steps in this state (with NAME)")
     status.add_argument("--page", type=int, default=0, help="page of steps (with NAME)")
+    status.add_argument("--where", nargs="+", default=[], metavar="P=V", help="only steps with these parameters")
+    status.add_argument("--all", action="store_true", help="every job, not only unfinished and recent ones")
 
     logs = commands.add_parser("logs", help="print a job's or step's log")
     logs.add_argument("name", metavar="NAME[:STEP]")
@@ -57,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser("retry", help="run the failed steps (or a finished job) again")
     retry.add_argument("name", metavar="NAME[:STEP]")
+    retry.add_argument("--killed", action="store_true", help="KILLED and SKIPPED steps too")
+
+    forget = commands.add_parser("forget", help="remove finished jobs and their files")
+    forget.add_argument("names", nargs="+", metavar="NAME")
+
+    clean = commands.add_parser("clean", help="forget every job that ended more than AGE ago")
+    clean.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 7d, 12h, 30m")
 
     run = commands.add_parser("run", help="submit a command (or an array) and follow it")
     run.add_argument("--array", metavar="SPEC", help="steps: 10, 0-9, 1,3,5-7 or 0-99%%4 (at most 4 at once)")
@@ -102,10 +118,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------- status
 def _status(session: Session, args: argparse.Namespace) -> int:
     if args.name is None:
+        if args.where:
+            raise ValueError("--where needs a NAME: nbdist status NAME --where lr=0.1")
         snapshots = [session.snapshot(handle, page_size=1, tail_lines=0) for handle in session.jobs()]
-        print(render.status_text(snapshots, empty=f"no jobs in {session.root}"))
+        shown, more = render.status_selection(snapshots, all_jobs=args.all)
+        print(render.status_text(shown, empty=f"no jobs in {session.root}", more=more))
         return 0
-    print(render.snapshot_text(session.snapshot(args.name, state=args.state, page=args.page)))
+    where = actions.parse_where(args.where)
+    print(render.snapshot_text(session.snapshot(args.name, state=args.state, page=args.page, where=where)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- forget, clean
+# Units of an AGE (``7d``); a bare number is seconds.
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age(text: str) -> float:
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _AGE_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _AGE_UNITS[unit]
+    except ValueError:
+        raise ValueError(f"--older-than {text!r}: write a number and a unit, e.g. 7d, 12h, 30m") from None
+    if seconds < 0:
+        raise ValueError(f"--older-than {text!r}: must not be negative")
+    return seconds
+
+
+def _forget(session: Session, args: argparse.Namespace) -> int:
+    for name in args.names:
+        handle = session.get(name)
+        removed = session.forget(handle)
+        print(f"forgot {handle.name} (id {handle.id}): {len(removed)} files removed")
+    return 0
+
+
+def _clean(session: Session, args: argparse.Namespace) -> int:
+    cutoff = time.time() - _age(args.older_than)
+    forgotten = files = skipped = 0
+    for handle in session.jobs():
+        snap = session.snapshot(handle, page_size=1, tail_lines=0)
+        if not snap.all_terminal or snap.submitted + snap.elapsed_s > cutoff:
+            continue
+        try:
+            files += len(session.forget(handle))
+            forgotten += 1
+        except ValueError as exc:  # another live kernel's job: left for it
+            skipped += 1
+            print(f"nbdist: kept {handle.name} (id {handle.id}): {exc}", file=sys.stderr)
+    kept = f"; {skipped} kept" if skipped else ""
+    print(f"forgot {forgotten} job{'s' * (forgotten != 1)} that ended over {args.older_than} ago: "
+          f"{files} files removed{kept}")
     return 0
 
 
@@ -157,25 +220,19 @@ def _logs(session: Session, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- kill, retry
 def _kill(session: Session, args: argparse.Namespace) -> int:
     handle = session.get(args.name)
-    if not handle.cancel():
-        print(f"{handle.name} had already finished ({handle.state.value})")
-        return 0
-    state = handle.wait(10)
-    print(f"{handle.name}: {state.value}" + ("" if state.is_terminal else " (kill requested)"))
+    print(actions.kill(handle))
+    state = handle.wait(KILL_WAIT_SECONDS)  # the kernel that runs it acts on its next registry check
+    if not state.is_terminal:
+        print(f"nbdist: {handle.name} is still {state.value} after {KILL_WAIT_SECONDS:g}s; the kill stays requested",
+              file=sys.stderr)
     return 0
 
 
 def _retry(session: Session, args: argparse.Namespace) -> int:
     handle = session.get(args.name)
-    if isinstance(handle, Array):
-        if not handle.failed():
-            print(f"{handle.name}: no failed step to retry")
-            return 0
-        handle.retry_failed()
-    else:
-        handle.retry()
-    if not handle.owned:
-        print(f"{handle.name}: retry requested from the session that owns it")
+    line = actions.retry(handle, killed=args.killed)
+    print(line)
+    if not line.startswith("retrying") or not handle.owned:
         return 0
     # This process now runs the retried steps: follow them here (local tasks die with us).
     return _follow(session, handle, quiet=False)
@@ -211,13 +268,41 @@ def _progress(snap: Snapshot) -> str:
     return f"{snap.name}: {terminal}/{snap.total} finished · {' · '.join(parts)} · {snap.elapsed_s:.1f}s"
 
 
+class _Tail:
+    """The new bytes of a growing log file, read from where the last read stopped."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def read(self, path: str | None) -> str:
+        if path is None:
+            return ""
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return ""
+        self.offset += len(chunk)
+        return chunk.decode(errors="replace")
+
+
 def _follow(session: Session, handle: Job | Array, quiet: bool) -> int:
-    """Draw a progress line until the job ends; 0 if everything is DONE, else 1."""
+    """Until the job ends: a progress line (stderr), a single job's output as it comes (stdout), an
+    array's first failure when it happens; then failures grouped by their last stderr line and the
+    ``nbdist logs`` command that reads more. 0 if everything is DONE, else 1."""
     tty = sys.stderr.isatty()
     last = ""
+    out = _Tail() if isinstance(handle, Job) else None
+    first_failure_shown = False
     while True:
         finished = handle.done()
-        snap = session.snapshot(handle, page_size=1, tail_lines=0)
+        if out is not None:
+            _write(sys.stdout, out.read(handle.log_paths.stdout if handle.log_paths else None), tty and not quiet)
+        snap = session.snapshot(handle, page_size=1, tail_lines=10)
+        if snap.kind == "array" and snap.failure_groups and not first_failure_shown and not finished:
+            first_failure_shown = True
+            _first_failure(snap, tty and not quiet)
         line = _progress(snap)
         if not quiet and line != last:
             if tty:
@@ -232,19 +317,42 @@ def _follow(session: Session, handle: Job | Array, quiet: bool) -> int:
     if tty and not quiet:
         sys.stderr.write("\n")
     snap = session.snapshot(handle, page_size=1, tail_lines=5)
+    root = "" if session.root == os.path.abspath(".nbdist") else f" --root {session.root}"
     if snap.state is State.DONE:
+        if out is None:
+            print(f"nbdist: output: nbdist{root} logs {handle.name}:STEP", file=sys.stderr)
         return 0
     for message, steps in snap.failure_groups:
-        label = "" if snap.kind == "job" else f" (steps {', '.join(map(str, steps[:10]))})"
+        label = "" if snap.kind == "job" else f" ({render.steps_label(list(steps))})"
         print(f"nbdist: {len(steps)} × {message}{label}", file=sys.stderr)
-    failures = [handle] if isinstance(handle, Job) else handle.failed()
-    failed = failures[0] if failures else None
-    if failed is not None and failed.log_paths is not None:
-        print(f"nbdist: see {failed.log_paths.stderr}", file=sys.stderr)
+    target = handle.name if snap.kind == "job" else f"{handle.name}:{snap.failure_groups[0][1][0]}" \
+        if snap.failure_groups else handle.name
+    print(f"nbdist: more: nbdist{root} logs {target} --err", file=sys.stderr)
     return 1
 
 
-_COMMANDS = {"status": _status, "logs": _logs, "kill": _kill, "retry": _retry}
+def _write(stream: Any, text: str, clear_line: bool) -> None:
+    """Output of the job, on its own lines (the progress line, on a terminal, is cleared first)."""
+    if not text:
+        return
+    if clear_line:
+        sys.stderr.write("\r\x1b[2K")
+        sys.stderr.flush()
+    stream.write(text)
+    stream.flush()
+
+
+def _first_failure(snap: Snapshot, clear_line: bool) -> None:
+    """The first failed step of an array, when it fails: its last stderr lines."""
+    message, steps = snap.failure_groups[0]
+    tail = render.tail_text(snap.stderr_tail).rstrip("\n")
+    text = f"nbdist: step {steps[0]} failed: {message}\n"
+    if tail and snap.log_step == steps[0]:
+        text += "".join(f"  | {line}\n" for line in tail.splitlines()[-5:])
+    _write(sys.stderr, text, clear_line)
+
+
+_COMMANDS = {"status": _status, "logs": _logs, "kill": _kill, "retry": _retry, "forget": _forget, "clean": _clean}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,6 +23,7 @@ from IPython.display import display
 
 from ..session import Array, Job, NotebookSessions, Options, Session, cell_inputs, submit_cell
 from ..session.sweep import expand, parse_array_spec, placeholders
+from . import actions
 
 __all__ = ["NbdistMagics", "load_ipython_extension"]
 
@@ -65,24 +66,6 @@ def _split(line: str) -> list[str]:
         raise UsageError(f"cannot read the line: {exc}") from None
 
 
-def _where(words: Sequence[str]) -> dict[str, str]:
-    """``["lr=0.1", "depth=2"]`` → ``{"lr": "0.1", "depth": "2"}`` (the snapshot checks the names)."""
-    where = {}
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--where {word!r}: write NAME=VALUE, e.g. lr=0.1")
-        where[key] = value
-    return where
-
-
-def _known(handles: Sequence[Job | Array], limit: int = 20) -> str:
-    """Distinct names, newest first, ``…`` when some are left out (the hint of an unknown name)."""
-    newest = sorted(handles, key=lambda handle: -int(handle.id) if str(handle.id).isdigit() else 0)
-    names = list(dict.fromkeys(str(handle.name or handle.id) for handle in newest))
-    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
-
-
 def _split_step(target: str) -> tuple[str, int | None]:
     """``"sweep:3"`` → ``("sweep", 3)``; ``"sweep"`` → ``("sweep", None)``."""
     name, sep, step = target.rpartition(":")
@@ -117,7 +100,7 @@ class NbdistMagics(Magics):
         if found is not None:
             return found
         sessions = [session] if session is not None else self.sessions.all()
-        known = _known([h for s in sessions for h in s.jobs()])
+        known = actions.known_names([h for s in sessions for h in s.jobs()])
         raise UsageError(f"no {what} named {name!r}" + (f" (known: {known})" if known else "")) from None
 
     def _user_ns(self) -> dict[str, Any]:
@@ -321,6 +304,8 @@ class NbdistMagics(Magics):
                                               dashboard shown meanwhile (not with --quiet); after S
                                               seconds, say which are still running; an interrupt stops
                                               the wait, not the work
+            %nbdist forget NAME [NAME ...]    remove finished jobs from the registry and delete their
+                                              logs and scripts (never a job that still runs)
             %nbdist attach [ROOT]             reconnect to the jobs of an earlier kernel (default .nbdist)
             %nbdist backend [NAME] [--parallelism N]
                                               show or switch the backend of the magics' session
@@ -345,7 +330,7 @@ class NbdistMagics(Magics):
         if name:
             handle = self._lookup(name)
             try:
-                snapshot = handle.session.snapshot(handle, where=_where(where))
+                snapshot = handle.session.snapshot(handle, where=actions.parse_where(where))
             except ValueError as exc:
                 raise UsageError(f"status {name}: {_one_line(exc)}") from None
             display({"text/plain": render.snapshot_text(snapshot), "text/html": render.snapshot_html(snapshot)},
@@ -381,21 +366,26 @@ class NbdistMagics(Magics):
         sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
 
     def _cmd_kill(self, args: Any) -> None:
-        from . import actions
-
         sys.stdout.write(actions.kill(self._target(args.target)) + "\n")
 
     def _cmd_retry(self, args: Any) -> None:
         if args.scale is not None and not args.scale > 0:
             raise UsageError(f"--scale {args.scale}: must be positive")
-        from . import actions
-
         handle = self._target(args.target)
         try:
             line = actions.retry(handle, args.scale, killed=args.killed)
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"retry {args.target}: {_one_line(exc)}") from None
         sys.stdout.write(line + "\n")
+
+    def _cmd_forget(self, args: Any) -> None:
+        for name in args.names:
+            handle = self._lookup(name)
+            try:
+                removed = handle.session.forget(handle)
+            except ValueError as exc:
+                raise UsageError(f"forget {name}: {_one_line(exc)}") from None
+            sys.stdout.write(f"forgot {handle.name} (id {handle.id}): {len(removed)} files removed\n")
 
     def _cmd_wait(self, args: Any) -> None:
         if args.timeout is not None and not args.timeout > 0:
@@ -481,6 +471,8 @@ def _build_nbdist_parser() -> MagicArgumentParser:
     retry.add_argument("target", metavar="NAME[:STEP]")
     retry.add_argument("--scale", type=float)
     retry.add_argument("--killed", action="store_true")
+    commands.add_parser("forget", help="remove finished jobs and their files").add_argument("names", nargs="+",
+                                                                                              metavar="NAME")
     wait = commands.add_parser("wait", help="block until finished")
     wait.add_argument("names", nargs="*", metavar="NAME")
     wait.add_argument("--timeout", type=float)

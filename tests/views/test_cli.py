@@ -23,7 +23,7 @@ def test_run_array_reports_progress_and_fails_if_a_step_failed(tmp_path, capsys)
     captured = capsys.readouterr()
     assert code == 1
     assert "demo: 4/4 finished · done 3 · failed 1" in captured.err
-    assert "1 × FAILED: exit code 1 (steps 2)" in captured.err
+    assert "1 × FAILED: exit code 1 (step 2)" in captured.err
     assert main(["--root", root, "run", "--name", "fine", "--", "true"]) == 0
 
 
@@ -31,6 +31,7 @@ def test_run_keeps_the_quoting_of_argv_words(tmp_path, capsys):
     root = str(tmp_path / "root")
     assert main(["--root", root, "run", "--name", "argv", "--", sys.executable, "-c", "print('a  b'); print(1)"]) == 0
     assert main(["--root", root, "run", "--name", "line", "--", "echo 'c  d' | tr c e"]) == 0
+    assert capsys.readouterr().out == "a  b\n1\ne  d\n"  # run streams a job's output
     assert main(["--root", root, "logs", "argv"]) == 0
     assert capsys.readouterr().out == "a  b\n1\n"
     assert main(["--root", root, "logs", "line"]) == 0
@@ -78,7 +79,7 @@ def test_kill_from_the_cli_reaches_the_owning_process(tmp_path, capsys):
                 break
             time.sleep(0.1)
         assert main(["--root", root, "kill", "sleepy"]) == 0
-        assert "sleepy: KILLED" in capsys.readouterr().out
+        assert capsys.readouterr().out == "killed sleepy (id 1) (asked the kernel that runs it), which was RUNNING\n"
         assert runner.wait(10) == 1
         assert "KILLED" in runner.stderr.read()
     finally:
@@ -96,7 +97,7 @@ def test_retry_from_the_cli_runs_failed_steps_again(tmp_path, capsys):
     assert main(["--root", root, "retry", "flaky"]) == 0
     assert "flaky: 3/3 finished · done 3" in capsys.readouterr().err
     assert main(["--root", root, "retry", "flaky"]) == 0
-    assert "no failed step" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith("nothing to retry in flaky")
 
 
 def test_console_script_and_bad_input(tmp_path):
@@ -135,3 +136,83 @@ def test_looking_at_an_empty_folder_creates_nothing(tmp_path, capsys):
     assert main(["--root", str(root), "logs", "x"]) == 2
     assert "no registry in" in capsys.readouterr().err
     assert not root.exists()
+
+
+def test_run_streams_a_jobs_output_and_groups_failures_with_the_logs_command(tmp_path, capsys):
+    """Issue 14 point 10: the output of a single job appears; a failure says its last stderr line
+    and which `nbdist logs` command reads more, not a raw path."""
+    root = str(tmp_path / "root")
+    assert main(["--root", root, "run", "--name", "echo", "--", "echo hi"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "hi\n"
+    assert main(["--root", root, "run", "--name", "failing", "--", "echo detail; echo 'ValueError: boom' >&2; exit 3"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "detail\n"
+    assert "nbdist: 1 × ValueError: boom" in captured.err
+    assert f"nbdist: more: nbdist --root {os.path.abspath(root)} logs failing --err" in captured.err
+    assert "/logs/" not in captured.err  # no raw path
+    code = main(["--root", root, "run", "--name", "arr", "--array", "6", "--",
+                 "test $NBDIST_STEP = 0 && { echo 'KeyError: x' >&2; exit 1; }; sleep 1; test $NBDIST_STEP -lt 4 || "
+                 "{ echo 'KeyError: x' >&2; exit 1; }"])
+    captured = capsys.readouterr()
+    assert code == 1
+    # The array's first failure is shown when it happens, with its stderr; then the groups.
+    assert "nbdist: step 0 failed: KeyError: x\n  | KeyError: x\n" in captured.err
+    assert "nbdist: 3 × KeyError: x (steps 0, 4, 5)" in captured.err
+    assert "logs arr:0 --err" in captured.err
+
+
+def test_kill_retry_forget_clean_say_what_they_did(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    with Session(parallelism=2, root=root) as session:
+        flaky = session.array("exit $((NBDIST_STEP % 2))", steps=4, name="flaky")
+        flaky.wait(20)
+        old = session.submit("true", name="old")
+        old.wait(10)
+    assert main(["--root", root, "retry", "flaky"]) == 1  # follows the retried steps, which fail again
+    out = capsys.readouterr().out
+    assert out.startswith("retrying 2 of 4 steps of flaky (id 1): steps 1, 3\n"), out
+    assert main(["--root", root, "kill", "flaky"]) == 0
+    assert capsys.readouterr().out.startswith("nothing to kill: every step of flaky (id 1) had ended")
+    # clean and forget never delete a live job's files.
+    live = subprocess.Popen([NBDIST, "--root", root, "run", "--name", "live", "--", "sleep 30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with Session(root=root) as reader:
+                reader.attach(take_over=False)
+                try:
+                    if reader.get("live").state is State.RUNNING:
+                        break
+                except KeyError:
+                    pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert main(["--root", root, "forget", "live"]) == 2
+        assert "kill it first" in capsys.readouterr().err
+        logs = os.path.join(root, "logs")
+        assert main(["--root", root, "clean", "--older-than", "0s"]) == 0
+        assert capsys.readouterr().out == "forgot 2 jobs that ended over 0s ago: 14 files removed\n"
+        assert sorted(os.listdir(logs)) == ["live"]
+        assert main(["--root", root, "status", "--all"]) == 0
+        listing = capsys.readouterr().out.splitlines()
+        assert len(listing) == 2 and listing[1].split()[4] == "live"
+    finally:
+        live.terminate()
+        live.wait(20)
+    assert main(["--root", root, "clean", "--older-than", "7x"]) == 2
+    assert "--older-than '7x'" in capsys.readouterr().err
+
+
+def test_status_without_all_keeps_unfinished_and_recent(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    with Session(parallelism=2, root=root) as session:
+        for i in range(render.RECENT_FINISHED + 3):
+            session.submit("true", name=f"j{i}").wait(10)
+    assert main(["--root", root, "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + render.RECENT_FINISHED + 1
+    assert lines[1].split()[4] == f"j{render.RECENT_FINISHED + 2}" and lines[-1] == "… and 3 older finished (--all shows them)"
+    assert main(["--root", root, "status", "--all"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + render.RECENT_FINISHED + 3

@@ -180,3 +180,25 @@ def test_status_lists_ids_and_times_newest_first(ip: Any, session: Any, shown: l
     # The unknown-name hint: newest first, including the job just made.
     with pytest.raises(UsageError, match=r"\(known: many, echo\)"):
         ip.run_line_magic("nbdist", "show nosuch")
+
+
+def test_forget_removes_rows_and_files_never_a_live_jobs(ip: Any, session: Any, capsys: pytest.CaptureFixture[str],
+                                                          shown: list[Any]) -> None:
+    done = session.array("echo {{x}}", over={"x": [1, 2]}, name="done")
+    done.wait(20)
+    live = session.submit("sleep 30", name="live")
+    logs = Path(session.root) / "logs"
+    assert (logs / "done").is_dir()
+    ip.run_line_magic("nbdist", "forget done")
+    assert capsys.readouterr().out == f"forgot done (id {done.id}): 6 files removed\n"  # 4 logs, manifest, scripts
+    assert not (logs / "done").exists()
+    assert not list((Path(session.root) / "scripts").glob(f"{done.id}"))
+    with pytest.raises(UsageError, match="no job or array named 'done'"):
+        ip.run_line_magic("nbdist", "show done")
+    with pytest.raises(UsageError, match="has unfinished steps .* kill it first"):
+        ip.run_line_magic("nbdist", "forget live")
+    assert (logs / "live").is_dir()
+    live.cancel()
+    live.wait(10)
+    ip.run_line_magic("nbdist", "status --all")
+    assert "done" not in shown[-1]["text/plain"] and "live" in shown[-1]["text/plain"]
