@@ -186,7 +186,7 @@ class _ConsumerLoop:
     def _learn_imports(self) -> None:
         """Import what the call just ended needed, once its end is reported (the next task waits for it)."""
         names = self.warm.to_learn()
-        if names:
+        if names and not self.stopping:
             self._flush()
             self.warm.learn(names)
 

@@ -81,19 +81,23 @@ class WarmInterpreter:
             from .._task import pycall  # noqa: F401
 
             self.ready = True
+        self.to_learn()  # a report left unread (the previous call's wait was cut short) is dropped
         env = {**base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
         out_fd, err_fd = open_logs(spec)
-        report_read, report_write = os.pipe()
+        opened = [out_fd, err_fd]
         try:
-            started = time.monotonic()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child never returns (coverage cannot follow it)
-                _child(spec, env, files, (out_fd, err_fd, report_write))
-        except BaseException:
-            os.close(report_read)
-            raise
+            report_read, report_write = os.pipe()
+            opened.append(report_write)
+            try:
+                started = time.monotonic()
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child never returns (coverage cannot follow it)
+                    _child(spec, env, files, (out_fd, err_fd, report_write))
+            except BaseException:
+                os.close(report_read)
+                raise
         finally:
-            for fd in (out_fd, err_fd, report_write):
+            for fd in opened:
                 os.close(fd)
         self._report_fd = report_read
         return RunningTask.adopt(spec, pid, started)
