@@ -108,3 +108,24 @@ def cli_calls(log: Path) -> dict[str, int]:
         for line in log.read_text().splitlines():
             counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
     return counts
+
+
+def kill_node(node: str) -> None:
+    """A node dies: ``slurm-local.sh kill-node`` SIGKILLs its slurmd, and here its slurmstepds too.
+
+    The script looks for ``SLURMD_NODENAME`` in slurmstepd's own environment, which slurmstepd does
+    not have (its jobs do), so on Slurm 22.05 it leaves them running; they are found here through the
+    environment of their children. Killed with SIGKILL, as by a power cut: the ``nbdist-worker`` under
+    each then kills its task (it asked the kernel to be told when its slurmstepd dies).
+    """
+    subprocess.run([str(SCRIPT), "kill-node", node], check=True, capture_output=True, timeout=60)
+    mark = f"SLURMD_NODENAME={node}".encode()
+    for stepd in Path("/proc").glob("[0-9]*"):
+        try:
+            if stepd.joinpath("comm").read_text().strip() != "slurmstepd":
+                continue
+            children = stepd.joinpath("task", stepd.name, "children").read_text().split()
+            if any(mark in Path(f"/proc/{child}/environ").read_bytes().split(b"\0") for child in children):
+                os.kill(int(stepd.name), 9)
+        except (OSError, ValueError):
+            continue
