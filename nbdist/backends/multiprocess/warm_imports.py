@@ -32,6 +32,8 @@ PROBE_TIMEOUT_SECONDS = 30.0
 
 def report_new_modules(fd: int, before: set[str]) -> None:
     """Write the modules loaded since ``before`` (name and file) to ``fd`` without ever blocking."""
+    if len(sys.modules) <= len(before):  # the common case once warm: nothing new, nothing to write
+        return
     new = [(name, getattr(module, "__file__", None)) for name, module in list(sys.modules.items())
            if name not in before and name != "__main__"]
     data = json.dumps([(name, path) for name, path in new if isinstance(path, str)]).encode()
