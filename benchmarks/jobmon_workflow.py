@@ -42,7 +42,7 @@ def run_one(jobmon: jobmon_env.LocalJobmon, cluster: str, tasks: int, round_: in
         raise RuntimeError(f"{cluster} workflow failed:\n{run.stderr[-3000:]}")
     result = json.loads(run.stdout.strip().splitlines()[-1])
     if result["status"] != "D":
-        raise RuntimeError(f"{cluster} workflow ended {result['status']}")
+        raise RuntimeError(f"{cluster} workflow ended {result['status']} (tasks failed: see Jobmon's error log)")
     return result["wall_s"]
 
 
@@ -59,7 +59,9 @@ def main() -> int:
     root = jobmon_env.jobmon_venv(archive)
     times: dict[str, list[float]] = {"nbdist": [], "multiprocess": []}
     with tempfile.TemporaryDirectory(prefix="nbdist-jobmon-bench-") as folder:
-        with jobmon_env.LocalJobmon(root, Path(folder), parallelism=args.parallelism) as jobmon:
+        # Heartbeats of 30 s (Jobmon's default is longer): on a loaded machine a worker that starts
+        # slowly must not be triaged; the distributor still polls every second.
+        with jobmon_env.LocalJobmon(root, Path(folder), parallelism=args.parallelism, heartbeat_s=30) as jobmon:
             same = jobmon.python_run(
                 "from sqlalchemy import create_engine, text\n"
                 f"e = create_engine({jobmon.db_url!r})\n"

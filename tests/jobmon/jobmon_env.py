@@ -142,7 +142,7 @@ class LocalJobmon:
     """
 
     def __init__(self, root: Path, folder: Path, parallelism: int = 2, heartbeat_s: int = 1,
-                 queues: dict | None = None) -> None:
+                 queues: dict | None = None, poll_s: int = 1) -> None:
         self.root = root
         self.folder = folder
         self.python = str(root / "venv" / "bin" / "python")
@@ -159,7 +159,7 @@ class LocalJobmon:
             JOBMON__SESSION__SECRET_KEY="test",
             JOBMON__HTTP__STOP_AFTER_DELAY="0",
             JOBMON__HTTP__RETRIES_TIMEOUT="0",
-            JOBMON__DISTRIBUTOR__POLL_INTERVAL=str(heartbeat_s),
+            JOBMON__DISTRIBUTOR__POLL_INTERVAL=str(poll_s),
             JOBMON__HEARTBEAT__WORKFLOW_RUN_INTERVAL=str(heartbeat_s),
             JOBMON__HEARTBEAT__TASK_INSTANCE_INTERVAL=str(heartbeat_s),
         )
