@@ -97,11 +97,7 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
         return f"{shlex.quote(self._entry_point)} {command}"
 
     def _resources(self, requested_resources: dict[str, Any]) -> dict[str, Any]:
-        resources = nbdist_resources(requested_resources)
-        # Jobmon's worker runs in this process's environment: nbdist's consumers put nbdist's own
-        # folder on their PYTHONPATH, where a task's ``import jobmon`` would find this package.
-        resources["env"] = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-        return resources
+        return nbdist_resources(requested_resources)
 
     def submit_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any]) -> str:
         """Queue Jobmon's worker command for one task instance; return its distributor id."""
