@@ -145,7 +145,8 @@ class _ConsumerLoop:
         self.events: list[Event] = []
         self.current: tuple[PickableTask, RunningTask] | None = None
         self.stopping = False
-        self.warm = warm.WarmInterpreter()  # Python calls for this interpreter are forked, not spawned
+        # Python calls for this interpreter are forked, not spawned; nbdist's folder is on our sys.path only.
+        self.warm = warm.WarmInterpreter(warm.sys_path_without(_PACKAGE_PARENT))
         # Connection.poll() builds a selector per call; one poll object is much cheaper per task.
         self._poller = select.poll()
         self._poller.register(inbox.fileno(), select.POLLIN)

@@ -36,7 +36,7 @@ from ...cluster_protocol.pycall import CALL_MODULE, parse_call_command
 from .._task.runner import RunningTask, TaskSpec, open_logs
 from .warm_imports import ModuleWarmer, report_new_modules, single_threaded
 
-__all__ = ["CallFiles", "WarmInterpreter", "python_call"]
+__all__ = ["CallFiles", "WarmInterpreter", "python_call", "sys_path_without"]
 
 CallFiles = tuple[str, "str | None"]
 # What a forked child exits with when the task's cwd cannot be entered (as ``cd ... || exit 125``).
@@ -58,16 +58,27 @@ def python_call(spec: TaskSpec) -> CallFiles | None:
     return parsed.call, parsed.items
 
 
+def sys_path_without(entry: str) -> list[str]:
+    """This process's ``sys.path`` without the first ``entry``: what a fresh interpreter for a task would have
+    when ``entry`` was put on the consumer's own ``PYTHONPATH`` only (nbdist's folder, for the consumer)."""
+    path = list(sys.path)
+    if entry in path:
+        path.remove(entry)
+    return path
+
+
 class WarmInterpreter:
     """A consumer's warm state: what it has imported, and the report of the call it forked last.
 
     ``start`` forks a Python call (None for any other task: the caller spawns it as always);
     after the call has ended, ``learn`` imports here the modules it needed (:mod:`.warm_imports`).
+    ``task_sys_path`` is the ``sys.path`` a call starts with (a fresh interpreter's, for the task's env).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, task_sys_path: list[str]) -> None:
         self.ready = False  # cloudpickle and the call runner imported (on the first call, not at start)
-        self.imports = ModuleWarmer()
+        self.task_sys_path = task_sys_path
+        self.imports = ModuleWarmer(task_sys_path)
         self._report_fd: int | None = None
 
     def start(self, spec: TaskSpec, base_env: dict[str, str]) -> RunningTask | None:
@@ -95,6 +106,7 @@ class WarmInterpreter:
                 started = time.monotonic()
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - the child never returns (coverage cannot follow it)
+                    sys.path[:] = self.task_sys_path
                     _child(spec, env, files, (out_fd, err_fd, report_write))
             except BaseException:
                 os.close(report_read)

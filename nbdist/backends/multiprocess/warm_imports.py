@@ -4,9 +4,9 @@ A forked call that imports ``pandas`` pays that import in every call, since the 
 with it. So the child reports the modules it loaded (:func:`report_new_modules`, through a pipe),
 and the consumer imports them itself (:class:`ModuleWarmer`) so the next fork starts with them.
 
-Only what the consumer would find by itself is imported (a module whose file lies under an
-absolute entry of the consumer's own ``sys.path``: installed packages and the standard library,
-not a notebook's folder, whose ``sys.path`` only the calls apply). An import that would start a
+Only what a task's interpreter would find by itself is imported (a module whose file lies under an
+absolute entry of the tasks' own ``sys.path``: installed packages and the standard library, not a
+notebook's folder, whose ``sys.path`` only the calls apply). An import that would start a
 thread (BLAS pools, some C extensions) would make forking unsafe, so every new set is first
 imported in a throwaway fork that checks the thread count; a set that fails is never tried again.
 """
@@ -56,7 +56,9 @@ def single_threaded() -> bool:
 class ModuleWarmer:
     """The consumer's side: which reported modules to import, and importing them safely."""
 
-    def __init__(self) -> None:
+    def __init__(self, search_path: list[str]) -> None:
+        # Only modules found under these (the tasks' own sys.path) are imported here.
+        self.roots = tuple(os.path.join(entry, "") for entry in search_path if os.path.isabs(entry))
         self.refused: set[str] = set()  # names a probe or an import failed on: never again
 
     def read_report(self, fd: int) -> list[str]:
@@ -74,9 +76,8 @@ class ModuleWarmer:
             reported = json.loads(b"".join(chunks) or b"[]")
         except ValueError:
             return []
-        roots = tuple(os.path.join(entry, "") for entry in sys.path if os.path.isabs(entry))
         return [name for name, path in reported
-                if name not in sys.modules and name not in self.refused and path.startswith(roots)]
+                if name not in sys.modules and name not in self.refused and path.startswith(self.roots)]
 
     def load(self, names: Iterable[str]) -> None:
         """Import ``names`` in this process if a throwaway fork shows they leave it single-threaded."""

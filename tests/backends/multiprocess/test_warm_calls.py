@@ -285,3 +285,18 @@ def test_a_module_that_starts_a_thread_on_import_is_not_imported_by_the_consumer
         assert calls.wait(second)["status"] == "D"
         # not imported by the consumer, which stays single-threaded: the call is still a fork
         assert calls.outcome(second) == (True, (False, True))
+
+
+def _sys_path() -> tuple[list[str], bool]:
+    return list(sys.path), CONSUMER_MODULE in sys.modules
+
+
+def test_a_forked_call_sees_the_sys_path_a_fresh_interpreter_would(calls, tmp_path):
+    warm_task = calls.submit(_sys_path, cwd=str(tmp_path))
+    fresh_task = calls.submit(_sys_path, cwd=str(tmp_path), command_prefix="true && ")
+    assert calls.wait(warm_task)["status"] == calls.wait(fresh_task)["status"] == "D"
+    (warm_path, forked), (fresh_path, fresh_forked) = calls.outcome(warm_task)[1], calls.outcome(fresh_task)[1]
+    assert forked and not fresh_forked
+    # '' (the consumer's -c) and the cwd (python -m) both mean the task's folder
+    same = [entry for entry in warm_path if entry not in ("", str(tmp_path))]
+    assert same == [entry for entry in fresh_path if entry not in ("", str(tmp_path))]
