@@ -243,11 +243,17 @@ cmd_kill_node() {
     local node="${1:?usage: kill-node NODE}" pid
     pid="$(pid_of "$B/run/slurmd-$node.pid" slurmd)" || die "slurmd $node is not running"
     kill -KILL "$pid"
-    # Its job steps die with it, as on a real node failure: the slurmstepd processes of that node.
-    for pid in $(pids_of_this_cluster slurmstepd); do
-        if tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "SLURMD_NODENAME=$node"; then
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+    # Its job steps die with it, as on a real node failure. slurmstepd's own environment does not name
+    # its node; the job processes it runs do (SLURMD_NODENAME): kill those and their slurmstepd.
+    local dir parent stat
+    for dir in /proc/[0-9]*; do
+        pid="${dir#/proc/}"
+        tr '\0' '\n' 2>/dev/null <"$dir/environ" | grep -qxF "SLURMD_NODENAME=$node" || continue
+        read -r stat 2>/dev/null <"$dir/stat" || continue
+        stat="${stat##*) }"
+        parent="$(cut -d' ' -f2 <<<"$stat")"
+        alive_as "$parent" slurmstepd && kill -KILL "$parent" 2>/dev/null
+        kill -KILL "$pid" 2>/dev/null || true
     done
     wait_gone "$B/run/slurmd-$node.pid" 50 slurmd || true
 }
