@@ -18,6 +18,10 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.jupyter-installed
 
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
 ## make lab: install nbdist with Jupyter and open JupyterLab on notebooks/
 lab: $(VENV)/.jupyter-installed
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -30,11 +34,15 @@ demo: $(VENV)/.jupyter-installed
 test: $(VENV)/.test-installed
 	scripts/run-tests.sh
 
-## make bench: the benchmark scripts (ratios against peers measured in the same run)
-bench: $(VENV)/.test-installed
+## make bench: the local benchmark scripts (ratios against peers measured in the same run); the Slurm one
+## (benchmarks/slurm_packed.py) needs scripts/slurm-local.sh start, the Jobmon one (benchmarks/jobmon_workflow.py)
+## the Jobmon venv the test suite builds
+bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/session_throughput.py
 	$(PY) benchmarks/session_scale.py
+	$(PY) benchmarks/python_map.py
+	$(PY) benchmarks/python_memory.py
 	$(PY) benchmarks/widget_refresh.py
 	$(PY) benchmarks/load_100k.py
 
