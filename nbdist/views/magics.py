@@ -29,6 +29,10 @@ __all__ = ["NbdistMagics", "load_ipython_extension"]
 
 log = logging.getLogger(__name__)
 
+# A wait shows live dashboards once it has lasted this long: work done in a blink gets its final
+# dashboard only (ipyparallel's progress_after), which is also what a saved notebook then holds.
+LIVE_AFTER_SECONDS = 1.0
+
 
 def _array_spec(spec: str) -> tuple[Sequence[int], int | None]:
     """Step ids and the optional ``%N`` concurrency limit of a Slurm-style array spec.
@@ -197,7 +201,7 @@ class NbdistMagics(Magics):
         if args.out:
             self._user_ns()[args.out] = handle
         if args.wait:
-            self._wait([handle], None, dashboards=not args.quiet)
+            self._wait([handle], None, dashboards=not args.quiet, show_end=True)
         elif not args.quiet:
             from .widget import show
 
@@ -289,9 +293,8 @@ class NbdistMagics(Magics):
         Sub-commands::
 
             %nbdist status [NAME] [--all] [--where P=V ...]
-                                              the registry's unfinished and newest jobs, newest first
-                                              (every one with --all); or one, as a table (its steps
-                                              with these parameter values with --where)
+                                              the registry's unfinished and newest jobs, newest first (all
+                                              with --all); or one, as a table (--where: steps with these values)
             %nbdist show [NAME]               the live dashboard of a job or array (none: every job)
             %nbdist logs NAME[:STEP] [--err] [--tail N]
                                               a step's stdout (stderr with --err)
@@ -300,10 +303,9 @@ class NbdistMagics(Magics):
                                               re-run FAILED/TIMEOUT/OUT_OF_MEMORY/LOST steps (resources × F
                                               for TIMEOUT/OUT_OF_MEMORY); KILLED/SKIPPED too with --killed
             %nbdist wait [NAME ...] [--timeout S] [--quiet]
-                                              block until finished (every job when no NAME), each live
-                                              dashboard shown meanwhile (not with --quiet); after S
-                                              seconds, say which are still running; an interrupt stops
-                                              the wait, not the work
+                                              block until finished (every job when no NAME), live dashboards
+                                              shown meanwhile (not with --quiet); after S seconds, say which
+                                              still run; an interrupt stops the wait, not the work
             %nbdist forget NAME [NAME ...]    remove finished jobs from the registry and delete their
                                               logs and scripts (never a job that still runs)
             %nbdist attach [ROOT]             reconnect to the jobs of an earlier kernel (default .nbdist)
@@ -393,25 +395,34 @@ class NbdistMagics(Magics):
         handles = [self._lookup(name) for name in args.names] if args.names else self.sessions.handles()
         self._wait(handles, args.timeout, dashboards=not args.quiet)
 
-    def _wait(self, handles: Sequence[Job | Array], timeout: float | None, dashboards: bool) -> None:
-        """Block until every handle ends, with each unfinished one's live dashboard shown meanwhile
-        (as ``tqdm.notebook`` does); an interrupt stops the wait, not the work, and says so in one line."""
+    def _wait(self, handles: Sequence[Job | Array], timeout: float | None, dashboards: bool,
+              show_end: bool = False) -> None:
+        """Block until every handle ends, past :data:`LIVE_AFTER_SECONDS` with the live dashboards of those
+        still running (as ``tqdm.notebook``); ``show_end``: every handle's dashboard, the final one if it ended
+        in a blink. An interrupt stops the wait, not the work, and says so in one line."""
         from .widget import show
 
-        views = [show(handle, session=handle.session) for handle in handles if dashboards and not handle.done()]
-        for view in views:
-            display(view)
         deadline = None if timeout is None else time.monotonic() + timeout
+        blink = time.monotonic() + min(LIVE_AFTER_SECONDS, timeout or LIVE_AFTER_SECONDS)
+        views: dict[int, Any] = {}
         try:
-            for handle in handles:
-                handle.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-            for view in views:  # the end drawn now, not a refresh later
-                getattr(view, "refresh", lambda: None)()
+            for phase_end in (blink, deadline):
+                for handle in handles:
+                    handle.wait(timeout=None if phase_end is None else max(0.0, phase_end - time.monotonic()))
+                if dashboards and phase_end == blink:  # the blink is over: show what still runs, live
+                    views = {i: show(h, session=h.session) for i, h in enumerate(handles) if not h.done()}
+                    for view in views.values():
+                        display(view)
+            for view in views.values():  # the end drawn now (and in the saved output), not at a later refresh
+                getattr(view, "tick", lambda: None)()
         except KeyboardInterrupt:
             running = [handle for handle in handles if not handle.done()]
             names = ", ".join(handle.name for handle in running) or "nothing"
             kill = f"; %nbdist kill {running[0].name} stops it" if running else ""
             raise UsageError(f"stopped waiting; {names} goes on running{kill}") from None
+        for index, handle in enumerate(handles):
+            if dashboards and show_end and index not in views:
+                display(show(handle, session=handle.session))
         running = [handle.name for handle in handles if not handle.done()]
         if running:
             sys.stdout.write(f"still running after {timeout:g}s: {', '.join(running)}\n")

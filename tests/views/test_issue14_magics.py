@@ -87,14 +87,14 @@ def test_wait_shows_the_dashboard_and_an_interrupt_is_one_line(ip: Any, session:
     from nbdist.views.widget import Dashboard
 
     # Interrupt the wait from another thread as Jupyter's interrupt does: SIGINT to the kernel process.
-    timer = threading.Timer(1.0, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    timer = threading.Timer(2.5, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
     timer.start()
     started = time.monotonic()
     with pytest.raises(UsageError) as info:
         ip.run_cell_magic("submit", "--name slow --array 4 --wait", "sleep 30")
     timer.join()
     assert time.monotonic() - started < 10
-    # The dashboard was displayed before the wait began: it refreshed while the cell blocked.
+    # Past the first second, the live dashboard was displayed: it refreshed while the cell blocked.
     assert len(shown) == 1 and isinstance(shown[0], Dashboard)
     assert shown[0].refreshes >= 2, "the dashboard must refresh while the wait blocks"
     message = str(info.value)
@@ -102,7 +102,7 @@ def test_wait_shows_the_dashboard_and_an_interrupt_is_one_line(ip: Any, session:
     slow = session.get("slow")
     assert not slow.done(), "the work goes on after the wait is interrupted"
     # %nbdist wait: the same.
-    timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    timer = threading.Timer(2.0, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
     timer.start()
     with pytest.raises(UsageError, match="^stopped waiting; slow goes on running"):
         ip.run_line_magic("nbdist", "wait slow")
@@ -112,6 +112,15 @@ def test_wait_shows_the_dashboard_and_an_interrupt_is_one_line(ip: Any, session:
     slow.wait(10)
     shown[0].close()
     shown[1].close()
+
+
+def test_a_wait_over_in_a_blink_shows_only_the_end(ip: Any, session: Any, shown: list[Any]) -> None:
+    ip.run_cell_magic("submit", "--name quick --wait", "echo hi")
+    (dashboard,) = shown
+    assert dashboard.snapshot.all_terminal and "hi" in dashboard.stdout.value
+    ip.run_line_magic("nbdist", "wait quick")
+    assert len(shown) == 1  # nothing left to follow live
+    dashboard.close()
 
 
 def test_parameter_columns_and_filter(ip: Any, session: Any, shown: list[Any]) -> None:
