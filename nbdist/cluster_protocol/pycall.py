@@ -12,6 +12,10 @@ job's logs::
 A map's shared arguments and its function are written once, not once per step; a step reads only
 its own item (it seeks to it). An outcome is written by streaming the pickle to the file, and read
 the same way, so a 100 MB result is never held twice as bytes.
+
+A chunked map (``Call.chunk`` > 1) runs ``chunk`` consecutive items per step: step ``s`` runs
+:func:`chunk_range` ``(s, chunk, count)``, the one rule both sides use, and its outcome holds one
+entry per item, each the item's value or its exception, in item order.
 """
 
 from __future__ import annotations
@@ -22,16 +26,17 @@ import pickle
 import struct
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .naming import log_file
 
-__all__ = ["CALL_MODULE", "CELL_PARAMS", "Call", "CallCommand", "Cell", "RemoteError", "RemoteTraceback", "call_command", "call_path",
-           "encode_call", "encode_items", "items_path", "outcome_kind", "parse_call_command", "read_call", "read_item",
-           "read_outcome", "result_path", "result_path_for", "step_index", "write_call", "write_encoded",
-           "write_encoded_items", "write_error", "write_items", "write_value"]
+__all__ = ["CALL_MODULE", "CELL_PARAMS", "Call", "CallCommand", "Cell", "ChunkOutcome", "RemoteError", "RemoteTraceback",
+           "call_command", "call_path", "chunk_range", "chunk_steps", "encode_call", "encode_items", "item_count",
+           "items_path", "outcome_kind", "parse_call_command", "read_call", "read_chunk", "read_item", "read_items",
+           "read_outcome", "read_outcomes", "result_path", "result_path_for", "step_index", "write_call",
+           "write_encoded", "write_encoded_items", "write_error", "write_items", "write_value"]
 
 # The module that runs a call on the task's side (by name: the protocol imports no backend).
 CALL_MODULE = "nbdist.backends._task.pycall"
@@ -81,6 +86,16 @@ class Call:
     # several iterables: the item is the tuple of their values).
     item_as_kwargs: bool = False
     item_as_args: bool = False
+    # Items per step of a map (1: one step per item, whose outcome is that item's alone).
+    chunk: int = 1
+
+    def arguments(self, item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The positional and keyword arguments of the call of one item of a map."""
+        if self.item_as_kwargs:
+            return self.args, {**self.kwargs, **item}
+        if self.item_as_args:
+            return (*item, *self.args), self.kwargs
+        return (item, *self.args), self.kwargs
 
 
 # The name under which a cell's body finds its parameters (``{{lr}}`` becomes ``__nbdist_params__['lr']``).
@@ -169,14 +184,15 @@ def result_path_for(call_file: str, distributor_id: str) -> str:
 def encode_call(call: Call) -> bytes:
     """The bytes of a call file; raises ``TypeError`` naming what could not be pickled.
 
-    The kernel's ``sys.path`` comes first, as a plain pickle: the task applies it before it
-    unpickles the function, which may be a reference to a module only that path reaches.
+    A header comes first, as a plain pickle: the kernel's ``sys.path``, which the task applies before
+    it unpickles the function (it may be a reference to a module only that path reaches), and the
+    map's ``chunk``, which the kernel reads without unpickling the function (:func:`read_chunk`).
     """
     try:
         data = _dumps(call)
     except Exception as exc:  # cloudpickle raises TypeError, PicklingError, AttributeError, …
         raise TypeError(f"the function or its arguments cannot be pickled: {exc}") from exc
-    return pickle.dumps(list(call.sys_path), pickle.HIGHEST_PROTOCOL) + data
+    return pickle.dumps({"sys_path": list(call.sys_path), "chunk": call.chunk}, pickle.HIGHEST_PROTOCOL) + data
 
 
 def encode_items(items: Iterable[Any]) -> list[bytes]:
@@ -228,22 +244,52 @@ def read_call(path: str, apply_environment: bool = False) -> Call:
     are put in front of its own before the function is unpickled.
     """
     with open(path, "rb") as handle:
-        sys_path = pickle.load(handle)
+        sys_path = pickle.load(handle)["sys_path"]
         if apply_environment:
             sys.path[:0] = [entry for entry in sys_path if entry not in sys.path]
         return pickle.load(handle)
 
 
-def read_item(path: str, index: int) -> Any:
-    """Item ``index`` of a map, read without reading the others."""
+def read_chunk(path: str) -> int:
+    """The items per step of the map whose call file is ``path`` (its header only: no function unpickled)."""
+    with open(path, "rb") as handle:
+        return int(pickle.load(handle)["chunk"])
+
+
+def chunk_steps(count: int, chunk: int) -> int:
+    """How many steps a map of ``count`` items runs with ``chunk`` items per step."""
+    return -(-count // chunk)
+
+
+def chunk_range(step: int, chunk: int, count: int) -> range:
+    """The items step ``step`` of a map of ``count`` items runs: ``chunk`` consecutive ones (fewer in the last)."""
+    if not 0 <= step < chunk_steps(count, chunk):
+        raise IndexError(f"step {step} of a map of {count} items, {chunk} per step")
+    return range(step * chunk, min(count, (step + 1) * chunk))
+
+
+def item_count(path: str) -> int:
+    """How many items a map's items file holds."""
+    with open(path, "rb") as handle:
+        return int(_OFFSET.unpack(handle.read(_OFFSET.size))[0])
+
+
+def read_items(path: str, indices: range) -> Iterator[Any]:
+    """Items ``indices`` of a map, one at a time, read without reading the others."""
     with open(path, "rb") as handle:
         (count,) = _OFFSET.unpack(handle.read(_OFFSET.size))
-        if not 0 <= index < count:
-            raise IndexError(f"item {index} of {count}")
-        handle.seek(_OFFSET.size * (index + 1))
-        (offset,) = _OFFSET.unpack(handle.read(_OFFSET.size))
-        handle.seek(offset)
-        return pickle.load(handle)
+        for index in indices:
+            if not 0 <= index < count:
+                raise IndexError(f"item {index} of {count}")
+            handle.seek(_OFFSET.size * (index + 1))
+            (offset,) = _OFFSET.unpack(handle.read(_OFFSET.size))
+            handle.seek(offset)
+            yield pickle.load(handle)
+
+
+def read_item(path: str, index: int) -> Any:
+    """Item ``index`` of a map, read without reading the others."""
+    return next(read_items(path, range(index, index + 1)))
 
 
 def step_index(environ: Any = None) -> int:
@@ -261,8 +307,9 @@ def write_value(path: str, value: Any) -> None:
     _write_atomic(path, lambda handle: (handle.write(b"V"), _dump(value, handle)))
 
 
-def write_error(path: str, exc: BaseException) -> None:
-    """Write the exception a function raised, as itself when it pickles, else as a :class:`RemoteError`."""
+def _error_data(exc: BaseException) -> bytes:
+    """The exception a function raised with its traceback, pickled: as itself when it travels, else as a
+    :class:`RemoteError`."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None  # frames hold locals that need not (or cannot) travel
     kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
@@ -271,34 +318,112 @@ def write_error(path: str, exc: BaseException) -> None:
         pickle.loads(data)  # an exception can pickle but fail to unpickle (a custom __init__)
     except Exception:
         data = _dumps((RemoteError(kind, str(exc), text), text))
+    return data
+
+
+def write_error(path: str, exc: BaseException) -> None:
+    """Write the exception a function raised, as itself when it pickles, else as a :class:`RemoteError`."""
+    data = _error_data(exc)
     _write_atomic(path, lambda handle: (handle.write(b"E"), handle.write(data)))
 
 
+# The first byte of an outcome file: one call's value or exception; a chunk whose items all returned,
+# or one where some item raised (written last, so the kind is known without unpickling anything).
+_KINDS = {b"V": "value", b"E": "error", b"C": "value", b"F": "error"}
+
+
+class ChunkOutcome:
+    """The outcome of a chunk step, written item by item (each value streamed, the file replaced at the end).
+
+    Used as a context manager: the file appears when the block ends normally; an exception that
+    leaves it (``sys.exit`` in an item, say) leaves no outcome at all, as for a single call.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.raised = False
+        self._temporary = f"{path}.tmp{os.getpid()}"
+        self._handle = open(self._temporary, "wb")
+        self._handle.write(b"?")
+
+    def value(self, value: Any) -> None:
+        """Stream an item's value; raises (nothing of it kept) if it cannot be pickled."""
+        start = self._handle.tell()
+        try:
+            self._handle.write(b"V")
+            _dump(value, self._handle)
+        except BaseException:
+            self._handle.seek(start)
+            self._handle.truncate()
+            raise
+
+    def error(self, exc: BaseException) -> None:
+        """Write the exception an item raised (see :func:`write_error`)."""
+        self.raised = True
+        self._handle.write(b"E" + _error_data(exc))
+
+    def __enter__(self) -> ChunkOutcome:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self._handle.seek(0)
+            self._handle.write(b"F" if self.raised else b"C")
+        self._handle.close()
+        if kind is None:
+            os.replace(self._temporary, self.path)
+        else:
+            os.unlink(self._temporary)
+
+
 def outcome_kind(path: str) -> str | None:
-    """``"value"``, ``"error"``, or None when there is no outcome file (nothing is unpickled)."""
+    """``"value"``, ``"error"`` (a chunk: some item raised), or None when there is no outcome file
+    (nothing is unpickled)."""
     try:
         with open(path, "rb") as handle:
             kind = handle.read(1)
     except FileNotFoundError:
         return None
-    return {b"V": "value", b"E": "error"}.get(kind)
+    return _KINDS.get(kind)
+
+
+def _entry(kind: bytes, handle: Any) -> tuple[bool, Any]:
+    if kind == b"V":
+        return True, pickle.load(handle)
+    exc, text = pickle.load(handle)
+    exc.__cause__ = RemoteTraceback(text)
+    return False, exc
+
+
+def read_outcomes(path: str) -> Iterator[tuple[bool, Any]]:
+    """Each item's ``(True, value)`` or ``(False, exception)``, in item order, read one at a time: one
+    entry for a single call's outcome, one per item for a chunk's."""
+    with open(path, "rb") as handle:
+        kind = handle.read(1)
+        if kind not in _KINDS:
+            raise ValueError(f"{path} is not an nbdist result file")
+        if kind in (b"V", b"E"):
+            yield _entry(kind, handle)
+            return
+        while kind := handle.read(1):
+            yield _entry(kind, handle)
 
 
 def read_outcome(path: str) -> tuple[bool, Any]:
-    """``(True, value)`` or ``(False, exception)`` from a task's outcome file.
+    """``(True, value)`` or ``(False, exception)`` from a task's outcome file; for a chunk, ``(True, [each
+    item's value])`` or its first item's exception.
 
     The exception carries the remote traceback as its ``__cause__`` (a :class:`RemoteTraceback`),
     as ``concurrent.futures.ProcessPoolExecutor`` does.
     """
     with open(path, "rb") as handle:
-        kind = handle.read(1)
-        if kind == b"V":
-            return True, pickle.load(handle)
-        if kind != b"E":
-            raise ValueError(f"{path} is not an nbdist result file")
-        exc, text = pickle.load(handle)
-    exc.__cause__ = RemoteTraceback(text)
-    return False, exc
+        chunk = handle.read(1) in (b"C", b"F")
+    values = []
+    for ok, value in read_outcomes(path):
+        if not ok or not chunk:
+            return ok, value
+        values.append(value)
+    return True, values
 
 
 class CallCommand(NamedTuple):

@@ -3,7 +3,7 @@
 ::
 
     submit(fn, *args) ──► one Job (a Future) ──► result() = fn's return value
-    map(fn, *iterables) ──► one Array (one step per item) ──► values in order, lazily
+    map(fn, *iterables) ──► one Array (chunksize items per step) ──► values in order, lazily
               │
               └─ call/items files beside the logs ──► backend (multiprocess, Slurm, …) ──► outcome files
 
@@ -14,6 +14,7 @@ runtime, …) are the executor's, never mixed with the function's own keyword ar
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -21,11 +22,21 @@ from typing import Any
 
 from .functions import Options, grid_rows, map_call, resolve_session, submit_call
 from .handles import Array, Handle, Job
-from .outcomes import read_step_outcome
+from .outcomes import step_outcomes
 from .session import Session
 from .state import State
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "auto_chunksize"]
+
+# ``map(chunksize=None)``: about this many steps per task slot (enough to even out items of unequal
+# length and to show progress), and at most MAX_AUTO_CHUNK items per step (what a retry re-runs).
+STEPS_PER_SLOT = 4
+MAX_AUTO_CHUNK = 100
+
+
+def auto_chunksize(count: int, slots: int) -> int:
+    """Items per step of ``Executor.map(chunksize=None)`` over ``count`` items with ``slots`` tasks at once."""
+    return max(1, min(MAX_AUTO_CHUNK, count // (STEPS_PER_SLOT * max(1, slots))))
 
 
 class Executor(concurrent.futures.Executor):
@@ -66,34 +77,47 @@ class Executor(concurrent.futures.Executor):
         return self._track(lambda: submit_call(self.session, self.options, fn, args, kwargs))
 
     def array(self, fn: Callable[..., Any], items: Iterable[Any] | None = None, *, over: Any = None,
-              args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None) -> Array:
+              args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None, chunksize: int = 1) -> Array:
         """A map as an Array handle: ``fn(item, *args, **kwargs)`` per item, or with ``over=`` a grid
-        (as for commands) ``fn(*args, **params, **kwargs)`` per step; ``results()`` in step order."""
+        (as for commands) ``fn(*args, **params, **kwargs)`` per step; ``results()`` in item order.
+
+        One step per item, unless ``chunksize``: then each step runs that many consecutive items.
+        """
         if (items is None) == (over is None):
             raise ValueError("give items or over=, not both (nor neither)")
         if over is not None:
             return self._track(lambda: map_call(self.session, self.options, fn, grid_rows(over), args=args,
-                                                kwargs=kwargs, spread="kwargs"))
-        return self._track(lambda: map_call(self.session, self.options, fn, items, args=args, kwargs=kwargs))
+                                                kwargs=kwargs, spread="kwargs", chunksize=chunksize))
+        return self._track(lambda: map_call(self.session, self.options, fn, items, args=args, kwargs=kwargs,
+                                            chunksize=chunksize))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
+            chunksize: int | None = None) -> Iterator[Any]:
         """``fn(*values)`` for each tuple of the iterables' values, as one array; the values in order.
 
         Submitted at once, read lazily: the iterator yields each value as its step ends and raises
-        the exception of the first failed step it reaches, or ``TimeoutError`` when ``timeout``
-        seconds (from this call) pass first. ``chunksize`` is accepted for compatibility: every
-        item is its own step.
+        an item's exception when it reaches that item (the values before it yielded first), or
+        ``TimeoutError`` when ``timeout`` seconds (from this call) pass first.
+
+        Each step runs ``chunksize`` consecutive items in one task. ``None`` (the default, unlike
+        ``ProcessPoolExecutor``'s 1: a task costs more than a pickle through a pipe) chooses about 4
+        steps per task slot of the session (its parallelism, or this machine's cores, over the
+        executor's ``cores`` and ``max_concurrent``), at most 100 items each; ``chunksize=1`` gives
+        one step per item.
         """
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else time.monotonic() + timeout
         items = list(zip(*iterables))
         if not items:
             return iter(())
-        array = self._track(lambda: map_call(self.session, self.options, fn, items, spread="args"))
+        chunk = auto_chunksize(len(items), self._slots()) if chunksize is None else chunksize
+        array = self._track(lambda: map_call(self.session, self.options, fn, items, spread="args", chunksize=chunk))
         del items
         return _values_in_order(array, end)
+
+    def _slots(self) -> int:
+        """How many of this executor's tasks can run at once, as far as the kernel knows."""
+        slots = (self.session.parallelism or os.cpu_count() or 1) // max(1, self.options.cores)
+        return min(slots, self.options.max_concurrent or slots)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more work; ``cancel_futures`` drops what has not started, ``wait`` waits for the rest.
@@ -132,20 +156,26 @@ class Executor(concurrent.futures.Executor):
 
 
 def _values_in_order(array: Array, end: float | None) -> Iterator[Any]:
-    """Each step's value as it ends; a step ended DONE is read without making its Job.
+    """Each item's value as its step ends; a step ended DONE is read without making its Job.
 
-    When the iterator is left early (a timeout, an exception, ``break``), steps that have not
-    started are cancelled, as ``ProcessPoolExecutor.map`` cancels its pending futures.
+    An item that raised raises here when reached (its step's earlier items yielded first); a step
+    that wrote no outcome raises what its Job raises. When the iterator is left early (a timeout,
+    an exception, ``break``), steps that have not started are cancelled, as
+    ``ProcessPoolExecutor.map`` cancels its pending futures.
     """
     rec, root = array.record, array.session.root
     try:
         for index in range(len(array)):
-            if rec.states[index] is State.DONE:
-                outcome = read_step_outcome(rec, index, root)
-                if outcome is not None and outcome[0]:
-                    yield outcome[1]
-                    continue
-            yield array[index].result(None if end is None else max(0.0, end - time.monotonic()))
+            if rec.states[index] is not State.DONE:
+                array[index].exception(None if end is None else max(0.0, end - time.monotonic()))
+            found = False
+            for ok, value in step_outcomes(rec, index, root) if rec.states[index].is_terminal else ():
+                if not ok:
+                    raise value from value.__cause__
+                found = True
+                yield value
+            if not found:
+                array[index].result()  # raises why the step ended with no outcome
     finally:
         for index in range(len(array)):
             if rec.states[index] in (State.PENDING, State.QUEUED):

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..cluster_protocol.pycall import Call, call_command, call_path, encode_call, encode_items, items_path, \
-    write_encoded, write_encoded_items
+from ..cluster_protocol.pycall import Call, call_command, call_path, chunk_steps, encode_call, encode_items, \
+    items_path, write_encoded, write_encoded_items
 from .defaults import current_default, default_session
 from .handles import Array, Job
 from .records import job_name
@@ -49,6 +49,8 @@ class Options:
     cwd: str | None = None
     max_concurrent: int | None = None
     resource_scales: Mapping[str, float] | None = field(default=None)
+    # Items per step of a map (``f.map``/``f.over``); 1: the Array has one step per item.
+    chunksize: int = 1
 
     def __str__(self) -> str:
         """The options that differ from the defaults, as ``cores=2 memory='4G'``."""
@@ -58,7 +60,7 @@ class Options:
     def job_options(self) -> dict[str, Any]:
         """Keyword arguments of ``Session.submit`` (a name is chosen separately)."""
         options = asdict(self)
-        del options["name"], options["max_concurrent"]
+        del options["name"], options["max_concurrent"], options["chunksize"]
         return options
 
 
@@ -116,16 +118,22 @@ def submit_call(session: Session, options: Options, fn: Callable[..., Any], args
 
 
 def map_call(session: Session, options: Options, fn: Callable[..., Any], items: Iterable[Any], *,
-             args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None, spread: str = "") -> Array:
+             args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None, spread: str = "",
+             chunksize: int | None = None) -> Array:
     """Run ``fn`` once per item as one array: ``fn(item, *args, **kwargs)``.
 
     ``spread="args"`` calls ``fn(*item, *args, **kwargs)`` (``Executor.map`` over several
     iterables), ``spread="kwargs"`` calls ``fn(*args, **item, **kwargs)`` (a grid's step). The
-    function and the shared ``args``/``kwargs`` are pickled once, each item once.
+    function and the shared ``args``/``kwargs`` are pickled once, each item once. Each step runs
+    ``chunksize`` consecutive items (default: ``options.chunksize``); a step's ``result()`` is then
+    the list of its items' values, and the Array's ``results()`` one value per item.
     """
+    chunk = options.chunksize if chunksize is None else chunksize
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunksize must be a whole number >= 1, not {chunk!r}")
     name, log_dir, token = _prepare(session, options, fn)
     call = Call(fn, tuple(args), dict(kwargs or {}), list(sys.path), item_as_kwargs=spread == "kwargs",
-                item_as_args=spread == "args")
+                item_as_args=spread == "args", chunk=chunk)
     data, blobs = encode_call(call), encode_items(items)
     if not blobs:
         raise ValueError("a map needs at least one item")
@@ -133,7 +141,7 @@ def map_call(session: Session, options: Options, fn: Callable[..., Any], items: 
     paths = call_path(log_dir, name, token), items_path(log_dir, name, token)
     write_encoded(paths[0], data)
     try:
-        steps = write_encoded_items(paths[1], blobs)
+        steps = chunk_steps(write_encoded_items(paths[1], blobs), chunk)
         del blobs  # the items are in their file now: a big map does not hold them twice
         return session.array(call_command(*paths), steps=steps, name=name, max_concurrent=options.max_concurrent,
                              **options.job_options())
@@ -205,7 +213,7 @@ def function(fn: Callable[..., Any] | None = None, *, session: Session | None = 
     """Give a function nbdist options: ``@nbdist.function`` or ``@nbdist.function(cores=2, memory="4G")``.
 
     ``options`` are the fields of :class:`Options` (name, cores, memory, runtime, after,
-    max_attempts, env, cwd, max_concurrent, resource_scales); the decorated ``f`` still runs here
+    max_attempts, env, cwd, max_concurrent, resource_scales, chunksize); the decorated ``f`` still runs here
     when called, ``f.submit(...)``, ``f.map(items, ...)`` and ``f.over(grid, ...)`` run it as jobs.
     """
     checked = Options(**options)

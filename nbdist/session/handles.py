@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, overload
 
 from .logs import read_tail
-from .outcomes import call_of, function_error, read_step_outcome
+from .outcomes import call_of, function_error, map_results, read_step_outcome
 from .records import Attempt, JobRecord, LogPaths
 from .state import State
 
@@ -421,23 +421,12 @@ class Array(Handle, Sequence):  # type: ignore[misc]
         return (self[failed[0]].exception() if failed else None) or error
 
     def results(self, timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
-        """A map's return values in step order, read from the outcome files once every step ended. The first
-        failed step (in step order) raises what its ``result()`` raises — the function's exception or
-        :class:`JobFailed` — unless ``return_exceptions``: then the exception is in the step's place."""
+        """A map's return values in item order (one per step; a chunked map's, one per item), read from the
+        outcome files once every step ended. The first failure raises — the function's exception, or what
+        a step that wrote no outcome raises (:class:`JobFailed`) — unless ``return_exceptions``: then the
+        exception is in the item's place."""
         super().exception(timeout)  # waits; TimeoutError as for any Future
-        values, rec, root = [], self._rec, self.session.root
-        for index in range(rec.n):
-            outcome = read_step_outcome(rec, index, root) if rec.states[index] is State.DONE else None
-            if outcome is not None and outcome[0]:
-                values.append(outcome[1])
-                continue
-            try:  # a failed step, or one with no outcome, says why as its Job does
-                values.append(self[index].result())
-            except Exception as error:
-                if not return_exceptions:
-                    raise
-                values.append(error)
-        return values
+        return map_results(self, self._rec, self.session.root, return_exceptions)
 
     def _ended(self) -> bool:
         return self._rec.all_terminal

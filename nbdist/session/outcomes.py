@@ -2,7 +2,9 @@
 
 A job is a Python call when its command is exactly a :func:`~nbdist.cluster_protocol.pycall.call_command`
 (the registry keeps the command, so this survives a kernel restart with no extra column). The
-outcome of the current attempt of a step is ``{stem}.r{distributor id}`` beside the call file.
+outcome of the current attempt of a step is ``{stem}.r{distributor id}`` beside the call file. A step
+of a chunked map ran several items: its outcome holds each item's value or exception, and a map's
+values are one per item (:func:`map_results`), not one per step.
 
 Security: a pickle runs code when it is loaded. An outcome is loaded only if its real path (links
 resolved) is inside the session's own log folder, ``{root}/logs``: a registry row or a link cannot
@@ -12,13 +14,16 @@ make the kernel unpickle a file from anywhere else.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..cluster_protocol.pycall import CallCommand, outcome_kind, parse_call_command, read_outcome, result_path_for
+from ..cluster_protocol.pycall import CallCommand, chunk_range, item_count, outcome_kind, parse_call_command, \
+    read_chunk, read_outcome, read_outcomes, result_path_for
 from .records import JobRecord
 from .state import State
 
-__all__ = ["UnsafeOutcome", "call_of", "function_error", "outcome_path", "read_step_outcome", "step_outcome_kind"]
+__all__ = ["UnsafeOutcome", "call_of", "function_error", "map_results", "outcome_path", "read_step_outcome",
+           "step_items", "step_outcome_kind", "step_outcomes"]
 
 
 class UnsafeOutcome(PermissionError):
@@ -71,3 +76,57 @@ def function_error(rec: JobRecord, index: int, root: str) -> BaseException | Non
         return None
     outcome = read_step_outcome(rec, index, root)
     return None if outcome is None or outcome[0] else outcome[1]
+
+
+def step_items(rec: JobRecord, index: int) -> range:
+    """The items of a map that step ``index`` runs (``range(index, index + 1)`` unless the map is chunked;
+    read from the call and items files' headers, no function unpickled)."""
+    call = call_of(rec)
+    if call is None or call.items is None:
+        return range(index, index + 1)
+    chunk = read_chunk(call.call)
+    if chunk == 1:
+        return range(index, index + 1)
+    return chunk_range(index, chunk, item_count(call.items))
+
+
+def step_outcomes(rec: JobRecord, index: int, root: str) -> Iterator[tuple[bool, Any]]:
+    """Each item's ``(True, value)`` or ``(False, exception)`` of a step, read one at a time (none: no outcome)."""
+    path = outcome_path(rec, index, root)
+    if path is not None and outcome_kind(path) is not None:
+        yield from read_outcomes(path)
+
+
+def map_results(array: Sequence[Any], rec: JobRecord, root: str, return_exceptions: bool) -> list[Any]:
+    """A map's values, one per item in item order, every step ended (``Array.results``).
+
+    An item that raised gives its exception; the items of a step that wrote no outcome (killed,
+    over a limit, ``sys.exit``) what the step's Job raises. Raised at the first, or in the item's
+    place with ``return_exceptions``.
+    """
+    values: list[Any] = []
+    for index in range(rec.n):
+        if _extend_with_outcomes(values, rec, index, root, return_exceptions):
+            continue
+        try:  # no outcome: the step's Job says why (a DONE one wrote no result: sys.exit(0))
+            array[index].result()
+        except Exception as error:
+            if not return_exceptions:
+                raise
+            values.extend([error] * len(step_items(rec, index)))
+        else:  # retried meanwhile, and its new attempt wrote an outcome
+            _extend_with_outcomes(values, rec, index, root, return_exceptions)
+    return values
+
+
+def _extend_with_outcomes(values: list[Any], rec: JobRecord, index: int, root: str, return_exceptions: bool) -> bool:
+    """Append each item's value of a step's outcome (raise its first exception); False when it has none."""
+    if rec.states[index] not in (State.DONE, State.FAILED):
+        return False
+    found = False
+    for ok, value in step_outcomes(rec, index, root):
+        found = True
+        if not ok and not return_exceptions:
+            raise value from value.__cause__
+        values.append(value)
+    return found

@@ -11,6 +11,11 @@ to ``{stem}.r{distributor id}`` beside the call file, and the exit code says how
 - it called ``sys.exit(n)``: exit ``n``, nothing written (as for a script);
 - its value cannot be pickled: that reason is written as a ``TypeError`` and printed, exit 1.
 
+A step of a chunked map (``Call.chunk`` > 1) calls the function for each of its items
+(:func:`~nbdist.cluster_protocol.pycall.chunk_range`), every one of them even after one raised (as
+one step per item would), and writes one outcome with each item's value or exception; it exits 1
+if any item raised. ``sys.exit`` in an item ends the step there, with no outcome.
+
 A kill, a limit or a crash (a segfault) ends the process as they end any task.
 """
 
@@ -21,8 +26,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from ...cluster_protocol.pycall import RAISED_EXIT_CODE, read_call, read_item, result_path_for, step_index, \
-    write_error, write_value
+from ...cluster_protocol.pycall import RAISED_EXIT_CODE, Call, ChunkOutcome, chunk_range, item_count, read_call, \
+    read_item, read_items, result_path_for, step_index, write_error, write_value
 from .node import current_distributor_id
 
 __all__ = ["main", "run_call"]
@@ -37,13 +42,9 @@ def run_call(call_file: str, items_file: str | None, distributor_id: str) -> int
         if items_file is not None:
             index = step_index()
             os.environ.setdefault("NBDIST_STEP", str(index))
-            item = read_item(items_file, index)
-            if call.item_as_kwargs:
-                kwargs = {**kwargs, **item}
-            elif call.item_as_args:
-                args = (*item, *args)
-            else:
-                args = (item, *args)
+            if call.chunk > 1:
+                return _run_chunk(call, items_file, index, result)
+            args, kwargs = call.arguments(read_item(items_file, index))
         value = call.function(*args, **kwargs)
     except Exception as exc:
         traceback.print_exc()
@@ -52,11 +53,36 @@ def run_call(call_file: str, items_file: str | None, distributor_id: str) -> int
     try:
         write_value(result, value)
     except Exception as exc:
-        reason = TypeError(f"the function returned a {type(value).__qualname__} that cannot be pickled: {exc}")
-        print(f"TypeError: {reason}", file=sys.stderr)
+        reason = _unpicklable(value, exc)
         write_error(result, reason)
         return RAISED_EXIT_CODE
     return 0
+
+
+def _run_chunk(call: Call, items_file: str, index: int, result: str) -> int:
+    """Call the function for each item of chunk step ``index`` and write their outcomes; the exit code."""
+    items = chunk_range(index, call.chunk, item_count(items_file))
+    with ChunkOutcome(result) as outcome:
+        for item in read_items(items_file, items):
+            try:
+                args, kwargs = call.arguments(item)
+                value = call.function(*args, **kwargs)
+            except Exception as exc:
+                traceback.print_exc()
+                outcome.error(exc)
+                continue
+            try:
+                outcome.value(value)
+            except Exception as exc:
+                outcome.error(_unpicklable(value, exc))
+    return RAISED_EXIT_CODE if outcome.raised else 0
+
+
+def _unpicklable(value: object, exc: Exception) -> TypeError:
+    """The reason a value cannot travel back, printed to the step's stderr."""
+    reason = TypeError(f"the function returned a {type(value).__qualname__} that cannot be pickled: {exc}")
+    print(f"TypeError: {reason}", file=sys.stderr)
+    return reason
 
 
 def main(argv: Sequence[str] | None = None) -> int:
