@@ -1,0 +1,81 @@
+"""Issue 14 point 2 in a real browser: a saved notebook reopened after its kernel is gone shows the final
+dashboard, not "Error displaying widget: model not found" (JupyterLab and Notebook 7).
+
+Why the error: a notebook the user ran and saved is *trusted*, so the front end renders each output with
+its best-ranked renderer, the widget view (rank -10, before text/html); with no kernel the widget model
+can only come from the notebook's metadata, which ipywidgets fills only when "Save Jupyter widget state
+in notebooks" (``@jupyter-widgets/jupyterlab-manager:plugin`` ``saveState``, default off) is on. With it
+on (as ``make lab`` should set it), reopening draws the saved final dashboard; the text/plain and
+text/html of the same bundle serve GitHub, nbviewer, VS Code (which falls back to them) and nbval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jupyter_servers import APPS, KERNEL_IDLE, browser, jupyter_server, write_notebook
+from test_browser_dashboard import UI_TIMEOUT_MS, _requirements
+
+pytestmark = pytest.mark.browser
+
+CELLS = ["%load_ext nbdist\nimport nbdist\nnbdist.set_default_session(nbdist.Session(root='.nbdist-reopen'))",
+         "%%submit --name final --array 3 --wait\necho step $NBDIST_STEP"]
+
+
+@pytest.fixture(params=sorted(APPS))
+def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    missing = _requirements()
+    if request.param == "notebook":
+        try:
+            import notebook  # noqa: F401
+        except ImportError:
+            missing = missing or "notebook>=7 is not installed (pip install -e '.[test]')"
+    if missing:
+        pytest.skip(missing)
+    base = tmp_path_factory.mktemp(f"reopen-{request.param}")
+    work = base / "work"
+    work.mkdir()
+    write_notebook(work / "reopen.ipynb", CELLS)
+    widgets = base / "settings" / "@jupyter-widgets" / "jupyterlab-manager"
+    widgets.mkdir(parents=True)
+    (widgets / "plugin.jupyterlab-settings").write_text(json.dumps({"saveState": True}))
+    with jupyter_server(request.param, base, work) as server:
+        yield server
+
+
+def _stop_kernels(server: dict[str, Any]) -> None:
+    """Shut every kernel down through the server's REST API, as closing the notebook's kernel does."""
+    base, token = server["url"], server["token"]
+    with urllib.request.urlopen(f"{base}/api/sessions?token={token}") as response:
+        sessions = json.loads(response.read())
+    for session in sessions:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={token}",
+                                                      method="DELETE"))
+
+
+def test_reopened_notebook_shows_the_final_dashboard(app: dict[str, Any]) -> None:
+    url = f"{app['url']}/{app['path']}/reopen.ipynb?token={app['token']}"
+    with browser() as page:
+        page.goto(url)
+        page.wait_for_function(KERNEL_IDLE, timeout=UI_TIMEOUT_MS)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        page.locator(".nbdist-dashboard .nbdist-header", has_text="DONE 3").first.wait_for()
+        page.evaluate("() => { window.jupyterapp.commands.execute('docmanager:save'); }")
+        deadline = time.monotonic() + 30
+        while "widgets" not in json.loads((app["work"] / "reopen.ipynb").read_text())["metadata"]:
+            assert time.monotonic() < deadline, "the widget state was not saved with the notebook"
+            time.sleep(0.3)
+        saved = json.loads((app["work"] / "reopen.ipynb").read_text())
+        data = saved["cells"][1]["outputs"][0]["data"]
+        assert "DONE 3" in "".join(data["text/plain"]) and "nbdist-steps" in "".join(data["text/html"])
+    _stop_kernels(app)
+    with browser() as page:  # a new browser: nothing of the first page's widgets in memory
+        page.goto(url)
+        page.locator(".nbdist-dashboard .nbdist-header", has_text="DONE 3").first.wait_for()
+        page.wait_for_timeout(1000)
+        assert "model not found" not in page.locator(".jp-Notebook").inner_text()
