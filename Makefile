@@ -10,12 +10,18 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.jupyter-installed: pyproject.toml | $(VENV)/bin/python
+# Dashboards saved in a notebook reopen as the final table, not "model not found": JupyterLab and
+# Notebook 7 of this venv save widget state with the notebook (ipywidgets' saveState, off by default).
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+
+$(VENV)/.jupyter-installed: pyproject.toml scripts/lab-overrides.json | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[jupyter]'
+	install -D -m 0644 scripts/lab-overrides.json $(LAB_OVERRIDES)
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.test-installed: pyproject.toml scripts/lab-overrides.json | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test]'
+	install -D -m 0644 scripts/lab-overrides.json $(LAB_OVERRIDES)
 	touch $@ $(VENV)/.jupyter-installed
 
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed

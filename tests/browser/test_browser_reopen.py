@@ -5,16 +5,18 @@ Why the error: a notebook the user ran and saved is *trusted*, so the front end 
 its best-ranked renderer, the widget view (rank -10, before text/html); with no kernel the widget model
 can only come from the notebook's metadata, which ipywidgets fills only when "Save Jupyter widget state
 in notebooks" (``@jupyter-widgets/jupyterlab-manager:plugin`` ``saveState``, default off) is on. With it
-on (as ``make lab`` should set it), reopening draws the saved final dashboard; the text/plain and
+on (``make lab`` and ``make test`` set it in the venv's ``share/jupyter/lab/settings/overrides.json``), reopening draws the saved final dashboard; the text/plain and
 text/html of the same bundle serve GitHub, nbviewer, VS Code (which falls back to them) and nbval.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,9 +43,12 @@ def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     work = base / "work"
     work.mkdir()
     write_notebook(work / "reopen.ipynb", CELLS)
-    widgets = base / "settings" / "@jupyter-widgets" / "jupyterlab-manager"
-    widgets.mkdir(parents=True)
-    (widgets / "plugin.jupyterlab-settings").write_text(json.dumps({"saveState": True}))
+    # The setting comes from where `make lab` / `make test` put it, the venv's app-level overrides,
+    # not from this test: so the test checks what a user gets.
+    overrides = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    if not overrides.exists():
+        pytest.skip(f"{overrides} is missing: run `make lab` or `make test`, which install it")
+    assert json.loads(overrides.read_text())["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True
     with jupyter_server(request.param, base, work) as server:
         yield server
 
