@@ -34,7 +34,7 @@ def main() -> None:
             assert list(pool.map(small, range(4))) == [1, 2, 3, 4]  # imports and the backend are warm
             base = me.memory_info().rss
             start = time.perf_counter()
-            values = pool.map(small, range(args.steps))
+            values = pool.map(small, range(args.steps), chunksize=1)  # one step per item
             submitted = me.memory_info().rss
             array = session.jobs()[-1]
             array.wait()

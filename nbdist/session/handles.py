@@ -59,8 +59,8 @@ class HandleOwner(Protocol):
         """The lock under which records change."""
         ...
 
-    def wake(self) -> None:
-        """Poll soon (someone waits)."""
+    def waiting(self) -> AbstractContextManager[None]:
+        """A block in which someone waits for work to end: the session polls often meanwhile."""
         ...
 
     def step_handle(self, rec: JobRecord, index: int) -> Job: ...
@@ -165,9 +165,16 @@ class Handle(concurrent.futures.Future):
 
         Never raises for a failed job: look at the returned State, or use ``result()``.
         """
-        self._owner.wake()
-        concurrent.futures.wait([self], timeout=timeout)
+        with self._owner.waiting():
+            concurrent.futures.wait([self], timeout=timeout)
         return self.state
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``; while it waits, the session polls often (no fixed poll period is paid)."""
+        if self._state == "FINISHED":  # type: ignore[attr-defined]
+            return super().exception(timeout)
+        with self._owner.waiting():
+            return super().exception(timeout)
 
 
 class Job(Handle):

@@ -7,14 +7,22 @@ cheap ``get_submitted_or_running`` over all) and a window of those that may have
 of them every ``full_poll_seconds``. Every ``registry_check_seconds`` it reads the requests other
 processes left (CLI kill/retry) and the progress of other kernels' jobs. The tunables are
 constructor parameters, with their trade-offs below.
+
+:meth:`Poller.waiting` (someone waits: ``result()``, ``exception()``, ``wait()``) polls at
+once and then often while work is live: the interval is ``WAIT_LATENCY_FRACTION`` of the time since
+the wait began, from ``POLL_WAITED_SECONDS`` up to the usual schedule. Work that ends ``T`` seconds
+after its waiter began is noticed within about ``max(2 ms, T / 20)``, not a fixed poll period; the
+burst costs about 50 polls per tenfold of the wait's length, and nothing is polled more while no
+one waits or nothing is live.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..cluster_protocol import ReportingDistributor
@@ -32,6 +40,9 @@ logger = logging.getLogger(__name__)
 POLL_MIN_SECONDS = 0.02
 POLL_MAX_SECONDS = 0.5
 POLL_COST_FACTOR = 10
+# While someone waits: the shortest interval, and the interval as a fraction of the time since the wait began.
+POLL_WAITED_SECONDS = 0.002
+WAIT_LATENCY_FRACTION = 0.05
 # Reports applied per hold of the session lock: small enough that a snapshot waits at most ~1 ms.
 APPLY_CHUNK = 256
 
@@ -66,6 +77,8 @@ class Poller:
         self.full_poll_seconds = full_poll_seconds
         self.registry_check_seconds = registry_check_seconds
         self._wake_event = threading.Event()
+        self._waiters = 0
+        self._waited_at = float("-inf")
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_registry_check = 0.0
@@ -85,6 +98,19 @@ class Poller:
         """Poll now rather than after the current back-off."""
         self._wake_event.set()
 
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Someone waits for work to end in this block: poll now, then often until no one waits (see the module)."""
+        with self.lifecycle.lock:
+            self._waiters += 1
+            self._waited_at = time.monotonic()  # the newest wait: the one whose work may be shortest
+        self._wake_event.set()
+        try:
+            yield
+        finally:
+            with self.lifecycle.lock:
+                self._waiters -= 1
+
     def stop(self) -> None:
         """Stop the thread (waits up to 5 s for a poll in progress)."""
         self._stop_event.set()
@@ -93,9 +119,9 @@ class Poller:
             self._thread.join(5)
 
     def _poll_loop(self) -> None:
-        interval = POLL_MIN_SECONDS
+        interval, cost = POLL_MIN_SECONDS, 0.0
         while not self._stop_event.is_set():
-            self._wake_event.wait(interval)
+            self._wake_event.wait(min(interval, self._burst_interval(cost)))
             self._wake_event.clear()
             if self._stop_event.is_set():
                 return
@@ -106,11 +132,19 @@ class Poller:
                 changed = self.poll()
             except Exception:
                 logger.exception("nbdist poll failed; retrying in %.1f s", POLL_MAX_SECONDS)
-                interval = POLL_MAX_SECONDS  # a failing backend is not hammered
+                interval = cost = POLL_MAX_SECONDS  # a failing backend is not hammered, waited on or not
                 continue
             cost = time.thread_time() - started
             interval = POLL_MIN_SECONDS if changed else min(POLL_MAX_SECONDS, interval * 1.5)
             interval = max(interval, cost * POLL_COST_FACTOR)
+
+    def _burst_interval(self, cost: float) -> float:
+        """The interval while someone waits (see the module); no burst once nothing is live (nothing can end)."""
+        with self.lifecycle.lock:
+            if not self._waiters or not any(self.lifecycle.live.values()):
+                return POLL_MAX_SECONDS
+        since_wait = time.monotonic() - self._waited_at
+        return max(POLL_WAITED_SECONDS, since_wait * WAIT_LATENCY_FRACTION, cost * POLL_COST_FACTOR)
 
     # ------------------------------------------------------------------ one poll
     def poll(self) -> bool:

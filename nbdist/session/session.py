@@ -429,8 +429,8 @@ class _Owner:
     def lock(self) -> Any:
         return self._session._lock
 
-    def wake(self) -> None:
-        self._session._poller.wake()
+    def waiting(self) -> Any:
+        return self._session._poller.waiting()
 
     def step_handle(self, rec: JobRecord, index: int) -> Job:
         with self._session._lock:

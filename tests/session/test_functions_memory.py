@@ -22,7 +22,7 @@ def test_a_ten_thousand_step_map_grows_the_kernel_by_less_than_fifty_mb(tmp_path
     with Session(parallelism=2, root=str(tmp_path / "root")) as session, nbdist.Executor(session=session) as pool:
         assert list(pool.map(small, range(4))) == [1, 2, 3, 4]  # warm: imports, backend, poller
         base = me.memory_info().rss
-        values = pool.map(small, range(10_000))
+        values = pool.map(small, range(10_000), chunksize=1)  # a 10,000-step map
         array = session.jobs()[-1]
         deadline = time.monotonic() + 5
         while array.counts()["DONE"] < 50 and time.monotonic() < deadline:  # steps end and are polled

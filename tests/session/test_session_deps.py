@@ -195,8 +195,10 @@ def test_automatic_retries_respect_max_concurrent(tmp_path):
 
 
 def test_cancel_drops_retries_held_by_max_concurrent(tmp_path):
+    # The retried attempt sleeps: an instant one could end FAILED before the cancel reaches it.
+    first_time = f"mkdir {tmp_path}/s$NBDIST_STEP 2>/dev/null && exit 1; "
     with Session(parallelism=4, root=str(tmp_path / "root")) as session:
-        arr = session.array("exit 1", steps=4, name="held", max_concurrent=1)
+        arr = session.array(first_time + "sleep 30", steps=4, name="held", max_concurrent=1)
         assert arr.wait(10) is State.FAILED
         arr.retry_failed()
         assert arr.cancel()
