@@ -4,10 +4,13 @@
   ``ProcessPoolExecutor(2).map`` (target <= 3 x), dask ``LocalCluster(n_workers=2, processes=True)``,
   ipyparallel with 2 engines (load-balanced view) and submitit's ``LocalExecutor`` (nbdist must be
   faster than those three). Every result is checked. Start-up is not timed: each peer is started,
-  warmed with a small map, then timed.
+  warmed with a small map, then timed. nbdist's ``map`` runs with its default ``chunksize=None``
+  (about 4 steps per task slot, at most 100 items each); one run with ``chunksize=1`` (one step,
+  one fork, per item) is shown beside it.
 - R: one ``submit(f, 1).result()`` round trip, median (target <= 20 ms).
 - H: 20 calls of ~30 ms CPU at parallelism 2 against the ideal measured in the same run: 10 x the
-  fastest run of two calls side by side in two forked processes (target <= 1.05 x).
+  fastest run of two calls side by side in two forked processes (target <= 1.05 x); also with
+  ``chunksize=1``.
 - Memory: a 10,000-step map of small results, in a fresh interpreter standing for the kernel: its
   RSS growth from before the submit until every step has ended, results not yet asked for
   (target <= 50 MB); then the results are read and checked.
@@ -84,6 +87,8 @@ def peer_nbdist(root: Path, n: int, repeat: int, figures: dict[str, Any]) -> Non
         assert list(executor.map(trivial, range(20))) == [trivial(x) for x in range(20)]  # warm
         figures["nbdist"] = best_of(repeat, lambda: list(executor.map(trivial, range(n))),
                                     [trivial(x) for x in range(n)])
+        figures["nbdist_per_item"] = best_of(1, lambda: list(executor.map(trivial, range(n), chunksize=1)),
+                                             [trivial(x) for x in range(n)])
         trips = []
         for _ in range(30):
             elapsed, value = timed(lambda: executor.submit(trivial, 1).result())
@@ -91,6 +96,8 @@ def peer_nbdist(root: Path, n: int, repeat: int, figures: dict[str, Any]) -> Non
             trips.append(elapsed)
         figures["nbdist_round_trip"] = statistics.median(trips)
         figures["nbdist_H"] = best_of(repeat, lambda: list(executor.map(burn, [BURN] * 20)), [burn(BURN)] * 20)
+        figures["nbdist_H_per_item"] = best_of(repeat, lambda: list(executor.map(burn, [BURN] * 20, chunksize=1)),
+                                               [burn(BURN)] * 20)
 
 
 def peer_process_pool(n: int, repeat: int, figures: dict[str, Any]) -> None:
@@ -224,6 +231,8 @@ def report(figures: dict[str, Any], n: int, repeat: int, submitit_n: int, mem: d
     print(f"  ProcessPoolExecutor(2)  {pool:8.3f} s")
     print(f"  nbdist.Executor         {figures['nbdist']:8.3f} s   ratio {figures['nbdist'] / pool:5.2f} x "
           f"ProcessPoolExecutor (target <= 3)")
+    print(f"  nbdist, chunksize=1     {figures['nbdist_per_item']:8.3f} s   ratio "
+          f"{figures['nbdist_per_item'] / pool:5.2f} x (one step per item; one run)")
     for peer in ("dask", "ipyparallel", "submitit"):
         if peer in figures:
             mark = f" (n={submitit_n}, scaled to {n})" if peer == "submitit" else ""
@@ -238,6 +247,8 @@ def report(figures: dict[str, Any], n: int, repeat: int, submitit_n: int, mem: d
     print(f"  ideal                   {ideal:8.3f} s   (10 x the fastest run of two calls side by side)")
     print(f"  nbdist                  {figures['nbdist_H']:8.3f} s   ratio {figures['nbdist_H'] / ideal:5.2f} x ideal "
           f"(target <= 1.05)")
+    print(f"  nbdist, chunksize=1     {figures['nbdist_H_per_item']:8.3f} s   ratio "
+          f"{figures['nbdist_H_per_item'] / ideal:5.2f} x ideal")
     if mem is not None:
         print(f"Memory: {mem['steps']:.0f}-step map of small results, until results are asked for "
               f"({mem['seconds']:.1f} s to run):")
