@@ -8,7 +8,8 @@ the session talks to a backend only through :mod:`nbdist.cluster_protocol` and f
 - ``handles`` (Job, Array: Futures finished through hooks), ``sweep`` (steps, parameters, scripts);
 - ``launcher`` (backends), ``lifecycle`` (state changes, retries, deps), ``ownership`` (attach,
   orphans, other kernels), ``poller`` (the thread), ``snapshot`` (what views draw);
-- ``session`` (the public API composing them) and ``defaults`` (the default and the notebook's sessions).
+- ``session`` (the public API composing them) and ``defaults`` (the default and the notebook's sessions);
+- ``waits`` (what a blocking wait shows through a view's hook, and its one-line interrupt).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .handles import Array, Attempt, Job, JobFailed, LogPaths
 from .session import Session, UnknownJob
 from .snapshot import Snapshot, StepRow
 from .state import State
+from .waits import LIVE_AFTER_SECONDS, quiet_waits, set_wait_display
 
-__all__ = ["Array", "Attempt", "cell_inputs", "Job", "JobFailed", "LogPaths", "NotebookSessions", "Options", "Session", "Snapshot", "State",
-           "StepRow", "UnknownJob", "attach", "default_session", "set_default_session", "submit_cell"]
+__all__ = ["LIVE_AFTER_SECONDS", "Array", "Attempt", "Job", "JobFailed", "LogPaths", "NotebookSessions", "Options",
+           "Session", "Snapshot", "State", "StepRow", "UnknownJob", "attach", "cell_inputs", "default_session",
+           "quiet_waits", "set_default_session", "set_wait_display", "submit_cell"]

@@ -23,6 +23,7 @@ from .logs import read_tail
 from .outcomes import call_of, function_error, map_results, read_step_outcome
 from .records import Attempt, JobRecord, LogPaths
 from .state import State
+from .waits import interrupted, show_if_slow
 
 __all__ = ["Array", "Attempt", "Handle", "HandleCache", "HandleOwner", "Job", "JobFailed", "LogPaths"]
 
@@ -165,16 +166,16 @@ class Handle(concurrent.futures.Future):
 
         Never raises for a failed job: look at the returned State, or use ``result()``.
         """
-        with self._owner.waiting():
-            concurrent.futures.wait([self], timeout=timeout)
+        with self._owner.waiting(), interrupted(self):
+            concurrent.futures.wait([self], timeout=show_if_slow(self, timeout))
         return self.state
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As ``Future.exception``; while it waits, the session polls often (no fixed poll period is paid)."""
         if self._state == "FINISHED":  # type: ignore[attr-defined]
             return super().exception(timeout)
-        with self._owner.waiting():
-            return super().exception(timeout)
+        with self._owner.waiting(), interrupted(self):
+            return super().exception(show_if_slow(self, timeout))
 
 
 class Job(Handle):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import keyword
 import logging
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -21,63 +20,15 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
-from ..session import Array, Job, NotebookSessions, Options, Session, cell_inputs, submit_cell
-from ..session.sweep import expand, parse_array_spec, placeholders
+from ..session import LIVE_AFTER_SECONDS, Array, Job, NotebookSessions, Options, Session, cell_inputs, quiet_waits, \
+    set_wait_display, submit_cell
+from ..session.sweep import expand, placeholders
 from . import actions
+from .magic_lines import array_spec, one_line, split_step, split_words
 
 __all__ = ["NbdistMagics", "load_ipython_extension"]
 
 log = logging.getLogger(__name__)
-
-# A wait shows live dashboards once it has lasted this long: work done in a blink gets its final
-# dashboard only (ipyparallel's progress_after), which is also what a saved notebook then holds.
-LIVE_AFTER_SECONDS = 1.0
-
-
-def _array_spec(spec: str) -> tuple[Sequence[int], int | None]:
-    """Step ids and the optional ``%N`` concurrency limit of a Slurm-style array spec.
-
-    ``10`` → steps 0..9; ``0-99``; ``0-99:2`` (every second step); ``1,5,7``; mixes like ``0-9,20``;
-    ``0-99%4`` runs at most 4 steps at once; at most :data:`MAX_ARRAY_STEPS` steps. The grammar and
-    the cap are the core's (:func:`nbdist.session.sweep.parse_array_spec`); this turns its errors into a
-    UsageError.
-    """
-    if not spec.strip():
-        raise UsageError("--array needs a spec, e.g. 10, 0-99, 0-99:2 or 1,5,7")
-    try:
-        steps, limit = parse_array_spec(spec)
-    except ValueError as exc:
-        raise UsageError(f"--array: {_one_line(exc)}") from None
-    if len(set(steps)) != len(steps):
-        raise UsageError(f"--array {spec!r}: a step is listed twice")
-    return steps, limit
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as one line for a UsageError."""
-    text = str(exc).strip().splitlines()
-    detail = text[0] if text else ""
-    if isinstance(exc, KeyError) and detail.startswith(("'", '"')):
-        detail = detail.strip("'\"")
-    return detail or type(exc).__name__
-
-
-def _split(line: str) -> list[str]:
-    """Shell-like words of a magic line, quotes removed (``--over "{'x': [1, 2]}"`` is one word)."""
-    try:
-        return shlex.split(line)
-    except ValueError as exc:  # "No closing quotation" and the like
-        raise UsageError(f"cannot read the line: {exc}") from None
-
-
-def _split_step(target: str) -> tuple[str, int | None]:
-    """``"sweep:3"`` → ``("sweep", 3)``; ``"sweep"`` → ``("sweep", None)``."""
-    name, sep, step = target.rpartition(":")
-    if not sep:
-        return target, None
-    if not step.isdigit():
-        raise UsageError(f"{target!r}: the step after ':' must be a number")
-    return name, int(step)
 
 
 @magics_class
@@ -96,7 +47,7 @@ class NbdistMagics(Magics):
         try:
             return self.sessions.for_backend(backend)
         except (ValueError, KeyError, ImportError, RuntimeError) as exc:
-            raise UsageError(f"--backend {backend}: {_one_line(exc)}") from None
+            raise UsageError(f"--backend {backend}: {one_line(exc)}") from None
 
     def _lookup(self, name: str, what: str = "job or array", session: Session | None = None) -> Job | Array:
         """The newest job or array called ``name`` in ``session`` (default: in every session shown)."""
@@ -197,7 +148,7 @@ class NbdistMagics(Magics):
                     max_concurrent=request["max_concurrent"], after=after, **request["options"],
                 )
         except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(_one_line(exc)) from None
+            raise UsageError(one_line(exc)) from None
         if args.out:
             self._user_ns()[args.out] = handle
         if args.wait:
@@ -212,10 +163,10 @@ class NbdistMagics(Magics):
         try:
             return cell_inputs(args.inputs, self._user_ns(), python=args.python)
         except ValueError as exc:
-            raise UsageError(_one_line(exc)) from None
+            raise UsageError(one_line(exc)) from None
 
     def _parse(self, magic: Any, line: str) -> Any:
-        return magic.parser.parse_args(_split(line))
+        return magic.parser.parse_args(split_words(line))
 
     def _check_submit(self, args: Any, cell: str) -> dict[str, Any]:
         """Every check on a ``%%submit`` line and body; returns the API arguments."""
@@ -241,7 +192,7 @@ class NbdistMagics(Magics):
             raise UsageError(f"--out {args.out!r}: not a Python variable name")
         steps, max_concurrent = (None, args.max_concurrent)
         if args.array is not None:
-            steps, limit = _array_spec(args.array)
+            steps, limit = array_spec(args.array)
             if limit is not None and max_concurrent is not None and limit != max_concurrent:
                 raise UsageError("--array %N and --max-concurrent disagree; give one of them")
             max_concurrent = limit or max_concurrent
@@ -255,12 +206,12 @@ class NbdistMagics(Magics):
                 # Its parameters, as a list of dicts: a generator in the expression is read once, here.
                 over = expand(cell, over=value).params
             except (ValueError, TypeError) as exc:
-                raise UsageError(_one_line(exc)) from None
+                raise UsageError(one_line(exc)) from None
         elif steps is not None:
             try:
                 expand(cell, steps=steps)
             except (ValueError, TypeError) as exc:
-                raise UsageError(_one_line(exc)) from None
+                raise UsageError(one_line(exc)) from None
         # Memory, runtime, cores and the name are checked by the core before anything is submitted.
         options: dict[str, Any] = {"name": args.name, "cores": args.cores, "max_attempts": args.max_attempts,
                                    "python": args.python}
@@ -283,7 +234,7 @@ class NbdistMagics(Magics):
         try:
             return eval(expr, self._user_ns())
         except Exception as exc:  # noqa: BLE001 - anything the expression raises is the user's error, shown in one line
-            raise UsageError(f"--over {expr}: {type(exc).__name__}: {_one_line(exc)}") from None
+            raise UsageError(f"--over {expr}: {type(exc).__name__}: {one_line(exc)}") from None
 
     # -- %nbdist ----------------------------------------------------------------------------
     @line_magic
@@ -318,7 +269,7 @@ class NbdistMagics(Magics):
             %nbdist logs squares:3 --tail 20
             %nbdist retry sweep --scale 2
         """
-        args = self._nbdist_parser.parse_args(_split(line))
+        args = self._nbdist_parser.parse_args(split_words(line))
         getattr(self, f"_cmd_{args.command}")(args)
 
     def _cmd_status(self, args: Any) -> None:
@@ -334,7 +285,7 @@ class NbdistMagics(Magics):
             try:
                 snapshot = handle.session.snapshot(handle, where=actions.parse_where(where))
             except ValueError as exc:
-                raise UsageError(f"status {name}: {_one_line(exc)}") from None
+                raise UsageError(f"status {name}: {one_line(exc)}") from None
             display({"text/plain": render.snapshot_text(snapshot), "text/html": render.snapshot_html(snapshot)},
                     raw=True)
             return
@@ -377,7 +328,7 @@ class NbdistMagics(Magics):
         try:
             line = actions.retry(handle, args.scale, killed=args.killed)
         except (ValueError, RuntimeError) as exc:
-            raise UsageError(f"retry {args.target}: {_one_line(exc)}") from None
+            raise UsageError(f"retry {args.target}: {one_line(exc)}") from None
         sys.stdout.write(line + "\n")
 
     def _cmd_forget(self, args: Any) -> None:
@@ -386,7 +337,7 @@ class NbdistMagics(Magics):
             try:
                 removed = handle.session.forget(handle)
             except ValueError as exc:
-                raise UsageError(f"forget {name}: {_one_line(exc)}") from None
+                raise UsageError(f"forget {name}: {one_line(exc)}") from None
             sys.stdout.write(f"forgot {handle.name} (id {handle.id}): {len(removed)} files removed\n")
 
     def _cmd_wait(self, args: Any) -> None:
@@ -408,7 +359,8 @@ class NbdistMagics(Magics):
         try:
             for phase_end in (blink, deadline):
                 for handle in handles:
-                    handle.wait(timeout=None if phase_end is None else max(0.0, phase_end - time.monotonic()))
+                    with quiet_waits():  # this wait draws its own dashboards, below
+                        handle.wait(timeout=None if phase_end is None else max(0.0, phase_end - time.monotonic()))
                 if dashboards and phase_end == blink:  # the blink is over: show what still runs, live
                     views = {i: show(h, session=h.session) for i, h in enumerate(handles) if not h.done()}
                     for view in views.values():
@@ -431,7 +383,7 @@ class NbdistMagics(Magics):
         try:
             self.sessions.attach(args.root)
         except (ValueError, OSError, KeyError) as exc:
-            raise UsageError(f"attach {args.root}: {_one_line(exc)}") from None
+            raise UsageError(f"attach {args.root}: {one_line(exc)}") from None
         self._show_status(None)
 
     def _cmd_backend(self, args: Any) -> None:
@@ -445,11 +397,11 @@ class NbdistMagics(Magics):
         try:
             self.sessions.switch_backend(args.name, args.parallelism)
         except (ValueError, KeyError, ImportError, RuntimeError) as exc:
-            raise UsageError(f"backend {args.name}: {_one_line(exc)}") from None
+            raise UsageError(f"backend {args.name}: {one_line(exc)}") from None
 
     def _target(self, target: str, need_step: bool = False) -> Job | Array:
         """The job, array or array step named by ``NAME[:STEP]``."""
-        name, step = _split_step(target)
+        name, step = split_step(target)
         handle = self._lookup(name)
         if step is None:
             if need_step and isinstance(handle, Array):
@@ -496,5 +448,12 @@ def _build_nbdist_parser() -> MagicArgumentParser:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext nbdist``: register ``%%submit`` and ``%nbdist``."""
+    """``%load_ext nbdist``: register ``%%submit`` and ``%nbdist``; a slow ``job.wait()`` shows its dashboard."""
     ipython.register_magics(NbdistMagics)
+    set_wait_display(lambda handle: display(_live_view(handle)))
+
+
+def _live_view(handle: Any) -> Any:
+    from .widget import show
+
+    return show(handle, session=handle.session)
