@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import pid_alive
+from process_helpers import pid_alive
 
 WORKER = shutil.which("nbdist-worker", path=os.path.dirname(sys.executable))
 

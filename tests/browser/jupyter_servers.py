@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import ALLOWED_SURVIVORS
+from process_helpers import ALLOWED_SURVIVORS
 from test_browser_dashboard import CHROMIUM, CHROMIUM_ARGS, LAB_START_TIMEOUT_S, UI_TIMEOUT_MS, _free_port, _stop
 
 __all__ = ["APPS", "KERNEL_IDLE", "browser", "jupyter_server", "write_notebook"]

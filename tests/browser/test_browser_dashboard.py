@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ALLOWED_SURVIVORS, pid_alive
+from process_helpers import ALLOWED_SURVIVORS, pid_alive
 
 pytestmark = pytest.mark.browser
 

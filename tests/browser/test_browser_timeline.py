@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALLOWED_SURVIVORS
+from process_helpers import ALLOWED_SURVIVORS
 from test_browser_dashboard import (CHROMIUM, CHROMIUM_ARGS, LAB_START_TIMEOUT_S, UI_TIMEOUT_MS, _free_port,
                                     _requirements, _stop)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import pid_alive
+from process_helpers import pid_alive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError

@@ -359,7 +359,7 @@ def test_refresh_cost_10k_steps(sent: list[tuple[Widget, dict[str, Any]]]) -> No
 
 def test_dashboard_with_real_session(tmp_path: Any) -> None:
     """Real processes: live states, the log viewer, the kill and retry buttons, the refresher stopping."""
-    from conftest import pid_alive
+    from process_helpers import pid_alive
 
     import nbdist
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import pid_alive
+from process_helpers import pid_alive
 from nbdist.cluster_protocol import ClusterDistributor, ClusterWorkerNode
 from nbdist.backends.multiprocess.placement import PREFETCH_SHORT
 from nbdist.multiprocess import (

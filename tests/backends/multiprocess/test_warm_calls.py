@@ -24,7 +24,7 @@ from nbdist.backends.multiprocess.warm import python_call
 from nbdist.backends._task.runner import TaskSpec
 from nbdist.cluster_protocol import pycall
 from nbdist.multiprocess import MultiprocessDistributor
-from tests.conftest import pid_alive
+from process_helpers import pid_alive
 
 CONSUMER_MODULE = "nbdist.backends.multiprocess.consumer"
 # The functions below travel by value, as a notebook's do (the task cannot import this test module).
