@@ -139,10 +139,20 @@ class LocalJobmon:
     """A Jobmon server on a SQLite file in ``folder``, the ``nbdist`` cluster registered; a context manager.
 
     ``env`` is what a client needs (database, service URL, short heartbeats, no auth).
+
+    Jobmon's server on SQLite can stall for ~25 s under load: its ``async`` routes make blocking
+    database calls on the event loop, so when one of them waits for the database lock held by a
+    request whose commit needs that same loop, it waits out SQLite's busy timeout five times (seen
+    here as ``database is locked`` in ``server.log``, then 503). Jobmon's own test settings (1 s
+    heartbeats, no HTTP retries) turn such a stall into task instances lost ``X`` and a client that
+    gives up; a real deployment retries and has long heartbeats. So the workflow run syncs every
+    ``heartbeat_s`` (fast), while a task instance may miss ``task_heartbeat_s`` × 3.1 s of reports
+    (31 s by default, longer than a stall) and a client retries a failed request for ``retries_s``.
     """
 
     def __init__(self, root: Path, folder: Path, parallelism: int = 2, heartbeat_s: int = 1,
-                 queues: dict | None = None, poll_s: int = 1) -> None:
+                 queues: dict | None = None, poll_s: int = 1, task_heartbeat_s: int = 10,
+                 retries_s: int = 120) -> None:
         self.root = root
         self.folder = folder
         self.python = str(root / "venv" / "bin" / "python")
@@ -157,11 +167,10 @@ class LocalJobmon:
             JOBMON__HTTP__ROUTE_PREFIX="/api/v3",
             JOBMON__AUTH__ENABLED="false",
             JOBMON__SESSION__SECRET_KEY="test",
-            JOBMON__HTTP__STOP_AFTER_DELAY="0",
-            JOBMON__HTTP__RETRIES_TIMEOUT="0",
+            JOBMON__HTTP__RETRIES_TIMEOUT=str(retries_s),
             JOBMON__DISTRIBUTOR__POLL_INTERVAL=str(poll_s),
             JOBMON__HEARTBEAT__WORKFLOW_RUN_INTERVAL=str(heartbeat_s),
-            JOBMON__HEARTBEAT__TASK_INSTANCE_INTERVAL=str(heartbeat_s),
+            JOBMON__HEARTBEAT__TASK_INSTANCE_INTERVAL=str(max(heartbeat_s, task_heartbeat_s)),
         )
         self.parallelism = parallelism
         self.queues = queues

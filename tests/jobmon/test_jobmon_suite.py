@@ -8,7 +8,6 @@ distributor (:data:`ALLOWED_FAILURES`), which say nothing about another distribu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import xml.etree.ElementTree as ElementTree
@@ -78,45 +77,76 @@ def assert_nothing_left(*markers: str) -> None:
     assert not described, f"processes left behind: {described}"
 
 
+def _run_jobmon_pytest(jobmon_root: Path, copy: Path, name: str, tests: list[str]) -> subprocess.Popen:
+    """Start Jobmon's pytest on ``tests`` in ``copy``, its junit report in ``junit-<name>.xml``."""
+    command = [str(jobmon_root / "venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "-p", "no:logging", "--show-capture=no", f"--junitxml={copy / f'junit-{name}.xml'}", *tests]
+    with open(copy / f"pytest-{name}.log", "w") as log:
+        return subprocess.Popen(command, cwd=copy, env=jobmon_env.venv_env(jobmon_root), stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def _wait_all(processes: list[subprocess.Popen], copy: Path, jobmon_root: Path) -> None:
+    try:
+        for process in processes:
+            process.wait(SUITE_TIMEOUT_S)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert_nothing_left(str(copy), str(jobmon_root / "venv"))
+
+
+def _outcomes(copy: Path, name: str) -> dict[str, tuple[str, str]]:
+    """``{"module::test": (outcome, node id)}`` from the junit report of run ``name``."""
+    report = copy / f"junit-{name}.xml"
+    assert report.exists(), f"Jobmon's tests did not run:\n{(copy / f'pytest-{name}.log').read_text()[-3000:]}"
+    found = {}
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome = f"{child.tag}: {child.get('message', '')[:300]}"
+            elif child.tag == "skipped":
+                outcome = f"skipped: {child.get('message', '')[:300]}"
+        classname, test = case.get("classname"), case.get("name")
+        parts = classname.split(".")  # the module's dotted path, then any test classes in it
+        module = next(i for i in range(len(parts), 0, -1) if (copy / Path(*parts[:i])).with_suffix(".py").exists())
+        node = "::".join(["/".join(parts[:module]) + ".py", *parts[module:], test])
+        found[f"{classname}::{test}"] = (outcome, node)
+    return found
+
+
 @pytest.fixture(scope="module")
 def jobmon_suite(jobmon_root: Path, tmp_path_factory) -> dict[str, str]:
-    """Run Jobmon's listed tests once on nbdist's plugin: ``{"module::test": outcome}``."""
+    """Run Jobmon's listed tests once on nbdist's plugin: ``{"module::test": outcome}``.
+
+    A test that fails where it is not allowed to is run once more, alone on a quieter machine, and
+    its outcome is that second run's. Jobmon's server on SQLite can stall for ~25 s under load (its
+    async routes block their event loop while they wait for the database lock; see
+    ``jobmon_env.LocalJobmon``), and with Jobmon's own test settings — 1 s heartbeats, no HTTP
+    retries — a stall fails whichever test is running, on any distributor. A failure that comes back
+    alone is a real one. Both runs' outcomes are printed.
+    """
     copy = tmp_path_factory.mktemp("jobmon-tests")
     counts = jobmon_env.prepare_jobmon_tests(jobmon_root, copy)
     assert all(counts.values()), f"a substitution found nothing to replace (Jobmon's tests changed?): {counts}"
     # Two pytest processes side by side (each its own server and database): the e2e tests mostly
     # wait on their tasks' sleeps, so this halves the wall time on two cores.
-    runs = []
-    logs = contextlib.ExitStack()
-    for index, group in enumerate(JOBMON_GROUPS):
-        report = copy / f"junit-{index}.xml"
-        command = [str(jobmon_root / "venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                   "-p", "no:logging", "--show-capture=no", f"--junitxml={report}", *group]
-        log = logs.enter_context(open(copy / f"pytest-{index}.log", "w"))
-        runs.append((report, log, subprocess.Popen(command, cwd=copy, env=jobmon_env.venv_env(jobmon_root),
-                                                    stdout=log, stderr=subprocess.STDOUT)))
-    try:
-        for _, _, process in runs:
-            process.wait(SUITE_TIMEOUT_S)
-    finally:
-        logs.close()
-        for _, _, process in runs:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        assert_nothing_left(str(copy), str(jobmon_root / "venv"))
-    outcomes = {}
-    for report, log, _ in runs:
-        assert report.exists(), f"Jobmon's tests did not run:\n{Path(log.name).read_text()[-3000:]}"
-        for case in ElementTree.parse(report).getroot().iter("testcase"):
-            outcome = "passed"
-            for child in case:
-                if child.tag in ("failure", "error"):
-                    outcome = f"{child.tag}: {child.get('message', '')[:300]}"
-                elif child.tag == "skipped":
-                    outcome = f"skipped: {child.get('message', '')[:300]}"
-            outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
-    return outcomes
+    groups = [str(index) for index in range(len(JOBMON_GROUPS))]
+    _wait_all([_run_jobmon_pytest(jobmon_root, copy, name, group) for name, group in zip(groups, JOBMON_GROUPS)],
+              copy, jobmon_root)
+    ran = {name: found for group in groups for name, found in _outcomes(copy, group).items()}
+    again = [node for name, (outcome, node) in ran.items()
+             if outcome != "passed" and name.split("[")[0] not in ALLOWED_FAILURES]
+    if again:
+        _wait_all([_run_jobmon_pytest(jobmon_root, copy, "rerun", again)], copy, jobmon_root)
+        rerun = _outcomes(copy, "rerun")
+        for name, (outcome, node) in rerun.items():
+            print(f"Jobmon test {name} failed side by side ({ran[name][0][:200]}); alone: {outcome[:200]}")
+            ran[name] = (outcome, node)
+    return {name: outcome for name, (outcome, _) in ran.items()}
 
 
 @pytest.mark.parametrize("path", JOBMON_TESTS)
