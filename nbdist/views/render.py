@@ -105,7 +105,10 @@ def nonzero_counts(counts: Mapping[Any, int]) -> list[tuple[str, int]]:
 
 
 def format_seconds(seconds: float | None) -> str:
-    """Short duration: ``0.12s``, ``12.3s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
+    """A measured duration, rounded for a table: ``0.12s``, ``12.3s``, ``4m05s``, ``2h03m``; ``-`` when unknown.
+
+    (A limit the user set is spelled back exactly by ``cluster_protocol.resources.format_runtime``.)
+    """
     if seconds is None:
         return "-"
     if seconds < 10:
@@ -120,7 +123,10 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def format_mb(megabytes: float | None) -> str:
-    """``3.2M``, ``1.5G``; ``-`` when unknown."""
+    """A measured size, rounded for a table: ``3.2M``, ``1.5G``; ``-`` when unknown.
+
+    (A limit the user set is spelled back exactly by ``cluster_protocol.resources.format_memory``.)
+    """
     if megabytes is None:
         return "-"
     if megabytes >= 1024:

@@ -9,138 +9,41 @@ viewer, HTML printed by a step is shown as text (no dialog, no image element), a
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from process_helpers import ALLOWED_SURVIVORS, pid_alive
+from jupyter_servers import UI_TIMEOUT_MS, browser, jupyter_server, requirements
+from process_helpers import pid_alive
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Generous: both shared cores may be busy with other suites (a cold run measured 13-45 s).
-LAB_START_TIMEOUT_S = 90
-UI_TIMEOUT_MS = 90_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _requirements() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    if not os.path.exists(CHROMIUM):
-        return f"chromium not found at {CHROMIUM} (apt-get install -y chromium; never `playwright install`)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright for Python is not installed (pip install -e '.[test]')"
-    try:
-        import jupyterlab  # noqa: F401
-    except ImportError:
-        return "jupyterlab is not installed (pip install -e '.[test]')"
-    return None
 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A JupyterLab server on a free loopback port, serving a temporary copy of the quickstart."""
-    missing = _requirements()
+    missing = requirements("lab")
     if missing:
         pytest.skip(missing)
     base = tmp_path_factory.mktemp("lab")
     work = base / "work"
     work.mkdir()
     shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", work / "quickstart.ipynb")
-    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
-                                                                          "checkForUpdates": False}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-               IPYTHONDIR=str(base / "ipython"), JUPYTER_PLATFORM_DIRS="1")
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-               f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-               f"--LabApp.workspaces_dir={base / 'ws'}", f"--LabApp.user_settings_dir={base / 'settings'}",
-               "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               "--expose-app-in-browser"]
-    log_file = open(base / "lab.log", "wb")  # noqa: SIM115 - open for the server's whole life
-    server = subprocess.Popen(command, cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    ALLOWED_SURVIVORS.add(server.pid)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + LAB_START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"JupyterLab did not start; see {base / 'lab.log'}:\n"
-                                   + (base / "lab.log").read_text()[-2000:])
-            time.sleep(0.3)
-        yield {"url": url, "token": token, "work": work, "pid": server.pid}
-    finally:
-        _stop(server)
-        log_file.close()
-        ALLOWED_SURVIVORS.discard(server.pid)
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (JupyterLab shuts its kernels down), then SIGKILL whatever of its tree is left."""
-    try:
-        tree = psutil.Process(server.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    with jupyter_server("lab", base, work) as server:
+        yield server
 
 
 @pytest.fixture()
 def page(lab: dict[str, Any]) -> Iterator[Any]:
     """A Chromium page; every JavaScript dialog it opens is recorded (and dismissed)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.dialogs = []  # type: ignore[attr-defined]
-            page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-            yield page
-        finally:
-            browser.close()
+    with browser(height=1000) as page:
+        yield page
 
 
 def _dashboards(page: Any) -> Any:

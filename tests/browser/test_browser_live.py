@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from jupyter_servers import APPS, KERNEL_IDLE, browser, jupyter_server, write_notebook
-from test_browser_dashboard import UI_TIMEOUT_MS, _requirements
+from jupyter_servers import APPS, KERNEL_IDLE, UI_TIMEOUT_MS, browser, notebook_server
 
 pytestmark = pytest.mark.browser
 
@@ -44,19 +43,7 @@ CELLS = [
 
 @pytest.fixture(params=sorted(APPS))
 def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    missing = _requirements()
-    if request.param == "notebook":
-        try:
-            import notebook  # noqa: F401
-        except ImportError:
-            missing = missing or "notebook>=7 is not installed (pip install -e '.[test]')"
-    if missing:
-        pytest.skip(missing)
-    base = tmp_path_factory.mktemp(f"live-{request.param}")
-    work = base / "work"
-    work.mkdir()
-    write_notebook(work / "live.ipynb", CELLS)
-    with jupyter_server(request.param, base, work) as server:
+    with notebook_server(request.param, tmp_path_factory, "live.ipynb", CELLS) as server:
         yield server
 
 
@@ -90,7 +77,7 @@ def _cli(work: Any, *args: str) -> str:
 
 def test_views_stay_true_and_live(app: dict[str, Any]) -> None:
     with browser() as page:
-        page.goto(f"{app['url']}/{app['path']}/live.ipynb?token={app['token']}")
+        page.goto(app["notebook_url"])
         page.wait_for_function(KERNEL_IDLE, timeout=UI_TIMEOUT_MS)  # else Run opens a "Select Kernel" dialog
         # Every cell but the last (run later); not awaited: the promise resolves once the cells ran.
         _run(page, "notebook:run-all-above", len(CELLS) - 1)

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_servers import APPS, KERNEL_IDLE, browser, jupyter_server, write_notebook
-from test_browser_dashboard import UI_TIMEOUT_MS, _requirements
+from jupyter_servers import APPS, KERNEL_IDLE, UI_TIMEOUT_MS, browser, notebook_server
 
 pytestmark = pytest.mark.browser
 
@@ -31,25 +30,13 @@ CELLS = ["%load_ext nbdist\nimport nbdist\nnbdist.set_default_session(nbdist.Ses
 
 @pytest.fixture(params=sorted(APPS))
 def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    missing = _requirements()
-    if request.param == "notebook":
-        try:
-            import notebook  # noqa: F401
-        except ImportError:
-            missing = missing or "notebook>=7 is not installed (pip install -e '.[test]')"
-    if missing:
-        pytest.skip(missing)
-    base = tmp_path_factory.mktemp(f"reopen-{request.param}")
-    work = base / "work"
-    work.mkdir()
-    write_notebook(work / "reopen.ipynb", CELLS)
     # The setting comes from where `make lab` / `make test` put it, the venv's app-level overrides,
     # not from this test: so the test checks what a user gets.
     overrides = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
     if not overrides.exists():
         pytest.skip(f"{overrides} is missing: run `make lab` or `make test`, which install it")
     assert json.loads(overrides.read_text())["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True
-    with jupyter_server(request.param, base, work) as server:
+    with notebook_server(request.param, tmp_path_factory, "reopen.ipynb", CELLS) as server:
         yield server
 
 
@@ -64,7 +51,7 @@ def _stop_kernels(server: dict[str, Any]) -> None:
 
 
 def test_reopened_notebook_shows_the_final_dashboard(app: dict[str, Any]) -> None:
-    url = f"{app['url']}/{app['path']}/reopen.ipynb?token={app['token']}"
+    url = app["notebook_url"]
     with browser() as page:
         page.goto(url)
         page.wait_for_function(KERNEL_IDLE, timeout=UI_TIMEOUT_MS)

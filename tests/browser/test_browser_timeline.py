@@ -4,27 +4,17 @@ A notebook written by the test runs an array whose parameters and output carry H
 the timeline grow while it runs (bars appear, a running bar widens), the stacked bar and the ETA, a
 click on a bar opening that step's log, HTML shown as text in the picture and the log, and the
 all-jobs overview listing a job submitted by another process sharing the root (as another kernel).
-Servers are started the way ``test_browser_dashboard`` starts JupyterLab (its helpers are reused).
+Servers and the browser come from ``jupyter_servers``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from process_helpers import ALLOWED_SURVIVORS
-from test_browser_dashboard import (CHROMIUM, CHROMIUM_ARGS, LAB_START_TIMEOUT_S, UI_TIMEOUT_MS, _free_port,
-                                    _requirements, _stop)
+from jupyter_servers import APPS, KERNEL_IDLE, UI_TIMEOUT_MS, browser, notebook_server
 
 pytestmark = pytest.mark.browser
 
@@ -40,89 +30,17 @@ CELLS = [
     "                \"s.submit('true', name='other-kernel').wait(); s.close()\"], check=True)\n"
     "nbdist.show()",
 ]
-APPS = {"lab": ("lab", "lab/tree"), "notebook": ("notebook", "notebooks")}
-
-
-def _notebook(path: Path) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
-             for source in CELLS]
-    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {
-        "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5}))
-
-
 @pytest.fixture(params=sorted(APPS))
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """JupyterLab or Notebook 7 on a free loopback port, serving a folder with the test's notebook."""
-    missing = _requirements()
-    if request.param == "notebook":
-        try:
-            import notebook  # noqa: F401
-        except ImportError:
-            missing = missing or "notebook>=7 is not installed (pip install -e '.[test]')"
-    if missing:
-        pytest.skip(missing)
-    base = tmp_path_factory.mktemp(request.param)
-    work = base / "work"
-    work.mkdir()
-    _notebook(work / "timeline.ipynb")
-    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
-                                                                          "checkForUpdates": False}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-               IPYTHONDIR=str(base / "ipython"), JUPYTER_PLATFORM_DIRS="1")
-    env.pop("PYTHONUNBUFFERED", None)  # as on a user's machine
-    app, path = APPS[request.param]
-    command = [sys.executable, "-m", "jupyter", app, "--no-browser", "--allow-root", "--ip=127.0.0.1",
-               f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-               f"--LabServerApp.workspaces_dir={base / 'ws'}", f"--LabServerApp.user_settings_dir={base / 'settings'}",
-               "--expose-app-in-browser"]
-    log_file = open(base / "server.log", "wb")  # noqa: SIM115 - open for the server's whole life
-    process = subprocess.Popen(command, cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    ALLOWED_SURVIVORS.add(process.pid)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + LAB_START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{app} did not start:\n" + (base / "server.log").read_text()[-2000:])
-            time.sleep(0.3)
-        yield {"url": f"{url}/{path}/timeline.ipynb?token={token}", "work": work}
-    finally:
-        _stop(process)
-        log_file.close()
-        ALLOWED_SURVIVORS.discard(process.pid)
+    with notebook_server(request.param, tmp_path_factory, "timeline.ipynb", CELLS) as server:
+        yield server
 
 
 @pytest.fixture()
 def browser_page(server: dict[str, Any]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.dialogs = []  # type: ignore[attr-defined]
-            page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-            yield page
-        finally:
-            browser.close()
-
-
-KERNEL_IDLE = """() => {
-    const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-    const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
-    return !!kernel && kernel.status === 'idle';
-}"""
+    with browser(height=1200) as page:
+        yield page
 
 
 def _count(page: Any, selector: str) -> int:
@@ -131,7 +49,7 @@ def _count(page: Any, selector: str) -> int:
 
 def test_timeline_stacked_bar_click_and_overview(server: dict[str, Any], browser_page: Any) -> None:
     page = browser_page
-    page.goto(server["url"])
+    page.goto(server["notebook_url"])
     page.wait_for_function(KERNEL_IDLE, timeout=UI_TIMEOUT_MS)  # else Run opens a "Select Kernel" dialog
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     dashboard = page.locator(".nbdist-dashboard").first

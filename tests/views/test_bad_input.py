@@ -94,15 +94,6 @@ MAGIC_CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ip() -> Any:
-    from IPython.testing.globalipapp import get_ipython
-
-    shell = get_ipython()
-    shell.run_line_magic("load_ext", "nbdist")
-    return shell
-
-
 @pytest.mark.parametrize("case, line, body", MAGIC_CASES, ids=[c[0] for c in MAGIC_CASES])
 def test_magics(ip, session, case, line, body):
     magics = ip.magics_manager.registry["NbdistMagics"]

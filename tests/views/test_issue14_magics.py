@@ -7,40 +7,14 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
 
-import nbdist
 
 pytest.importorskip("ipywidgets")
-
-
-@pytest.fixture(scope="module")
-def ip() -> Any:
-    from IPython.testing.globalipapp import get_ipython
-
-    shell = get_ipython()
-    shell.run_line_magic("load_ext", "nbdist")
-    return shell
-
-
-@pytest.fixture()
-def session(ip: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.chdir(tmp_path)
-    session = nbdist.Session(root=str(tmp_path / ".nbdist"), parallelism=2)
-    magics = ip.magics_manager.registry["NbdistMagics"]
-    magics.sessions.use(session)
-    try:
-        yield session
-    finally:
-        magics.sessions.current().close()
-        magics.sessions.close_all()
-        nbdist.set_default_session(None)
-        session.close()
 
 
 @pytest.fixture()
