@@ -1,7 +1,8 @@
 """The one naming rule of a task's files and ids, shared by every backend and the session.
 
 - Logs: ``{folder}/{stem}.o{id}`` (stdout), ``.e{id}`` (stderr), ``.x{id}`` (exit info, JSON), where the
-  stem is a file-name-safe form of the task name, so no name can write outside its log folder.
+  stem is a file-name-safe form of the task name, so no name can write outside its log folder;
+  ``.k{id}`` beside stdout is a request to cancel one step of a packed Slurm task (see :func:`cancel_marker_path`).
 - Ids: a plain job is ``"{job}"``, an array step ``"{job}_{step}"`` (Jobmon's and Slurm's form).
 """
 
@@ -12,7 +13,7 @@ import os
 import re
 from typing import Any
 
-__all__ = ["array_id", "exit_info_path", "log_file", "log_stem", "split_id", "write_json_atomic"]
+__all__ = ["array_id", "cancel_marker_path", "exit_info_path", "log_file", "log_stem", "split_id", "write_json_atomic"]
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]")
 
@@ -34,6 +35,14 @@ def log_file(folder: str, name: str, kind: str, distributor_id: str, stem: str |
 def exit_info_path(stdout_dir: str, name: str, distributor_id: str) -> str:
     """Where a task's exit info (``nbdist-worker``'s JSON) is written: beside its stdout."""
     return log_file(stdout_dir, name, "x", distributor_id)
+
+
+def cancel_marker_path(stdout_dir: str, name: str, distributor_id: str, stem: str | None = None) -> str:
+    """Where a distributor asks ``nbdist-worker`` to cancel one step of a packed task: ``.k{id}`` beside stdout.
+
+    ``k`` (kill), not ``c``: ``c`` is already a Python call's file (:mod:`.pycall`).
+    """
+    return log_file(stdout_dir, name, "k", distributor_id, stem)
 
 
 def array_id(job_id: str, step: int | None) -> str:

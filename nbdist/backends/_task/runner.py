@@ -125,15 +125,20 @@ class RunningTask:
         self.deadline = started + spec.runtime_s if spec.runtime_s else None
         self.peak_rss_mb = 0.0
         self._next_sample: float | None = None  # when live usage is due (None: nobody asked for it)
+        self._next_tick: float | None = None  # when on_tick is due (None: nobody asked for it)
         self._cpu_mark = (self.started, 0.0)  # (monotonic time, CPU seconds of the tree) at the last sample
         self._verdict: tuple[str, str, Limit | None] | None = None  # set when we decide to kill
 
     def wait(self, control_fd: int | None = None, on_control: Callable[[], None] | None = None,
-             on_usage: Callable[[dict[str, float]], None] | None = None) -> Outcome:
+             on_usage: Callable[[dict[str, float]], None] | None = None,
+             on_tick: Callable[[], None] | None = None, tick_seconds: float = 1.0) -> Outcome:
         """Wait for the end; ``on_control`` runs when ``control_fd`` is readable (it may call kill);
-        ``on_usage`` gets ``{"cpu_percent", "rss_mb"}`` of the task's tree every :data:`USAGE_SAMPLE_SECONDS`."""
+        ``on_usage`` gets ``{"cpu_percent", "rss_mb"}`` of the task's tree every :data:`USAGE_SAMPLE_SECONDS`;
+        ``on_tick`` runs every ``tick_seconds`` until the task ends or is being killed (it may call kill)."""
         if on_usage is not None:
             self._next_sample = self.started + USAGE_SAMPLE_SECONDS
+        if on_tick is not None:
+            self._next_tick = time.monotonic() + tick_seconds
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
         if control_fd is not None:
@@ -150,6 +155,10 @@ class RunningTask:
             self._check_limits()
             if on_usage is not None and self._verdict is None and time.monotonic() >= self._next_sample:  # type: ignore[operator]
                 on_usage(self._sample_usage())
+            now = time.monotonic()
+            if on_tick is not None and self._verdict is None and now >= self._next_tick:  # type: ignore[operator]
+                self._next_tick = now + tick_seconds
+                on_tick()
         return self._finish()
 
     def exited_within(self, seconds: float) -> bool:
@@ -174,6 +183,8 @@ class RunningTask:
             timeouts.append(MEMORY_POLL_SECONDS)
         if self._next_sample is not None:
             timeouts.append(self._next_sample - now)
+        if self._next_tick is not None:
+            timeouts.append(self._next_tick - now)
         return min(timeouts) if timeouts else None
 
     def _check_limits(self) -> None:

@@ -22,6 +22,12 @@ Packed steps (``--steps-per-task K --array-length N [--task-offset F] [--array-b
 array task runs steps ``(F + SLURM_ARRAY_TASK_ID) * K`` … ``+ K - 1`` (below N) one after another, each as
 ``{J}_{step}`` (J: ``SLURM_ARRAY_JOB_ID`` by default) with its own logs and exit info, written as the step
 ends; a failed step does not stop the next. SIGTERM ends the running step and runs no more.
+
+Cancelling one packed step (the rest of the task goes on): its cancel marker ``{stdout_dir}/{name}.k{id}``
+(:func:`~nbdist.cluster_protocol.naming.cancel_marker_path`, written by the Slurm distributor). A step
+whose marker is there when its turn comes is not run (exit info ``K``, "cancelled before it started");
+a running step whose marker appears is killed like a terminated task (its group SIGTERMed, SIGKILLed
+after a grace period; ``K``), looked for every :data:`CANCEL_POLL_SECONDS`; then the next step runs.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import time
 from typing import Sequence
 
 from ...cluster_protocol import TaskInstanceStatus as Status
-from ...cluster_protocol.naming import log_file
+from ...cluster_protocol.naming import cancel_marker_path, log_file
 from ...cluster_protocol.resources import command_line, parse_memory, parse_runtime
 from .exit_info import write_exit_info
 from .node import current_distributor_id
@@ -68,6 +74,14 @@ _FORWARDED = {signal.SIGUSR1: b"1", signal.SIGUSR2: b"2"}
 TERMINATION_GRACE_SECONDS = 0.05
 # The signal the kernel sends the worker when its parent (slurmstepd) dies: a node failure.
 PARENT_DEATH_SIGNAL = signal.SIGHUP
+# How often a packed worker looks for its running step's cancel marker: a cancelled step ends within
+# about this long (plus the kill's grace), and each look is one stat() per running packed worker on
+# the log folder's (often shared, network) file system: 1,000 running packed tasks cost it 1,000
+# lookups a second. Single-step workers never look (the distributor scancels them).
+CANCEL_POLL_SECONDS = 1.0
+# How a cancelled packed step ends, when it was running and when its turn had not come yet.
+CANCELLED_RUNNING = "killed: cancelled while it ran (the rest of its packed task goes on)"
+CANCELLED_WAITING = "cancelled before it started (skipped by its packed task)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,10 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids = _packed_steps(args)
     code = 0
     for distributor_id, env in ids:
+        marker = None if args.steps_per_task is None else cancel_marker_path(args.stdout_dir, args.name,
+                                                                              distributor_id)
+        if marker is not None and os.path.exists(marker):
+            _write_skipped(args.stdout_dir, args.name, distributor_id)
+            continue
         spec = TaskSpec(distributor_id, command, log_file(args.stdout_dir, args.name, "o", distributor_id),
                         log_file(stderr_dir, args.name, "e", distributor_id), env=env, runtime_s=args.runtime,
                         memory_mb=args.memory)
-        step_code, received = _run_one(spec, read_fd, args.stdout_dir, args.name)
+        step_code, received = _run_one(spec, read_fd, args.stdout_dir, args.name, marker)
         code = code or step_code  # a packed task fails (for sacct) if one of its steps did
         if received:  # terminated or orphaned: the remaining steps are not run
             break
@@ -117,8 +136,21 @@ def _packed_steps(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
             for step in steps]
 
 
-def _run_one(spec: TaskSpec, read_fd: int, stdout_dir: str, name: str) -> tuple[int, bool]:
-    """Run one task to its end and write its exit info; ``(exit code, whether the worker must stop)``."""
+def _write_skipped(stdout_dir: str, name: str, distributor_id: str) -> None:
+    """The exit info of a packed step cancelled before its turn came: it never ran."""
+    now = time.time()
+    write_exit_info(stdout_dir, name, distributor_id, {
+        "status": Status.KILL_SELF, "message": CANCELLED_WAITING, "exit_code": None, "signal": None, "limit": None,
+        "usage": {}, "started": None, "ended": now, "host": socket.gethostname(), "distributor_id": distributor_id,
+        "terminated": False})
+
+
+def _run_one(spec: TaskSpec, read_fd: int, stdout_dir: str, name: str,
+             cancel_marker: str | None = None) -> tuple[int, bool]:
+    """Run one task to its end and write its exit info; ``(exit code, whether the worker must stop)``.
+
+    ``cancel_marker``: a packed step's marker file, looked for while it runs (its appearance kills the step).
+    """
     started = time.time()
     task = RunningTask(spec)
     stop: list[str] = []  # why the worker was told to end (SIGTERM, or its slurmstepd died)
@@ -141,7 +173,12 @@ def _run_one(spec: TaskSpec, read_fd: int, stdout_dir: str, name: str) -> tuple[
                 if alive:
                     task.kill(Status.KILL_SELF, f"killed: {why}", grace=1.0)
 
-    outcome = task.wait(read_fd, on_signal)
+    def on_tick() -> None:
+        if cancel_marker is not None and os.path.exists(cancel_marker):
+            task.kill(Status.KILL_SELF, CANCELLED_RUNNING, grace=1.0)
+
+    outcome = task.wait(read_fd, on_signal, on_tick=on_tick if cancel_marker is not None else None,
+                        tick_seconds=CANCEL_POLL_SECONDS)
     if not stop and (outcome.signal or (outcome.exit_code or 0) > 128):
         # scancel signals every process of the job, the task too: it may die before our handler ran.
         time.sleep(TERMINATION_GRACE_SECONDS)

@@ -42,7 +42,7 @@ from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.naming import array_id
 from ...cluster_protocol.resources import Resources, check_array_length, parse_site_options
 from .._table import TableDistributor
-from . import cli, verdict
+from . import cancel, cli, verdict
 from .arrays import ArrayPlan, default_steps_per_task
 from .submitter import Submitter, log_dir_of, slurm_ids_of
 from .task import SlurmTask
@@ -282,19 +282,23 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
 
     # ----------------------------------------------------------------- termination
     def terminate_task_instances(self, distributor_ids: list[str]) -> None:
-        """``scancel`` the live tasks among ``distributor_ids`` (one call); queued ones never start."""
+        """End the live tasks among ``distributor_ids``; queued ones never start.
+
+        One ``scancel`` for the jobs and Slurm tasks that end whole; a step of a packed task whose other
+        steps run on gets a cancel marker instead, and its worker skips or kills it (:mod:`.cancel`).
+        """
         with self._lock:
             targets = [self.tasks.live[i] for i in distributor_ids if i in self.tasks.live]
             for record in targets:
                 record.cancel_requested = True
             self._cancel_held([record for record in targets if record.slurm_id is None])
-            slurm_ids = {record.slurm_id for record in targets if record.slurm_id is not None}
-        if not slurm_ids:
+            slurm_ids, marked = cancel.split(targets, self.tasks)
+        slurm_ids |= cancel.write_markers(marked)
+        if not slurm_ids and not marked:
             return
-        # A step of a packed task cancels its task: the task's unfinished steps end with it.
         argv = ["scancel", *cli.compress_ids(sorted(slurm_ids))]
-        result = cli.run_cli(argv)
-        if result.returncode != 0:
+        result = cli.run_cli(argv) if slurm_ids else None
+        if result is not None and result.returncode != 0:
             logger.warning("%s: %s", " ".join(argv), cli.error_text(result.stderr))
         with self._lock:
             self._interval = self.poll_interval
@@ -434,6 +438,8 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         previous = array_id(record.job_id, step - 1)
         if step % plan.per_task and previous in self.tasks.live:
             record.state, record.message = Status.QUEUED, f"waiting in its packed task ({plan.per_task} steps a task)"
+            if record.cancel_requested:
+                record.message += "; cancelled: it is skipped when its turn comes"
             return
         record.state, record.message = Status.RUNNING, "running"
         record.started = record.started or time.time()

@@ -110,22 +110,55 @@ def test_packed_steps_have_their_own_logs_exit_codes_and_live_states(make_dist, 
         assert reports[ids[step]]["usage"]["wall_s"] >= 0
 
 
-def test_a_killed_or_timed_out_packed_task_marks_only_its_unfinished_steps(make_dist, tmp_path):
+def test_a_killed_or_timed_out_packed_step_ends_alone(make_dist, tmp_path):
     dist = make_dist()
-    ids = dist.submit_array_to_batch_distributor("[ $ARRAY_STEP_ID = 0 ] || sleep 30", "cut",
+    gate = shlex.quote(str(tmp_path / "gate"))
+    # Three packed tasks at once: a step killed while it runs, one killed while it waits its turn, all of one.
+    cut = dist.submit_array_to_batch_distributor("[ $ARRAY_STEP_ID != 1 ] || sleep 30", "cut",
                                                  {"steps_per_task": 3}, 3)
-    wait_state(dist, ids[1], "R", timeout=60)
-    dist.terminate_task_instances([ids[1]])
-    reports = wait_done(dist, list(ids.values()), timeout=60)
-    assert reports[ids[0]]["status"] == "D"
-    assert reports[ids[1]]["status"] == "K" and reports[ids[2]]["status"] == "K"
-    assert "not finished when its packed task ended" in reports[ids[2]]["message"]
+    skip = dist.submit_array_to_batch_distributor(
+        f"[ $ARRAY_STEP_ID != 0 ] || while [ ! -e {gate} ]; do sleep 0.1; done", "skip", {"steps_per_task": 3}, 3)
+    whole = dist.submit_array_to_batch_distributor("sleep 30", "whole", {"steps_per_task": 3}, 3)
+    wait_state(dist, cut[1], "R", timeout=60)
+    wait_until(lambda: os.path.exists(dist.log_paths(cut[1])[0]))  # the worker has started step 1
+    killed = time.monotonic()
+    dist.terminate_task_instances([cut[1]])
+    wait_until(lambda: dist.get_remote_exit_info(cut[1])[0] == "K")
+    latency = time.monotonic() - killed
+    wait_state(dist, skip[0], "R", timeout=60)
+    dist.terminate_task_instances([skip[1]])
+    wait_until(lambda: "skipped when its turn comes" in dist.get_remote_exit_info(skip[1])[1])
+    assert dist.get_remote_exit_info(skip[1])[0] == "Q"  # it waits its turn, then ends without running
+    (tmp_path / "gate").touch()
+    wait_state(dist, whole[0], "R", timeout=60)
+    dist.terminate_task_instances(list(whole.values()))
+    killed_whole = time.monotonic()
+    reports = wait_done(dist, [*whole.values()], timeout=30)
+    assert time.monotonic() - killed_whole < 10  # one scancel for the whole task: no step waits for a marker
+    reports.update(wait_done(dist, [*cut.values(), *skip.values()], timeout=60))
+    # Only the killed step ends K; its pack-mates run on and end as they would have.
+    assert [reports[cut[s]]["status"] for s in range(3)] == ["D", "K", "D"]
+    assert "cancelled while it ran" in reports[cut[1]]["message"]
+    assert latency < 5, latency  # the worker looks for the marker every second; the poller every 0.5 s
+    assert [reports[skip[s]]["status"] for s in range(3)] == ["D", "K", "D"]
+    assert reports[skip[1]]["message"].startswith("cancelled before it started")
+    assert not os.path.exists(dist.log_paths(skip[1])[0])  # it never ran
+    # Every unfinished step of a pack killed: the task is scancelled, as one.
+    assert [reports[whole[s]]["status"] for s in range(3)] == ["K", "K", "K"]
+    assert "not finished when its packed task ended" in reports[whole[2]]["message"]
     # A step over its own runtime is that step's failure (the worker holds each step to its limit).
     ids = dist.submit_array_to_batch_distributor("[ $ARRAY_STEP_ID != 1 ] || sleep 30", "slow",
                                                  {"steps_per_task": 3, "runtime": 2}, 3)
     reports = wait_done(dist, list(ids.values()), timeout=60)
     assert [reports[ids[s]]["status"] for s in range(3)] == ["D", "Z", "D"]
     assert reports[ids[1]]["limit"] == "runtime"
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def scontrol_job(job_id: str) -> str:
