@@ -26,8 +26,6 @@ from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned
 __all__ = ["Consumer"]
 
 # The folder that holds the nbdist package (this file is nbdist/backends/multiprocess/consumer.py).
-# Where a consumer keeps the PYTHONPATH its tasks should see while its own points at nbdist's folder.
-_TASK_PYTHONPATH = "NBDIST_TASK_PYTHONPATH"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 # Tasks shorter than this report in batches (one message for several tasks): it cuts per-task
 # messaging for tiny tasks and delays a state change by at most this long.
@@ -67,14 +65,14 @@ class Consumer:
     def start(self) -> None:
         """Start the consumer's interpreter; it reads tasks from ``task_queue``."""
         fds = (self.task_queue.fileno(), self.response_queue.fileno())
-        code = f"from nbdist.backends.multiprocess.consumer import Consumer; Consumer.serve({fds[0]}, {fds[1]})"
-        env = dict(os.environ)
-        # The child must import this very nbdist, installed or not; its tasks get the PYTHONPATH the
-        # distributor's process had (serve() puts it back), not nbdist's folder.
-        env[_TASK_PYTHONPATH] = env.get("PYTHONPATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
+        # The child must import this very nbdist, installed or not: its folder goes first on the
+        # consumer's sys.path, after site has set the path up (so a .pth entry for the same folder,
+        # an editable install's, stays where a task's own interpreter would have it), and not in the
+        # environment its tasks inherit.
+        code = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
+                f"from nbdist.backends.multiprocess.consumer import Consumer; Consumer.serve({fds[0]}, {fds[1]})")
         self._popen = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=fds, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            [sys.executable, "-c", code], pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
         self.sentinel = os.pidfd_open(self._popen.pid)
 
@@ -114,12 +112,6 @@ class Consumer:
         # pass_fds made the pipes inheritable: tasks must not inherit (and could write into) them.
         os.set_inheritable(task_fd, False)
         os.set_inheritable(response_fd, False)
-        # sys.path is set up by now: the environment tasks inherit gets the distributor's PYTHONPATH back.
-        task_pythonpath = os.environ.pop(_TASK_PYTHONPATH, "")
-        if task_pythonpath:
-            os.environ["PYTHONPATH"] = task_pythonpath
-        else:
-            os.environ.pop("PYTHONPATH", None)
         consumer = cls(
             multiprocessing.connection.Connection(task_fd, writable=False),
             multiprocessing.connection.Connection(response_fd, readable=False),

@@ -13,6 +13,7 @@ imported in a throwaway fork that checks the thread count; a set that fails is n
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
@@ -22,22 +23,35 @@ import sys
 import threading
 from collections.abc import Iterable
 
-__all__ = ["ModuleWarmer", "report_new_modules", "single_threaded"]
+__all__ = ["ModuleWarmer", "report_pipe", "report_new_modules", "single_threaded"]
 
-# The most a child writes (a pipe's buffer: the child must never block on it before exiting).
-REPORT_MAX_BYTES = 60_000
+# The report pipe's buffer, asked for: Jobmon's worker alone loads ~1,150 modules (a 144 KB report).
+# A child writes at most what the pipe holds, so it never blocks on it before exiting.
+REPORT_PIPE_BYTES = 1 << 20
 # A probe import that takes longer is given up (the consumer waits for it between tasks).
 PROBE_TIMEOUT_SECONDS = 30.0
+# Probes of one report at most: each one that meets a thread-starting module refuses it and tries again.
+PROBE_ROUNDS = 12
 
 
-def report_new_modules(fd: int, before: set[str]) -> None:
-    """Write the modules loaded since ``before`` (name and file) to ``fd`` without ever blocking."""
+def report_pipe() -> tuple[int, int, int]:
+    """``(read fd, write fd, capacity)``: a pipe for a child's report, its buffer as large as Linux allows."""
+    read_fd, write_fd = os.pipe()
+    try:
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, REPORT_PIPE_BYTES)
+    except OSError:  # above the system's pipe-max-size: the default buffer then
+        pass
+    return read_fd, write_fd, fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
+
+
+def report_new_modules(fd: int, before: set[str], capacity: int) -> None:
+    """Write the modules loaded since ``before`` (name and file) to ``fd``, if they fit its ``capacity``."""
     if len(sys.modules) <= len(before):  # the common case once warm: nothing new, nothing to write
         return
     new = [(name, getattr(module, "__file__", None)) for name, module in list(sys.modules.items())
            if name not in before and name != "__main__"]
     data = json.dumps([(name, path) for name, path in new if isinstance(path, str)]).encode()
-    if len(data) <= REPORT_MAX_BYTES:
+    if len(data) <= capacity:
         try:
             os.set_blocking(fd, False)
             os.write(fd, data)
@@ -80,11 +94,30 @@ class ModuleWarmer:
                 if name not in sys.modules and name not in self.refused and path.startswith(self.roots)]
 
     def load(self, names: Iterable[str]) -> None:
-        """Import ``names`` in this process if a throwaway fork shows they leave it single-threaded."""
-        wanted = sorted(names, key=lambda name: name.count("."))  # packages before their modules
-        if not wanted:
-            return
-        if not self._probe(wanted):
+        """Import ``names`` in this process, but those a throwaway fork shows would start a thread.
+
+        A probe that meets a module starting a thread (numpy's BLAS pool, say) says which, with
+        every module that was importing it then (pandas, …): those and their submodules are refused,
+        and the rest is probed again (at most :data:`PROBE_ROUNDS` times), so one such module does
+        not keep everything else cold (Jobmon's worker imports numpy through pandas, beside ~700
+        modules that are safe).
+        """
+        # sys.modules lists a module when its import ends (what it imports first): reversed, an importer
+        # comes before what it imports, so a thread-starting import is met inside those that need it.
+        wanted = list(dict.fromkeys(reversed(list(names))))
+        for _ in range(PROBE_ROUNDS):
+            if not wanted:
+                return
+            bad = self._probe(wanted)
+            if bad is None:
+                break
+            if not bad:  # the probe died or hung: nothing of this set is tried again
+                self.refused.update(wanted)
+                return
+            prefixes = tuple(f"{name}." for name in bad)
+            self.refused.update(name for name in wanted if name in bad or name.startswith(prefixes))
+            wanted = [name for name in wanted if name not in self.refused]
+        else:
             self.refused.update(wanted)
             return
         for name in wanted:
@@ -93,19 +126,15 @@ class ModuleWarmer:
             except Exception:  # noqa: BLE001 - a module that fails here is simply not warm
                 self.refused.add(name)
 
-    def _probe(self, names: list[str]) -> bool:
+    def _probe(self, names: list[str]) -> set[str] | None:
+        """None if importing ``names`` in a fork leaves it single-threaded; else the modules that were
+        being imported when a thread started (empty: the probe failed otherwise)."""
+        read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
-            code = 1
-            try:
-                for name in names:
-                    try:
-                        importlib.import_module(name)
-                    except Exception:  # noqa: BLE001 - the parent's import will skip it
-                        pass
-                code = 0 if single_threaded() else 1
-            finally:
-                os._exit(code)
+            os.close(read_fd)
+            _probe_child(names, write_fd)
+        os.close(write_fd)
         pidfd = os.pidfd_open(pid)
         try:
             poller = select.poll()
@@ -113,6 +142,44 @@ class ModuleWarmer:
             if not poller.poll(PROBE_TIMEOUT_SECONDS * 1000):
                 os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
+            os.set_blocking(read_fd, False)
+            try:
+                said = os.read(read_fd, 65536)
+            except BlockingIOError:
+                said = b""
         finally:
             os.close(pidfd)
-        return os.waitstatus_to_exitcode(status) == 0
+            os.close(read_fd)
+        if os.waitstatus_to_exitcode(status) == 0:
+            return None
+        try:
+            return {name for name in json.loads(said) if isinstance(name, str)}
+        except ValueError:
+            return set()
+
+
+def _probe_child(names: list[str], write_fd: int) -> None:  # pragma: no cover - runs in the probe's fork
+    """Import ``names`` in order; at the first import seen after a thread started, tell which modules
+    were still being imported (the import stack), then exit 1. Exit 0 if none started a thread."""
+    importing: list[str] = []
+
+    def on_import(event: str, _args: tuple) -> None:
+        if event == "import" and not importing and not single_threaded():
+            importing.extend(name for name, module in list(sys.modules.items())
+                             if getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+    code = 1
+    try:
+        sys.addaudithook(on_import)
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the parent's import will skip it
+                pass
+            if not single_threaded():
+                os.write(write_fd, json.dumps([*importing, name])[:65536].encode())
+                break
+        else:
+            code = 0
+    finally:
+        os._exit(code)
