@@ -136,6 +136,7 @@ class _ConsumerLoop:
         self.local: deque[PickableTask] = deque()
         self.events: list[Event] = []
         self.current: tuple[PickableTask, RunningTask] | None = None
+        self.to_learn: list[str] = []  # modules the last forked task imported, for the consumer to import
         self.stopping = False
         # Python calls for this interpreter are forked, not spawned; nbdist's folder is on our sys.path only.
         self.warm = warm.WarmInterpreter(warm.sys_path_without(_PACKAGE_PARENT))
@@ -151,6 +152,7 @@ class _ConsumerLoop:
             while not self.stopping:
                 if not self.local:
                     self._flush()
+                    self._learn_imports()
                     self._handle(receive_message(self.inbox))
                     continue
                 while self._has_message():
@@ -173,6 +175,7 @@ class _ConsumerLoop:
         # EVENT_BATCH_SECONDS, or an empty local queue, sends what is pending.
         if not self.local or not running.exited_within(EVENT_BATCH_SECONDS):
             self._flush()
+        self._learn_imports()
         self.current = (task, running)
         try:
             outcome = running.wait(self.inbox.fileno(), self._on_message,
@@ -180,17 +183,20 @@ class _ConsumerLoop:
         finally:
             self.current = None
         self.events.append(Done(task.distributor_id, outcome))
-        self._learn_imports()
+        self.to_learn.extend(self.warm.to_learn())
 
     def _start(self, spec: TaskSpec) -> RunningTask:
         """Fork a warm Python call (see :mod:`.warm`) when the task is one for this interpreter, else spawn it."""
         return self.warm.start(spec, self.base_env) or RunningTask(spec, self.base_env)
 
     def _learn_imports(self) -> None:
-        """Import what the call just ended needed, once its end is reported (the next task waits for it)."""
-        names = self.warm.to_learn()
+        """Import what the last forked task needed: once the next task has started, or when idle.
+
+        Learning takes a while once (Jobmon's worker: ~1,000 modules, ~2 s), so it never delays the
+        next task's start; the running task's kill and limits wait for it instead.
+        """
+        names, self.to_learn = self.to_learn, []
         if names and not self.stopping:
-            self._flush()
             self.warm.learn(names)
 
     def _send_usage(self, distributor_id: str, usage: dict[str, float]) -> None:
