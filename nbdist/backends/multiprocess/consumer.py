@@ -152,8 +152,9 @@ class _ConsumerLoop:
             while not self.stopping:
                 if not self.local:
                     self._flush()
-                    self._learn_imports()
-                    self._handle(receive_message(self.inbox))
+                    self._learn_imports()  # messages that came meanwhile are handled already
+                    if not self.local and not self.stopping:
+                        self._handle(receive_message(self.inbox))
                     continue
                 while self._has_message():
                     self._handle(receive_message(self.inbox))
@@ -175,8 +176,8 @@ class _ConsumerLoop:
         # EVENT_BATCH_SECONDS, or an empty local queue, sends what is pending.
         if not self.local or not running.exited_within(EVENT_BATCH_SECONDS):
             self._flush()
-        self._learn_imports()
         self.current = (task, running)
+        self._learn_imports()
         try:
             outcome = running.wait(self.inbox.fileno(), self._on_message,
                                    lambda usage: self._send_usage(task.distributor_id, usage))
@@ -193,11 +194,17 @@ class _ConsumerLoop:
         """Import what the last forked task needed: once the next task has started, or when idle.
 
         Learning takes a while once (Jobmon's worker: ~1,000 modules, ~2 s), so it never delays the
-        next task's start; the running task's kill and limits wait for it instead.
+        next task's start, and messages (a kill of the running task, a stop) are handled meanwhile.
         """
         names, self.to_learn = self.to_learn, []
         if names and not self.stopping:
-            self.warm.learn(names)
+            if not self.warm.learn(names, (self.inbox.fileno(), self._on_message_while_learning)):
+                self.to_learn = names  # given up for a task to start: learnt once that one runs
+
+    def _on_message_while_learning(self) -> bool:
+        """Handle what came in; True if learning must stop: stopping, or idle with a task to start."""
+        self._on_message()
+        return self.stopping or (self.current is None and bool(self.local))
 
     def _send_usage(self, distributor_id: str, usage: dict[str, float]) -> None:
         self.events.append(Usage(distributor_id, usage))

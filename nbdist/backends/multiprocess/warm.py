@@ -39,7 +39,7 @@ from typing import Any, Callable
 from ...cluster_protocol.pycall import CALL_MODULE, parse_call_command
 from ...cluster_protocol.scripts import ScriptCommand, parse_script_command
 from .._task.runner import RunningTask, TaskSpec, open_logs
-from .warm_imports import ModuleWarmer, report_new_modules, report_pipe, single_threaded
+from .warm_imports import Interrupt, ModuleWarmer, report_new_modules, report_pipe, single_threaded
 
 __all__ = ["CallFiles", "WarmInterpreter", "python_call", "python_script", "sys_path_without"]
 
@@ -145,9 +145,10 @@ class WarmInterpreter:
         fd, self._report_fd = self._report_fd, None
         return [] if fd is None else self.imports.read_report(fd)
 
-    def learn(self, names: list[str]) -> None:
-        """Import ``names`` here, so the next forks start with them (unless that would start a thread)."""
-        self.imports.load(names)
+    def learn(self, names: list[str], interrupt: Interrupt | None = None) -> bool:
+        """Import ``names`` here, so the next forks start with them (unless that would start a thread);
+        ``interrupt``: see :meth:`.warm_imports.ModuleWarmer.load`."""
+        return self.imports.load(names, interrupt)
 
 
 def _child(spec: TaskSpec, env: dict[str, str], work: CallFiles | ScriptCommand,

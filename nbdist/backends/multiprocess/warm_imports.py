@@ -21,7 +21,8 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 __all__ = ["ModuleWarmer", "report_pipe", "report_new_modules", "single_threaded"]
 
@@ -30,6 +31,14 @@ __all__ = ["ModuleWarmer", "report_pipe", "report_new_modules", "single_threaded
 REPORT_PIPE_BYTES = 1 << 20
 # A probe import that takes longer is given up (the consumer waits for it between tasks).
 PROBE_TIMEOUT_SECONDS = 30.0
+# While a probe runs: a file descriptor to watch, and what to do when it is readable (True: stop).
+Interrupt = tuple[int, Callable[[], bool]]
+
+
+class _Interrupted(Exception):
+    """The consumer has something more urgent to do: learning is given up for now."""
+
+
 # Probes of one report at most: each one that meets a thread-starting module refuses it and tries again.
 PROBE_ROUNDS = 12
 
@@ -93,7 +102,7 @@ class ModuleWarmer:
         return [name for name, path in reported
                 if name not in sys.modules and name not in self.refused and path.startswith(self.roots)]
 
-    def load(self, names: Iterable[str]) -> None:
+    def load(self, names: Iterable[str], interrupt: Interrupt | None = None) -> bool:
         """Import ``names`` in this process, but those a throwaway fork shows would start a thread.
 
         A probe that meets a module starting a thread (numpy's BLAS pool, say) says which, with
@@ -101,32 +110,40 @@ class ModuleWarmer:
         and the rest is probed again (at most :data:`PROBE_ROUNDS` times), so one such module does
         not keep everything else cold (Jobmon's worker imports numpy through pandas, beside ~700
         modules that are safe).
+
+        ``interrupt`` is ``(fd, handle)``: while a probe runs, ``handle()`` is called whenever ``fd``
+        is readable (the consumer's inbox: a kill is not held up by a probe) and returns True to give
+        learning up for now; then False is returned (True: learnt, or refused).
         """
         # sys.modules lists a module when its import ends (what it imports first): reversed, an importer
         # comes before what it imports, so a thread-starting import is met inside those that need it.
-        wanted = list(dict.fromkeys(reversed(list(names))))
+        wanted = [name for name in dict.fromkeys(reversed(list(names))) if name not in self.refused]
         for _ in range(PROBE_ROUNDS):
             if not wanted:
-                return
-            bad = self._probe(wanted)
+                return True
+            try:
+                bad = self._probe(wanted, interrupt)
+            except _Interrupted:
+                return False
             if bad is None:
                 break
             if not bad:  # the probe died or hung: nothing of this set is tried again
                 self.refused.update(wanted)
-                return
+                return True
             prefixes = tuple(f"{name}." for name in bad)
             self.refused.update(name for name in wanted if name in bad or name.startswith(prefixes))
             wanted = [name for name in wanted if name not in self.refused]
         else:
             self.refused.update(wanted)
-            return
+            return True
         for name in wanted:
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - a module that fails here is simply not warm
                 self.refused.add(name)
+        return True
 
-    def _probe(self, names: list[str]) -> set[str] | None:
+    def _probe(self, names: list[str], interrupt: Interrupt | None) -> set[str] | None:
         """None if importing ``names`` in a fork leaves it single-threaded; else the modules that were
         being imported when a thread started (empty: the probe failed otherwise)."""
         read_fd, write_fd = os.pipe()
@@ -139,9 +156,21 @@ class ModuleWarmer:
         try:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
-            if not poller.poll(PROBE_TIMEOUT_SECONDS * 1000):
-                os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
+            if interrupt is not None:
+                poller.register(interrupt[0], select.POLLIN)
+            deadline = time.monotonic() + PROBE_TIMEOUT_SECONDS
+            while True:
+                ready = {fd for fd, _ in poller.poll(max(0.0, deadline - time.monotonic()) * 1000)}
+                if pidfd in ready:
+                    break
+                stop = interrupt is not None and interrupt[0] in ready and interrupt[1]()
+                if stop or time.monotonic() >= deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    if stop:
+                        raise _Interrupted
+                    break
+            _, status = os.waitpid(pid, 0) if pidfd in ready else (pid, 1 << 8)
             os.set_blocking(read_fd, False)
             try:
                 said = os.read(read_fd, 65536)
