@@ -291,6 +291,39 @@ def test_a_module_that_starts_a_thread_on_import_is_not_imported_by_the_consumer
         assert calls.outcome(second) == (True, (False, True))
 
 
+def _imports_all(names: list[str]) -> tuple[list[bool], bool]:
+    """(which of ``names`` were loaded before this call, is this a fork of the consumer); then imports them."""
+    import importlib
+
+    loaded = [name in sys.modules for name in names]
+    for name in names:
+        importlib.import_module(name)
+    return loaded, CONSUMER_MODULE in sys.modules
+
+
+def test_only_a_thread_starting_module_and_its_importers_stay_cold(tmp_path, monkeypatch):
+    """numpy's BLAS pool behind pandas behind Jobmon's worker, in small: the rest is still learnt."""
+    packages = tmp_path / "site"
+    packages.mkdir()
+    (packages / "spins_a_thread.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    (packages / "needs_spinner.py").write_text("import spins_a_thread\n")
+    (packages / "plain_helper.py").write_text("VALUE = 1\n")
+    (packages / "tool.py").write_text("import plain_helper, needs_spinner\n")
+    monkeypatch.setenv("PYTHONPATH", str(packages))
+    names = ["tool", "plain_helper", "needs_spinner", "spins_a_thread"]
+    with MultiprocessDistributor("warm", parallelism=1, log_dir=str(tmp_path / "default")) as distributor:
+        calls = Calls(tmp_path, distributor)
+        outcomes = []
+        for _ in range(3):  # the call after next starts with what the consumer learnt (see above)
+            task = calls.submit(_imports_all, names)
+            assert calls.wait(task)["status"] == "D"
+            outcomes.append(calls.outcome(task))
+    assert outcomes[0] == (True, ([False, False, False, False], True))
+    # still a fork (the consumer stayed single-threaded), with plain_helper imported, not the others
+    assert outcomes[2] == (True, ([False, True, False, False], True))
+
+
 def _sys_path() -> tuple[list[str], bool]:
     return list(sys.path), CONSUMER_MODULE in sys.modules
 
