@@ -103,12 +103,16 @@ def test_running_rows_show_live_cpu_and_the_header_rates(session) -> None:
                           steps=6, name="live")  # 3 waves on 2 cores: rates show between the first end and the last
     dashboard = Dashboard(array, session=session)
     try:
+        def running_with_cpu() -> list[str]:
+            return [label for label, _ in dashboard.rows.options if "RUNNING" in label and "CPU " in label]
+
+        # Each consumer samples its task once a second, each on its own clock: wait for a running row
+        # with its CPU, not for the first row to have one.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "CPU " not in " ".join(label for label, _ in dashboard.rows.options):
+        while time.monotonic() < deadline and not running_with_cpu():
             time.sleep(0.3)
             dashboard.refresh()
-        running = [label for label, _ in dashboard.rows.options if "RUNNING" in label]
-        assert running and "CPU " in running[0]
+        assert running_with_cpu()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not dashboard.pictures.rates.value:
             time.sleep(0.3)
