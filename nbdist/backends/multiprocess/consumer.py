@@ -193,7 +193,7 @@ class _ConsumerLoop:
     def _learn_imports(self) -> None:
         """Import what the last forked task needed: once the next task has started, or when idle.
 
-        Learning takes a while once (Jobmon's worker: ~1,000 modules, ~2 s), so it never delays the
+        Learning takes a while once (~1,000 modules: ~2 s with its probes), so it never delays the
         next task's start, and messages (a kill of the running task, a stop) are handled meanwhile.
         """
         names, self.to_learn = self.to_learn, []

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable
 
 __all__ = ["ModuleWarmer", "report_pipe", "report_new_modules", "single_threaded"]
 
-# The report pipe's buffer, asked for: Jobmon's worker alone loads ~1,150 modules (a 144 KB report).
+# The report pipe's buffer, asked for: a call that imports pandas loads ~700 modules, Jobmon's worker
+# ~1,100 (a 144 KB report), more than a pipe's default 64 KB.
 # A child writes at most what the pipe holds, so it never blocks on it before exiting.
 REPORT_PIPE_BYTES = 1 << 20
 # A probe import that takes longer is given up (the consumer waits for it between tasks).
@@ -108,8 +109,8 @@ class ModuleWarmer:
         A probe that meets a module starting a thread (numpy's BLAS pool, say) says which, with
         every module that was importing it then (pandas, …): those and their submodules are refused,
         and the rest is probed again (at most :data:`PROBE_ROUNDS` times), so one such module does
-        not keep everything else cold (Jobmon's worker imports numpy through pandas, beside ~700
-        modules that are safe).
+        not keep everything else cold (Jobmon's worker, say, imports numpy through pandas, beside
+        ~700 modules that are safe: two probes).
 
         ``interrupt`` is ``(fd, handle)``: while a probe runs, ``handle()`` is called whenever ``fd``
         is readable (the consumer's inbox: a kill is not held up by a probe) and returns True to give
