@@ -23,6 +23,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_JOBMON = REPO.parent / "shared" / "jobmon"
@@ -68,9 +69,8 @@ def _run(command: list[str], log: Path, **kwargs) -> None:
         subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True, **kwargs)
 
 
-def jobmon_venv(archive: Path) -> Path:
-    """The cached venv's folder (``src/``: the snapshot, ``venv/``: the environment); ~2 min to build."""
-    root = venv_dir(archive)
+def _cached_venv(root: Path, install: Callable[[list[str], Path], None]) -> Path:
+    """``root`` with a ready ``venv/`` in it, built once by ``install(pip command, log)``; later calls reuse it."""
     ready = root / ".ready"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{root.name}.lock", "w") as lock:
@@ -78,21 +78,30 @@ def jobmon_venv(archive: Path) -> Path:
         if ready.exists():
             return root
         shutil.rmtree(root, ignore_errors=True)
-        (root / "src").mkdir(parents=True)
+        root.mkdir(parents=True)
         log = root / "install.log"
-        with tarfile.open(archive) as tar:
-            tar.extractall(root / "src", filter="data")
         base = sys._base_executable if hasattr(sys, "_base_executable") else sys.executable
         _run([base, "-m", "venv", str(root / "venv")], log)
-        pip = [str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "-q"]
+        install([str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "-q"], log)
+        ready.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        return root
+
+
+def jobmon_venv(archive: Path) -> Path:
+    """The cached venv's folder (``src/``: the snapshot, ``venv/``: the environment); ~2 min to build."""
+    root = venv_dir(archive)
+
+    def install(pip: list[str], log: Path) -> None:
+        with tarfile.open(archive) as tar:
+            tar.extractall(root / "src", filter="data")
         env = {**os.environ, "SETUPTOOLS_SCM_PRETEND_VERSION": JOBMON_VERSION}
         _run(pip + ["--upgrade", "pip", "setuptools", "setuptools-scm", "wheel"], log, env=env)
         for package in ("jobmon_core", "jobmon_server", "jobmon_client"):
             _run(pip + ["-e", str(root / "src" / package)], log, env=env)
         _run(pip + TEST_DEPS, log, env=env)
         _run(pip + ["-e", str(REPO), "--config-settings", "editable_mode=compat"], log, env=env)
-        ready.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-        return root
+
+    return _cached_venv(root, install)
 
 
 PYPI_CORE = "jobmon-core==3.4.8"  # the seed's version; PyPI's client and server do not fit it (see ../shared/jobmon)
@@ -102,22 +111,12 @@ def pypi_core_venv() -> Path:
     """A cached venv with PyPI's :data:`PYPI_CORE` and this nbdist (compat-editable), no server; ~1 min."""
     digest = hashlib.sha256(f"{PYPI_CORE} {REPO}".encode())
     digest.update((REPO / "pyproject.toml").read_bytes())
-    root = CACHE / f"jobmon-core-venv-{digest.hexdigest()[:12]}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (root / ".ready").exists():
-            return root
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        log = root / "install.log"
-        base = sys._base_executable if hasattr(sys, "_base_executable") else sys.executable
-        _run([base, "-m", "venv", str(root / "venv")], log)
-        pip = [str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "-q"]
+
+    def install(pip: list[str], log: Path) -> None:
         _run(pip + [PYPI_CORE], log)
         _run(pip + ["-e", str(REPO), "--config-settings", "editable_mode=compat"], log)
-        (root / ".ready").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-        return root
+
+    return _cached_venv(CACHE / f"jobmon-core-venv-{digest.hexdigest()[:12]}", install)
 
 
 def venv_env(root: Path, **extra: str) -> dict[str, str]:
