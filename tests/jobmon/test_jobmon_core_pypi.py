@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,28 @@ def test_the_plugin_works_under_pypi_jobmon_core_3_4_8(core_root):
     assert result["status"] == "U" and "exit code" in result["message"], result
     assert "a task asks for 99 cores but parallelism is 2" in result["refused"]
     assert result["left"] == []  # no temporary folder left behind
+
+
+UNSTOPPED = r"""
+import os, time
+from jobmon.core.cluster_type import ClusterType
+
+distributor = ClusterType("nbdist").cluster_distributor_class("nbdist", parallelism=1)
+distributor.start()
+job = distributor.submit_to_batch_distributor("true", "dropped", {"cores": 1})
+deadline = time.monotonic() + 60
+while job in distributor.get_submitted_or_running([job]) and time.monotonic() < deadline:
+    time.sleep(0.1)
+print(distributor.log_dir, os.path.isdir(distributor.log_dir))
+"""
+
+
+def test_a_distributor_never_stopped_leaves_no_folder_when_its_process_ends(core_root, tmp_path):
+    """As some of Jobmon's own tests do: start, submit, and let the process end without ``stop()``."""
+    run = subprocess.run([str(core_root / "venv" / "bin" / "python"), "-c", UNSTOPPED], capture_output=True,
+                         text=True, cwd=tmp_path, env=jobmon_env.venv_env(core_root), timeout=120)
+    assert_nothing_left(str(tmp_path), str(core_root / "venv"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder, existed = run.stdout.split()
+    assert existed == "True" and Path(folder).name.startswith("nbdist-jobmon-")
+    assert not Path(folder).exists()

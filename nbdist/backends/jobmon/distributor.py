@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import weakref
 from typing import Any
 
 from jobmon.core.cluster_protocol import ClusterDistributor
@@ -87,6 +88,9 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
         # Created by the first submission, not here: a distributor that runs nothing leaves nothing.
         self._own_log_dir = None if log_dir else os.path.join(tempfile.gettempdir(), f"nbdist-jobmon-{uuid.uuid4().hex[:12]}")
         super().__init__(cluster_name, parallelism, *args, log_dir=log_dir or self._own_log_dir, **options)
+        # Jobmon's own tests drop distributors without stop(): the folder still goes when the process ends.
+        self._remove_own_log_dir = (weakref.finalize(self, shutil.rmtree, self._own_log_dir, ignore_errors=True)
+                                    if self._own_log_dir else None)
 
     @property
     def worker_node_entry_point(self) -> str:
@@ -132,5 +136,5 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
     def stop(self) -> None:
         """Stop as nbdist's distributor does, then remove the private folder of the workers' logs."""
         super().stop()
-        if self._own_log_dir is not None:
-            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+        if self._remove_own_log_dir is not None:
+            self._remove_own_log_dir()
