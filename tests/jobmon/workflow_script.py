@@ -1,18 +1,23 @@
 """A real Jobmon workflow on cluster ``nbdist``; run by the Jobmon venv's Python against a local server.
 
 Prints one JSON object: the workflow run's status, and per task its final status, the status of
-each of its task instances, their distributor ids, requested memory and error-log messages.
+each of its task instances, their distributor ids, requested memory and error-log messages, and
+the command line of the process that ran Jobmon's worker for task ``one``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 
 from jobmon.client.api import Tool
 from sqlalchemy import create_engine, text
 
+WORKER_CMDLINE = os.path.abspath("worker-cmdline.txt")
+# The shell's parent is Jobmon's worker: a fork of an nbdist consumer, or a new interpreter.
+ONE = f"echo one; tr '\\0' ' ' < /proc/$PPID/cmdline > {shlex.quote(WORKER_CMDLINE)}"
 HOG = f"{sys.executable} -c \"b = b'x' * 1_300_000_000; import time; time.sleep(2)\""
 
 
@@ -25,7 +30,7 @@ def main() -> None:
     plain = tool.get_task_template(template_name="plain", command_template="{cmd}", node_args=["cmd"])
     step = tool.get_task_template(template_name="step", command_template="echo step {i}", node_args=["i"])
     tasks = {
-        "one": plain.create_task(name="one", cmd="echo one", max_attempts=1),
+        "one": plain.create_task(name="one", cmd=ONE, max_attempts=1),
         "two": plain.create_task(name="two", cmd="echo two; echo to-stderr >&2", max_attempts=1),
         "fails": plain.create_task(name="fails", cmd="echo failing >&2; exit 3", max_attempts=1),
         "hog": plain.create_task(name="hog", cmd=HOG, max_attempts=3, compute_resources={"memory": 1},
@@ -54,7 +59,9 @@ def main() -> None:
         entry = report.setdefault(name, {"status": task_status, "instances": []})
         entry["instances"].append({"status": ti_status, "distributor_id": distributor_id, "resources": resources,
                                    "stdout": stdout, "errors": messages.get(ti_id, [])})
-    print(json.dumps({"workflow_run_status": status, "tasks": report}))
+    with open(WORKER_CMDLINE) as handle:
+        worker_cmdline = handle.read()
+    print(json.dumps({"workflow_run_status": status, "tasks": report, "worker_cmdline": worker_cmdline}))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ What differs from nbdist's own distributor, and only here::
     get_remote_exit_info(id)  (triage only)        ◄──  D/E/K/Z/U/W, mapped to R/U/Z/F
 
 - the worker command runs through Jobmon's ``worker_node_entry_point`` (Jobmon's worker then runs
-  the user's command and reports ``D``/``E`` itself);
+  the user's command and reports ``D``/``E`` itself), forked from a consumer that has Jobmon's
+  worker imported when the entry point is a script of this interpreter (as it is when installed);
 - ``requested_resources``: memory in GiB (0 = under 1 GiB), keys nbdist does not use ignored
   (:mod:`nbdist.backends.jobmon.resources`); a value nbdist cannot honour (more cores than the
   cluster's parallelism, an unparsable runtime) raises nbdist's ``ValueError``, which Jobmon records
@@ -43,6 +44,7 @@ from typing import Any
 from jobmon.core.cluster_protocol import ClusterDistributor
 
 from ...cluster_protocol import TaskInstanceStatus as S
+from ...cluster_protocol.scripts import script_command, shebang_interpreter
 from ..multiprocess import MultiprocessDistributor
 from .resources import nbdist_resources
 from .reports import triage_answer
@@ -85,6 +87,7 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
     def __init__(self, cluster_name: str = "nbdist", parallelism: int = 3, *args: Any, log_dir: str | None = None,
                  **options: Any) -> None:
         self._entry_point = find_worker_node_entry_point()
+        self._entry_point_python = shebang_interpreter(self._entry_point)
         # Created by the first submission, not here: a distributor that runs nothing leaves nothing.
         self._own_log_dir = None if log_dir else os.path.join(tempfile.gettempdir(), f"nbdist-jobmon-{uuid.uuid4().hex[:12]}")
         super().__init__(cluster_name, parallelism, *args, log_dir=log_dir or self._own_log_dir, **options)
@@ -98,6 +101,12 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
         return self._entry_point
 
     def _through_entry_point(self, command: str) -> str:
+        # The entry point is a Python script of this very interpreter (the usual install): in the
+        # script form, a consumer that has Jobmon's worker imported forks and runs it (about a second
+        # of interpreter start and imports saved per task, see multiprocess.warm); through /bin/sh it
+        # is the same script run the same way.
+        if self._entry_point_python == sys.executable:
+            return script_command(sys.executable, self._entry_point, shlex.split(command))
         return f"{shlex.quote(self._entry_point)} {command}"
 
     def _resources(self, requested_resources: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,10 @@ Fork is safe here because a consumer is single-threaded (checked before each for
 is a copy, so a call that changes globals, the cwd or the environment leaves the consumer — and the
 next call — untouched. Any other command, a call for another interpreter, or a task whose
 environment changes how Python starts (``PYTHON*`` variables) runs through ``/bin/sh`` as always.
+
+A Python script in the one form of :mod:`nbdist.cluster_protocol.scripts` (Jobmon's worker, when
+Jobmon drives nbdist) is forked the same way and run with ``runpy`` as ``__main__``, with the
+``sys.argv`` and ``sys.path[0]`` its interpreter would give it; it learns its imports the same way.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from ...cluster_protocol.pycall import CALL_MODULE, parse_call_command
+from ...cluster_protocol.scripts import ScriptCommand, parse_script_command
 from .._task.runner import RunningTask, TaskSpec, open_logs
 from .warm_imports import Interrupt, ModuleWarmer, report_new_modules, report_pipe, single_threaded
 
-__all__ = ["CallFiles", "WarmInterpreter", "python_call", "sys_path_without"]
+__all__ = ["CallFiles", "WarmInterpreter", "python_call", "python_script", "sys_path_without"]
 
 CallFiles = tuple[str, "str | None"]
 # What a forked child exits with when the task's cwd cannot be entered (as ``cd ... || exit 125``).
@@ -51,11 +56,21 @@ _parse = functools.lru_cache(maxsize=64)(parse_call_command)
 def python_call(spec: TaskSpec) -> CallFiles | None:
     """``(call file, items file or None)`` when the task is exactly a Python call for this interpreter."""
     parsed = _parse(spec.command)  # a shell task pays one string comparison
-    if parsed is None or parsed.python != sys.executable:
-        return None
-    if any(name.startswith("PYTHON") and name not in _ALLOWED_PYTHON_VARIABLES for name in spec.env):
+    if parsed is None or parsed.python != sys.executable or _changes_python(spec):
         return None
     return parsed.call, parsed.items
+
+
+def python_script(spec: TaskSpec) -> ScriptCommand | None:
+    """The script, when the task is exactly a script command for this interpreter."""
+    parsed = parse_script_command(spec.command)  # a shell task pays one string comparison
+    if parsed is None or parsed.python != sys.executable or _changes_python(spec):
+        return None
+    return parsed
+
+
+def _changes_python(spec: TaskSpec) -> bool:
+    return any(name.startswith("PYTHON") and name not in _ALLOWED_PYTHON_VARIABLES for name in spec.env)
 
 
 def sys_path_without(entry: str) -> list[str]:
@@ -82,21 +97,29 @@ class WarmInterpreter:
         self._report_fd: int | None = None
 
     def start(self, spec: TaskSpec, base_env: dict[str, str]) -> RunningTask | None:
-        """Fork a child that makes the call as task ``spec`` and track it as any started task.
+        """Fork a child that makes the call (or runs the script) as task ``spec``; track it as any task.
 
         Raises ``OSError`` (nothing started) when a log cannot be opened or the fork fails.
         """
-        files = python_call(spec)
-        if files is None or not single_threaded():
+        work: CallFiles | ScriptCommand | None = python_call(spec)
+        if work is None:
+            work = python_script(spec)
+            if work is None:
+                return None
+            env = {**base_env, **spec.env}  # a script's prints are buffered as in its own interpreter
+            sys_path = [os.path.dirname(os.path.realpath(work.script)), *[p for p in self.task_sys_path if p]]
+        else:
+            env = {**base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
+            sys_path = self.task_sys_path
+        if not single_threaded():
             return None
-        if not self.ready:
+        if not self.ready and not isinstance(work, ScriptCommand):
             import cloudpickle  # noqa: F401  (unpickling a notebook function needs it)
 
             from .._task import pycall  # noqa: F401
 
             self.ready = True
         self.to_learn()  # a report left unread (the previous call's wait was cut short) is dropped
-        env = {**base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
         out_fd, err_fd = open_logs(spec)
         opened = [out_fd, err_fd]
         try:
@@ -106,8 +129,8 @@ class WarmInterpreter:
                 started = time.monotonic()
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - the child never returns (coverage cannot follow it)
-                    sys.path[:] = self.task_sys_path
-                    _child(spec, env, files, (out_fd, err_fd, report_write), capacity)
+                    sys.path[:] = sys_path
+                    _child(spec, env, work, (out_fd, err_fd, report_write), capacity)
             except BaseException:
                 os.close(report_read)
                 raise
@@ -128,15 +151,15 @@ class WarmInterpreter:
         return self.imports.load(names, interrupt)
 
 
-def _child(spec: TaskSpec, env: dict[str, str], files: CallFiles, fds: tuple[int, int, int],
-           report_capacity: int) -> None:
-    """The forked child: become the task, make the call, report its imports, exit with its code. Never returns."""
+def _child(spec: TaskSpec, env: dict[str, str], work: CallFiles | ScriptCommand,
+           fds: tuple[int, int, int], report_capacity: int) -> None:
+    """The forked child: become the task, do its work, report its imports, exit with its code. Never returns."""
     code = 1
     out_fd, err_fd, report_fd = fds
     try:
         _become_task(spec, env, out_fd, err_fd, report_fd)
         before = set(sys.modules)
-        code = _call(spec, files)
+        code = _as_main(_script_runner(work) if isinstance(work, ScriptCommand) else _call_runner(spec, work))
         report_new_modules(report_fd, before, report_capacity)
     except BaseException:  # anything the set-up raised: say it in the task's stderr
         traceback.print_exc()
@@ -201,14 +224,36 @@ def _unbuffered(fd: int, errors: str) -> io.TextIOWrapper:
     return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8", errors=errors, write_through=True)
 
 
-def _call(spec: TaskSpec, files: CallFiles) -> int:
-    """``run_call``, then what an interpreter does at exit: its exit code (``sys.exit`` as Python maps it)."""
+def _call_runner(spec: TaskSpec, files: CallFiles) -> Callable[[], int]:
     from .._task.pycall import run_call
 
     call_file, items_file = files
     sys.argv = [CALL_MODULE, call_file, *([items_file] if items_file else [])]
+    return lambda: run_call(call_file, items_file, spec.distributor_id)
+
+
+def _script_runner(script: ScriptCommand) -> Callable[[], int]:
+    import runpy
+
+    sys.argv = [script.script, *script.args]
+
+    def run() -> int:
+        try:
+            runpy.run_path(script.script, run_name="__main__")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception:  # uncaught: reported as the interpreter reports it
+            traceback.print_exc()
+            return 1
+        return 0
+
+    return run
+
+
+def _as_main(run: Callable[[], int]) -> int:
+    """``run()``, then what an interpreter does at exit: its exit code (``sys.exit`` as Python maps it)."""
     try:
-        code = run_call(call_file, items_file, spec.distributor_id)
+        code = run()
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except KeyboardInterrupt:  # an interpreter ends killed by SIGINT then, and so does this child
