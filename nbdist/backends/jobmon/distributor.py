@@ -89,11 +89,11 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
         self._entry_point = find_worker_node_entry_point()
         self._entry_point_python = shebang_interpreter(self._entry_point)
         # Created by the first submission, not here: a distributor that runs nothing leaves nothing.
-        self._own_log_dir = None if log_dir else os.path.join(tempfile.gettempdir(), f"nbdist-jobmon-{uuid.uuid4().hex[:12]}")
-        super().__init__(cluster_name, parallelism, *args, log_dir=log_dir or self._own_log_dir, **options)
+        own_log_dir = None if log_dir else os.path.join(tempfile.gettempdir(), f"nbdist-jobmon-{uuid.uuid4().hex[:12]}")
+        super().__init__(cluster_name, parallelism, *args, log_dir=log_dir or own_log_dir, **options)
         # Jobmon's own tests drop distributors without stop(): the folder still goes when the process ends.
-        self._remove_own_log_dir = (weakref.finalize(self, shutil.rmtree, self._own_log_dir, ignore_errors=True)
-                                    if self._own_log_dir else None)
+        self._remove_own_log_dir = (weakref.finalize(self, shutil.rmtree, own_log_dir, ignore_errors=True)
+                                    if own_log_dir else None)
 
     @property
     def worker_node_entry_point(self) -> str:

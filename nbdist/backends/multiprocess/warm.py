@@ -106,7 +106,9 @@ class WarmInterpreter:
             work = python_script(spec)
             if work is None:
                 return None
-            env = {**base_env, **spec.env}  # a script's prints are buffered as in its own interpreter
+            # Not forced unbuffered: the commands a script starts (Jobmon's worker runs the user's)
+            # see the task's environment as it is, as they would under the script's own interpreter.
+            env = {**base_env, **spec.env}
             sys_path = [os.path.dirname(os.path.realpath(work.script)), *[p for p in self.task_sys_path if p]]
         else:
             env = {**base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
