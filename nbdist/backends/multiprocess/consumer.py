@@ -71,8 +71,13 @@ class Consumer:
         # environment its tasks inherit.
         code = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
                 f"from nbdist.backends.multiprocess.consumer import Consumer; Consumer.serve({fds[0]}, {fds[1]})")
+        # A session of its own: Jupyter's "Restart kernel" (and a terminal's hangup, and `timeout`)
+        # SIGKILLs the kernel's whole process group, and a consumer killed with it could not kill its
+        # task. Outside that group, a consumer outlives its owner by the moment it takes to see the
+        # pipe close and kill what it runs.
         self._popen = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            [sys.executable, "-c", code], pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.sentinel = os.pidfd_open(self._popen.pid)
 
