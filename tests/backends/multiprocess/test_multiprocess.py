@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -504,3 +506,16 @@ def test_no_empty_temporary_folder_is_left_behind(tmp_path, monkeypatch):
     assert not os.path.exists(folder)
     assert Path(used.log_paths(job)[0]).read_text() == "kept\n"  # a folder with logs stays
     assert [p.name for p in tmp_path.glob("nbdist-*")] == [Path(used.log_dir).name]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for PID namespaces")
+def test_prefixes_differ_across_pid_namespaces():
+    """Two kernels in containers: same pid (1, each in its own PID namespace), started in the same second."""
+    code = "import os; from nbdist.backends.multiprocess.ids import new_job_id_prefix as p; print(os.getpid(), p())"
+    command = ["unshare", "--pid", "--fork", sys.executable, "-c", code]
+    for _ in range(3):
+        runs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [run.communicate(timeout=30)[0].split() for run in runs]
+        assert [pid for pid, _ in outputs] == ["1", "1"], outputs
+        assert outputs[0][1] != outputs[1][1], outputs
