@@ -108,6 +108,13 @@ def check_command(command: object) -> None:
     """A command is a non-empty shell command line."""
     if not isinstance(command, str) or not command.strip():
         raise ValueError("command must be a non-empty string")
+    _check_no_nul(command, "command")
+
+
+def _check_no_nul(text: str, what: str) -> None:
+    """A NUL byte cannot pass through exec (argv, environment, paths): refused here, not by a consumer later."""
+    if "\0" in text:
+        raise ValueError(f"{what} contains a NUL byte")
 
 
 def check_array_length(array_length: object) -> None:
@@ -157,6 +164,10 @@ class Resources:
         for key in env:
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"invalid environment variable name {key!r}")
+            _check_no_nul(env[key], f"env[{key!r}]")
+        for key in ("cwd", "queue", "stdout", "stderr"):
+            if isinstance(requested.get(key), str):
+                _check_no_nul(requested[key], key)
         max_concurrent = requested.get("max_concurrent")
         if max_concurrent is not None:
             positive_int(max_concurrent, "max_concurrent")
