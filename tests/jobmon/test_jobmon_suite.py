@@ -181,7 +181,7 @@ def test_a_real_workflow_on_the_nbdist_cluster(jobmon_root, tmp_path):
     def only(name):
         return tasks[name]["instances"]
 
-    for name in ["one", "two", "after"] + [name for name in tasks if name.startswith("step")]:
+    for name in ["one", "two", "after", "logs"] + [name for name in tasks if name.startswith("step")]:
         assert tasks[name]["status"] == "D", (name, tasks[name])
     assert len([name for name in tasks if name.startswith("step")]) == 5
     ids = [instance["distributor_id"] for task in tasks.values() for instance in task["instances"]
@@ -210,6 +210,15 @@ def test_a_real_workflow_on_the_nbdist_cluster(jobmon_root, tmp_path):
     assert cores["status"] == "W" and "a task asks for 99 cores but parallelism is 2" in cores["errors"][0]
     [runtime] = only("runtime")
     assert runtime["status"] == "W" and "runtime must be positive, not 0" in runtime["errors"][0]
+
+    # Log folders: one that did not exist is made (the task is done, its log there); one that cannot be
+    # made is W naming it (before: U with "exit code 199" on every attempt, and no word of why).
+    [logs] = only("logs")
+    written = [path.read_text() for path in (tmp_path / "new-logs" / "deeper").glob("logs.o*")]
+    assert written == ["into a new folder\n"], (logs, written)
+    [blocked] = only("blocked")
+    assert blocked["status"] == "W", blocked
+    assert "a-file/logs" in blocked["errors"][0] and "cannot be created" in blocked["errors"][0], blocked
 
 
 def test_register_writes_and_updates_the_rows(jobmon_root, tmp_path):

@@ -18,6 +18,9 @@ from sqlalchemy import create_engine, text
 WORKER_CMDLINE = os.path.abspath("worker-cmdline.txt")
 # The shell's parent is Jobmon's worker: a fork of an nbdist consumer, or a new interpreter.
 ONE = f"echo one; tr '\\0' ' ' < /proc/$PPID/cmdline > {shlex.quote(WORKER_CMDLINE)}"
+# Log folders the task names: one that does not exist yet (made for it), one that cannot be made.
+NEW_LOGS = os.path.abspath("new-logs/deeper")
+BLOCKED_LOGS = os.path.abspath("a-file/logs")
 HOG = f"{sys.executable} -c \"b = b'x' * 1_300_000_000; import time; time.sleep(2)\""
 
 
@@ -38,6 +41,12 @@ def main() -> None:
         "cores": plain.create_task(name="cores", cmd="echo never 1", max_attempts=1, compute_resources={"cores": 99}),
         "runtime": plain.create_task(name="runtime", cmd="echo never 2", max_attempts=1, compute_resources={"runtime": 0}),
     }
+    with open("a-file", "w"):
+        pass
+    tasks["logs"] = plain.create_task(name="logs", cmd="echo into a new folder", max_attempts=1,
+                                      compute_resources={"stdout": NEW_LOGS, "stderr": NEW_LOGS})
+    tasks["blocked"] = plain.create_task(name="blocked", cmd="echo never 3", max_attempts=1,
+                                         compute_resources={"stdout": BLOCKED_LOGS, "stderr": BLOCKED_LOGS})
     steps = step.create_tasks(i=list(range(5)), max_attempts=1)
     after = plain.create_task(name="after", cmd="echo after the array", upstream_tasks=steps, max_attempts=1)
     workflow.add_tasks([*tasks.values(), *steps, after])

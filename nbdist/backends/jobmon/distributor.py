@@ -46,7 +46,7 @@ from jobmon.core.cluster_protocol import ClusterDistributor
 from ...cluster_protocol import TaskInstanceStatus as S
 from ...cluster_protocol.scripts import script_command, shebang_interpreter
 from ..multiprocess import MultiprocessDistributor
-from .resources import nbdist_resources
+from .resources import make_log_folders, nbdist_resources
 from .reports import triage_answer
 
 __all__ = ["JobmonDistributor", "find_worker_node_entry_point"]
@@ -110,6 +110,7 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
         return f"{shlex.quote(self._entry_point)} {command}"
 
     def _resources(self, requested_resources: dict[str, Any]) -> dict[str, Any]:
+        make_log_folders(requested_resources)
         return nbdist_resources(requested_resources)
 
     def submit_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any]) -> str:

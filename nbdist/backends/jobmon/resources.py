@@ -10,10 +10,11 @@ nbdist's own API keeps refusing unknown keys; here they are dropped with a debug
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["GIB_IN_MB", "JOBMON_HANDLED_KEYS", "PASSED_KEYS", "nbdist_resources"]
+__all__ = ["GIB_IN_MB", "JOBMON_HANDLED_KEYS", "PASSED_KEYS", "make_log_folders", "nbdist_resources"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +48,21 @@ def nbdist_resources(requested: Mapping[str, Any] | None) -> dict[str, Any]:
     if "memory" in resources:
         resources["memory"] = nbdist_memory(resources["memory"])
     return resources
+
+
+def make_log_folders(requested: Mapping[str, Any] | None) -> None:
+    """Create the ``stdout``/``stderr`` folders a task names, as nbdist's own sessions do.
+
+    Jobmon's worker opens the command's log files itself: in a folder that does not exist it exits
+    199 before the command runs, and Jobmon's error log says nothing of why. A folder that cannot be
+    made raises ``ValueError``, which Jobmon records as the task instance's ``W`` with this line.
+    """
+    for key in JOBMON_HANDLED_KEYS:
+        folder = (requested or {}).get(key)
+        if not folder:
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"the {key} folder {folder!r} cannot be created ({exc.strerror}): "
+                             "Jobmon's worker could not write the task's log there") from None
