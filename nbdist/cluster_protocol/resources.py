@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 __all__ = [
     "Resources", "parse_memory", "parse_runtime", "format_memory", "format_runtime", "check_command",
-    "check_array_length", "command_line", "positive_int", "SITE_KEYS", "parse_site_options",
+    "check_array_length", "command_line", "positive_int", "SITE_KEYS", "parse_site_options", "THREAD_VARIABLES",
+    "thread_variables",
 ]
 
 # Options only a batch scheduler honours (Slurm's sbatch): a backend that does parses with
-# ``site_options=True``; any other refuses one that asks for something (``gpus=0`` asks nothing).
+# ``site_options=True``; any other refuses one that asks for something (``gpus=0`` asks nothing),
+# except ``gpus`` on a backend that places GPUs itself (the multiprocess backend: ``gpus=`` of parse).
 SITE_KEYS = ("gpus", "steps_per_task", "account", "qos", "constraint", "reservation", "exclusive", "sbatch",
              "requeue", "signal")
 KNOWN_KEYS = ("cores", "memory", "runtime", "queue", "stdout", "stderr", "env", "cwd", "max_concurrent", "after",
@@ -27,6 +29,12 @@ _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNOR
 _RUNTIME_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RUNTIME_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|sec|min|hr)?\s*$", re.IGNORECASE)
 _CLOCK_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?\s*$")
+# Numeric libraries start one thread per core of the machine unless one of these says otherwise
+# (OpenMP, OpenBLAS, MKL, BLIS, Apple's Accelerate, numexpr: loky's list, less numba's, which refuses
+# a count above the machine's CPUs): two 1-core tasks would each start a thread per core and
+# oversubscribe the CPU. A task gets its ``cores`` in each, unless it or its environment sets one.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def parse_memory(value: str | int | float) -> float:
@@ -88,6 +96,15 @@ def format_runtime(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
+def thread_variables(cores: int, inherited: Mapping[str, str]) -> dict[str, str]:
+    """:data:`THREAD_VARIABLES` set to ``cores``, less those the ``inherited`` environment sets already.
+
+    The caller applies the task's own ``env`` after these, so a value the user gives always wins.
+    """
+    count = str(cores)
+    return {name: count for name in THREAD_VARIABLES if name not in inherited}
+
+
 def positive_int(value: object, what: str) -> int:
     """``value`` when it is an int of at least 1 (a bool is not); else ``ValueError`` naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -137,17 +154,23 @@ class Resources:
     max_concurrent: int | None = None
     after: tuple[str, ...] = ()
     site: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 0  # GPUs per task (Slurm: the count of its GRES, which stays in ``site``)
 
     @classmethod
     def parse(cls, requested: Mapping[str, Any] | None, max_cores: int | None = None,
-              site_options: bool = False) -> "Resources":
+              site_options: bool = False, gpus: Callable[[], int] | None = None) -> "Resources":
         """Validate ``requested`` (the protocol's ``requested_resources``); ``site_options``: the backend
-        honours :data:`SITE_KEYS` (else one that asks for something is a ValueError)."""
+        honours :data:`SITE_KEYS` (else one that asks for something is a ValueError); ``gpus``: the
+        backend places GPUs itself, and this function says how many it has (called only when a task
+        asks for some: finding them costs a driver query)."""
         requested = dict(requested or {})
         unknown = sorted(set(requested) - set(KNOWN_KEYS))
         if unknown:
             raise ValueError(f"unknown resource(s) {unknown}; known: {', '.join(KNOWN_KEYS)}")
         site = parse_site_options({key: requested[key] for key in SITE_KEYS if key in requested})
+        gpu_count = int(site["gpus"].rpartition(":")[2]) if "gpus" in site else 0
+        if gpu_count and not site_options and gpus is not None:
+            _check_local_gpus(site.pop("gpus"), gpu_count, gpus)
         asked = sorted(key for key in site if key != "steps_per_task")  # packing is only a speed hint
         if asked and not site_options:
             raise ValueError(f"{', '.join(asked)}: only a batch scheduler (backend='slurm') honours "
@@ -186,7 +209,19 @@ class Resources:
             max_concurrent=max_concurrent,
             after=tuple(str(item) for item in after),
             site=site,
+            gpus=gpu_count,
         )
+
+
+def _check_local_gpus(text: str, count: int, available: Callable[[], int]) -> None:
+    """A request for GPUs this machine places itself: a plain number, and no more than it has."""
+    if ":" in text:
+        raise ValueError(f"gpus={text!r}: a GPU type is Slurm's (GRES); this backend takes a number of GPUs")
+    have = available()
+    if count > have:
+        found = f"this machine has {have}" if have else "no GPU was found on this machine"
+        raise ValueError(f"a task asks for {count} GPU{'s' if count != 1 else ''} but {found} (declare them with "
+                         "Session(gpus=[0, 1, ...]) or NBDIST_GPUS=0,1,...)")
 
 
 def parse_site_options(options: Mapping[str, Any]) -> dict[str, Any]:

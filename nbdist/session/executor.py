@@ -49,9 +49,9 @@ class Executor(concurrent.futures.Executor):
         than its own, a session of that backend on the same root, closed by :meth:`shutdown`).
     backend
         ``"multiprocess"``, ``"slurm"``, … (see :class:`nbdist.Session`).
-    name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent, resource_scales
+    name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent, resource_scales, gpus
         The options of every job and array of this executor (as for :meth:`nbdist.Session.submit`);
-        ``name`` defaults to the function's name.
+        ``name`` defaults to the function's name; ``gpus=1`` gives each call a GPU of its own.
 
     Examples
     --------
@@ -64,9 +64,9 @@ class Executor(concurrent.futures.Executor):
                  cores: int = 1, memory: str | int | None = None, runtime: str | int | None = None,
                  after: Any = (), max_attempts: int = 1, env: Mapping[str, str] | None = None,
                  cwd: str | None = None, max_concurrent: int | None = None,
-                 resource_scales: Mapping[str, float] | None = None) -> None:
+                 resource_scales: Mapping[str, float] | None = None, gpus: int | None = None) -> None:
         self.options = Options(name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent,
-                               resource_scales)
+                               resource_scales, gpus=gpus)
         self.session, self._owns_session = resolve_session(session, backend)
         self._lock = threading.Lock()
         self._live: set[Handle] = set()

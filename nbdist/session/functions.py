@@ -51,6 +51,8 @@ class Options:
     resource_scales: Mapping[str, float] | None = field(default=None)
     # Items per step of a map (``f.map``/``f.over``); 1: the Array has one step per item.
     chunksize: int = 1
+    # GPUs per job or step: the multiprocess backend gives each its own (CUDA_VISIBLE_DEVICES); Slurm: GRES.
+    gpus: int | None = None
 
     def __str__(self) -> str:
         """The options that differ from the defaults, as ``cores=2 memory='4G'``."""
@@ -213,7 +215,7 @@ def function(fn: Callable[..., Any] | None = None, *, session: Session | None = 
     """Give a function nbdist options: ``@nbdist.function`` or ``@nbdist.function(cores=2, memory="4G")``.
 
     ``options`` are the fields of :class:`Options` (name, cores, memory, runtime, after,
-    max_attempts, env, cwd, max_concurrent, resource_scales, chunksize); the decorated ``f`` still runs here
+    max_attempts, env, cwd, max_concurrent, resource_scales, chunksize, gpus); the decorated ``f`` still runs here
     when called, ``f.submit(...)``, ``f.map(items, ...)`` and ``f.over(grid, ...)`` run it as jobs.
     """
     checked = Options(**options)

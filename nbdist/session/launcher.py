@@ -46,6 +46,8 @@ class Launcher:
         self._options = dict(options)
         self._classes: dict[str, type] = {backend_name: backend_class}
         self._backends: dict[str, Any] = {}
+        if self._options.get("gpus") is not None:
+            self.gpu_count()  # a malformed list of declared GPUs fails in the Session's constructor
 
     # ------------------------------------------------------------------ backends
     def backend(self, name: str) -> Any:
@@ -88,11 +90,19 @@ class Launcher:
             return self.parallelism or os.cpu_count() or 1
         return None
 
+    def gpu_count(self) -> int | None:
+        """How many GPUs the session's backend places itself (a class with ``max_gpus(options)``, i.e. the
+        multiprocess backend); None when it places none or its cluster does (Slurm)."""
+        count = getattr(self._classes[self.backend_name], "max_gpus", None)
+        return None if count is None else int(count(self.backend_kwargs(self.backend_name)))
+
     def parse_options(self) -> dict[str, Any]:
-        """``Resources.parse`` keywords for the session's backend: its largest task, and whether it takes
-        site options (``gpus``, ``account``…: a backend class that sets ``SITE_OPTIONS = True``, i.e. Slurm)."""
-        return {"max_cores": self.max_cores(),
-                "site_options": bool(getattr(self._classes[self.backend_name], "SITE_OPTIONS", False))}
+        """``Resources.parse`` keywords for the session's backend: its largest task, whether it takes
+        site options (``gpus``, ``account``…: a backend class that sets ``SITE_OPTIONS = True``, i.e. Slurm),
+        and whether it places GPUs itself (asked how many only when a task wants some)."""
+        cls = self._classes[self.backend_name]
+        return {"max_cores": self.max_cores(), "site_options": bool(getattr(cls, "SITE_OPTIONS", False)),
+                "gpus": (lambda: self.gpu_count() or 0) if hasattr(cls, "max_gpus") else None}
 
     def usable(self, name: str) -> bool:
         """True if the backend ``name`` can be loaded here."""

@@ -219,7 +219,7 @@ class Session:
         if isinstance(item, Job) and item.step is not None and log_step is None:
             log_step = item.step
         with self._lock:
-            reason = waiting_reason(item.record, self._lifecycle.records.values(), self.parallelism)
+            reason = waiting_reason(item.record, self._lifecycle.records.values(), self.parallelism, self._launcher.gpu_count)
             return build_snapshot(item.record, self._logs, state=state, page=page, page_size=page_size,
                                   log_step=log_step, tail_lines=tail_lines, where=where, reason=reason)
 

@@ -78,7 +78,8 @@ class NbdistMagics(Magics):
               help="Re-run a failed step up to K attempts in all (TIMEOUT/OUT_OF_MEMORY scale resources).")
     @argument("--max-concurrent", type=int, metavar="N", help="Run at most N steps of the array at once.")
     @argument("--steps-per-task", type=int, metavar="K", help="Slurm: run K consecutive steps in one array task.")
-    @argument("--gpus", "-g", type=int, help="Slurm: GPUs per step (GRES gpu:N).")
+    @argument("--gpus", "-g", type=int, help="GPUs per step: each its own on this machine (CUDA_VISIBLE_DEVICES); "
+              "Slurm: GRES gpu:N.")
     @argument("--account", help="Slurm: account to charge.")
     @argument("--qos", help="Slurm: quality of service.")
     @argument("--constraint", help="Slurm: node features, e.g. 'a100|h100'.")

@@ -126,10 +126,10 @@ def test_bad_site_options_are_one_clear_line_and_submit_nothing(slurm_session, o
     assert slurm_session.jobs() == []
 
 
-def test_the_local_backend_refuses_gpus_and_site_options(tmp_path):
-    with nbdist.Session(root=str(tmp_path / "local"), parallelism=2) as local:
-        with pytest.raises(ValueError, match="gpus: only a batch scheduler"):
-            local.submit("true", gpus=1)
+def test_the_local_backend_refuses_more_gpus_than_it_has_and_site_options(tmp_path):
+    with nbdist.Session(root=str(tmp_path / "local"), parallelism=2, gpus=[0]) as local:
+        with pytest.raises(ValueError, match="asks for 2 GPUs but this machine has 1"):
+            local.submit("true", gpus=2)
         with pytest.raises(ValueError, match="account, qos: only a batch scheduler"):
             local.array("true", steps=2, account="a", qos="b")
         assert local.jobs() == []

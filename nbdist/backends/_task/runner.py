@@ -23,12 +23,15 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...cluster_protocol import Limit
 from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.resources import format_memory, format_runtime
 from .reaping import reap_strays
+
+if TYPE_CHECKING:
+    from .gpus import GpuMeter
 
 __all__ = ["Outcome", "RunningTask", "TaskSpec", "exit_message", "open_logs"]
 
@@ -52,10 +55,13 @@ class TaskSpec:
     cwd: str | None = None
     runtime_s: float | None = None
     memory_mb: float | None = None
+    # The devices this task holds (also in env's CUDA_VISIBLE_DEVICES); () when it asked for no GPU
+    # or when the scheduler placed it (Slurm sets the variable itself).
+    gpus: tuple[str, ...] = ()
 
     def __reduce__(self) -> tuple[Any, ...]:  # a plain tuple pickles several times faster, per task
         return (TaskSpec, (self.distributor_id, self.command, self.stdout_path, self.stderr_path, self.env,
-                           self.cwd, self.runtime_s, self.memory_mb))
+                           self.cwd, self.runtime_s, self.memory_mb, self.gpus))
 
 
 @dataclass
@@ -128,6 +134,11 @@ class RunningTask:
         self._next_tick: float | None = None  # when on_tick is due (None: nobody asked for it)
         self._cpu_mark = (self.started, 0.0)  # (monotonic time, CPU seconds of the tree) at the last sample
         self._verdict: tuple[str, str, Limit | None] | None = None  # set when we decide to kill
+        self._gpu_meter: GpuMeter | None = None
+        if spec.gpus:  # only a task holding GPUs asks the driver (and imports its module)
+            from .gpus import GpuMeter
+
+            self._gpu_meter = GpuMeter(spec.gpus)
 
     def wait(self, control_fd: int | None = None, on_control: Callable[[], None] | None = None,
              on_usage: Callable[[dict[str, float]], None] | None = None,
@@ -245,7 +256,10 @@ class RunningTask:
         rss_mb = rss / 2**20
         self.peak_rss_mb = max(self.peak_rss_mb, rss_mb)
         percent = 100.0 * max(cpu - mark_cpu, 0.0) / max(now - mark_time, 1e-3)
-        return {"cpu_percent": round(percent, 1), "rss_mb": round(rss_mb, 1)}
+        sample = {"cpu_percent": round(percent, 1), "rss_mb": round(rss_mb, 1)}
+        if self._gpu_meter is not None:
+            sample.update(self._gpu_meter.sample(proc.pid for proc in procs))
+        return sample
 
     def _wait_exit(self, timeout: float) -> bool:
         poller = select.poll()
@@ -276,6 +290,8 @@ class RunningTask:
             "system_s": round(rusage.ru_stime, 4),
             "max_rss_mb": round(max(rusage.ru_maxrss / 1024, self.peak_rss_mb), 2),
         }
+        if self._gpu_meter is not None:
+            usage.update(self._gpu_meter.summary(self.pid))
         limit = None
         if self._verdict is not None:
             status_letter, message, limit = self._verdict

@@ -15,7 +15,8 @@ The distributor alone decides which task starts where, so a task that is cancell
 handed to a consumer can never start. A consumer may hold queued tasks behind its running one, so
 it never waits on a round-trip to the distributor between tasks, and steps queued behind a step that
 turned out slow are taken back when another consumer is idle (the rules: :mod:`.placement`). A task
-that asks for ``cores=k`` runs on one consumer while ``k - 1`` others stay idle.
+that asks for ``cores=k`` runs on one consumer while ``k - 1`` others stay idle (its numeric libraries
+get ``k`` threads); one that asks for ``gpus=k`` holds ``k`` GPUs (:mod:`.gpu_slots`), alone in its ``CUDA_VISIBLE_DEVICES``.
 
 Consumers are fresh interpreters started with ``subprocess`` (see :class:`Consumer`). A consumer
 that dies is noticed through its pidfd: its running task is reported lost (``U``) and killed, the
@@ -33,16 +34,17 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...cluster_protocol import Limit
 from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.naming import array_id, log_stem
-from ...cluster_protocol.resources import Resources, check_array_length, check_command, positive_int
+from ...cluster_protocol.resources import Resources, check_array_length, check_command, positive_int, thread_variables
 from .._table import TableDistributor
 from .._task.reaping import kill_tasks_by_id
 from .._task.runner import Outcome, TaskSpec, exit_message
+from .gpu_slots import GpuSlots
 from .ids import new_job_id_prefix
 from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
                        Usage, receive_message, send_message)
@@ -79,11 +81,16 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         removed at :meth:`stop` if no task wrote to it).
     kill_grace
         Seconds between SIGTERM and SIGKILL for ``terminate_task_instances``.
+    gpus
+        The GPUs tasks may hold, e.g. ``[0, 1, 2, 3]`` (default: ``$NBDIST_GPUS``, else the driver's,
+        narrowed by our ``CUDA_VISIBLE_DEVICES``; see :mod:`.._task.gpus`), found when a task first asks.
     """
 
     def __init__(self, cluster_name: str = "multiprocess", parallelism: int = DEFAULT_PARALLELISM, *args: Any,
-                 log_dir: str | None = None, kill_grace: float = KILL_GRACE_SECONDS, **kwargs: Any) -> None:
+                 log_dir: str | None = None, kill_grace: float = KILL_GRACE_SECONDS,
+                 gpus: Sequence[int | str] | str | None = None, **kwargs: Any) -> None:
         positive_int(parallelism, "parallelism")
+        self.gpus = GpuSlots(gpus)
         super().__init__(cluster_name)
         self._lock = self.tasks.lock  # one lock guards the table and the scheduling state
         self.parallelism = parallelism
@@ -113,6 +120,11 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
     def max_cores(cls, options: Mapping[str, Any]) -> int | None:
         """A task may take every consumer: at most ``parallelism`` cores."""
         return options.get("parallelism") or DEFAULT_PARALLELISM
+
+    @classmethod
+    def max_gpus(cls, options: Mapping[str, Any]) -> int:
+        """A task may take every GPU: those of the ``gpus`` option, else those found (see the class)."""
+        return GpuSlots.count_for(options)
 
     @property
     def log_dir(self) -> str:
@@ -213,7 +225,7 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
     def _parse_resources(self, command: str, requested_resources: dict[str, Any] | None) -> Resources:
         """Validate a submission (``ValueError`` says what is wrong); nothing is queued yet."""
         check_command(command)
-        resources = Resources.parse(requested_resources, max_cores=self.parallelism)
+        resources = Resources.parse(requested_resources, max_cores=self.parallelism, gpus=self.gpus.count)
         if resources.after:
             raise ValueError("the multiprocess backend does not take 'after': submit dependents when their "
                              "dependencies are done")
@@ -272,6 +284,7 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         pending = self._pending
         batches: dict[ConsumerSlot, list[PickableTask]] = {}
         now = time.time()
+        gpu_waiting: list[QueuedTask] = []
         while pending and not self._stopping:
             record = pending[0]
             if record.state != Status.QUEUED:
@@ -281,11 +294,15 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
             if limit is not None and self._in_flight.get(record.job_id, 0) >= limit:
                 self._held.setdefault(record.job_id, deque()).append(pending.popleft())
                 continue
+            if self.gpus.waits(record, self._consumers):  # for a GPU: tasks behind it that need none go first
+                gpu_waiting.append(pending.popleft())
+                continue
             slot = pick_slot(record, self._consumers, self.parallelism, self._job_pace, batches, now)
             if slot is None:
                 break
             pending.popleft()
             batches.setdefault(slot, []).append(self._assign(slot, record))
+        pending.extendleft(reversed(gpu_waiting))
         for slot, tasks in batches.items():
             self._send(slot, Run(tasks))
 
@@ -297,13 +314,17 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
             slot.broken = True
 
     def _assign(self, slot: ConsumerSlot, record: QueuedTask) -> PickableTask:
-        env = {"JOB_ID": record.job_id, "NBDIST_DISTRIBUTOR_ID": record.distributor_id}
+        resources = record.resources
+        env = thread_variables(resources.cores, os.environ)
+        env.update(JOB_ID=record.job_id, NBDIST_DISTRIBUTOR_ID=record.distributor_id)
         if record.array_step_id is not None:
             env["ARRAY_STEP_ID"] = str(record.array_step_id)
-        resources = record.resources
         env.update(resources.env)
+        record.devices = self.gpus.take(record, self._consumers)
+        if record.devices:  # they are the task's alone, whatever its env says
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(record.devices)
         spec = TaskSpec(record.distributor_id, record.command, record.log_path("o"), record.log_path("e"), env,
-                        resources.cwd, resources.runtime_s, resources.memory_mb)
+                        resources.cwd, resources.runtime_s, resources.memory_mb, record.devices)
         record.consumer = slot
         slot.assigned.append(record)
         if resources.max_concurrent is not None:

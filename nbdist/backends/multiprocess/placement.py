@@ -1,10 +1,16 @@
-"""Where a queued task goes: prefetch depth and work stealing, pure functions (they read, never change, state).
+"""Where a queued task goes: cores, GPUs, prefetch depth and work stealing, pure functions (they read, never
+change, state).
 
 A consumer may hold queued tasks behind its running one, so it never waits on a round-trip to the
 distributor between tasks. How deep depends on the job's *pace* (how long its last finished step
 ran): short steps get a deep queue (fewer, bigger messages), steps up to a second get one, and steps
 of unknown or long duration get none: they wait for a free consumer. Steps queued behind a running
 one that turned out slow are taken back while another consumer is idle (work stealing).
+
+GPUs are slots like cores (:mod:`.gpu_slots`): a task that asks for ``gpus=k`` starts only when ``k``
+of the machine's devices are free, and holds them until it ends. It is never queued behind a running
+task, so a device is never held by a task that does not run yet; one waiting for a device lets the
+tasks behind it that need none start first.
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ def seconds_until_slow(pace: float | None, started: float | None, now: float) ->
 
 def pick_slot(task: QueuedTask, slots: Sequence[ConsumerSlot], parallelism: int, pace: Mapping[str, float],
               refilling: Container[ConsumerSlot], now: float) -> ConsumerSlot | None:
-    """Where ``task`` goes now: an idle consumer if its cores are free; else, for a 1-core task, the
-    least loaded consumer it may be queued on (None: it waits).
+    """Where ``task`` goes now: an idle consumer if its cores are free; else, for a 1-core task without
+    GPUs, the least loaded consumer it may be queued on (None: it waits). Its GPUs are free (the caller
+    checked: :meth:`.gpu_slots.GpuSlots.waits`).
 
     ``pace`` is each job's last step duration; ``refilling`` the consumers already getting tasks in
     this round (they are topped up to the full depth in one message, others only below half depth).
@@ -60,7 +67,7 @@ def pick_slot(task: QueuedTask, slots: Sequence[ConsumerSlot], parallelism: int,
     for slot in usable:
         if not slot.assigned:
             return slot if in_use + cores <= parallelism else None
-    if cores != 1:
+    if cores != 1 or task.resources.gpus:  # its devices would be held while it waits
         return None
     depth = prefetch_depth(pace.get(task.job_id))
     best = None

@@ -16,7 +16,7 @@ __all__ = ["ConsumerSlot", "QueuedTask"]
 class QueuedTask(TaskRecord):
     """A task of this backend: its record plus where it is in the scheduling (queue, consumer)."""
 
-    __slots__ = ("command", "consumer", "recalled")
+    __slots__ = ("command", "consumer", "recalled", "devices")
 
     def __init__(self, distributor_id: str, name: str, command: str, resources: Resources, stdout_dir: str,
                  stderr_dir: str, stem: str, job_id: str, array_step_id: int | None) -> None:
@@ -24,6 +24,7 @@ class QueuedTask(TaskRecord):
         self.command = command
         self.consumer: ConsumerSlot | None = None
         self.recalled = False  # asked back from a consumer's queue
+        self.devices: tuple[str, ...] = ()  # the GPUs it holds while a consumer has it
 
 
 class ConsumerSlot:
@@ -51,6 +52,10 @@ class ConsumerSlot:
     def cores_in_use(self) -> int:
         """Cores its running task takes (0 when idle)."""
         return self.assigned[0].resources.cores if self.assigned else 0
+
+    def gpus_in_use(self) -> tuple[str, ...]:
+        """The GPUs its running task holds (a task with GPUs is never queued behind another)."""
+        return self.assigned[0].devices if self.assigned else ()
 
     def kill_tree(self) -> None:
         """SIGKILL a consumer that did not stop in time, and every process under it."""

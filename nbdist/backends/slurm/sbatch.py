@@ -21,15 +21,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ...cluster_protocol.naming import log_stem
-from ...cluster_protocol.resources import Resources
+from ...cluster_protocol.resources import Resources, thread_variables
 
-__all__ = ["IDENTITY_VARIABLES", "SCRIPT_PROLOGUE", "ArrayCall", "batch_script", "log_folders", "sbatch_argv",
-           "sbatch_env"]
+__all__ = ["DEVICE_VARIABLES", "IDENTITY_VARIABLES", "SCRIPT_PROLOGUE", "ArrayCall", "batch_script", "log_folders",
+           "sbatch_argv", "sbatch_env"]
 
 # Identity variables of the submitting process (say a kernel that itself runs as a Slurm job) must
 # not leak into the job: the worker reads its id from them.
 IDENTITY_VARIABLES = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "SLURM_JOBID", "JOB_ID",
                       "ARRAY_STEP_ID", "NBDIST_DISTRIBUTOR_ID")
+# The GPUs of the submitting process (a kernel on a GPU node, or itself in a Slurm job) are not the
+# job's: Slurm sets these for the GPUs it gives the job, and a job given none must not see ours.
+DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES")
 SCRIPT_PROLOGUE = """\
 #!/bin/sh
 if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
@@ -136,8 +139,11 @@ def batch_script(command: str, name: str, resources: Resources, *, log_dir: str,
 
 
 def sbatch_env(environ: Mapping[str, str], resources: Resources) -> dict[str, str]:
-    """sbatch's environment (``--export=ALL`` hands it to the job): ours without identity variables,
-    plus the task's ``env`` (so its values never pass through a shell)."""
-    env = {key: value for key, value in environ.items() if key not in IDENTITY_VARIABLES}
+    """sbatch's environment (``--export=ALL`` hands it to the job): ours without identity and device
+    variables, the numeric libraries' thread counts set to the task's ``cores`` (where ours sets none),
+    plus the task's ``env`` (so its values never pass through a shell, and they win)."""
+    env = {key: value for key, value in environ.items()
+           if key not in IDENTITY_VARIABLES and key not in DEVICE_VARIABLES}
+    env.update(thread_variables(resources.cores, environ))
     env.update(resources.env)
     return env

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from nbdist.backends.slurm.sbatch import IDENTITY_VARIABLES, ArrayCall, batch_script, sbatch_argv, sbatch_env
-from nbdist.cluster_protocol.resources import Resources
+from nbdist.cluster_protocol.resources import THREAD_VARIABLES, Resources
 
 RECORD = Path(__file__).with_name("sbatch_record.txt")
 WORKER = "/venv/bin/nbdist-worker"
@@ -66,5 +66,5 @@ def test_the_script_is_valid_shell_and_quotes_the_command_as_one_word():
 def test_identity_variables_never_reach_the_job_and_task_env_does():
     environ = {"PATH": "/bin", "SLURM_JOB_ID": "99", "JOB_ID": "x", "NBDIST_DISTRIBUTOR_ID": "y"}
     env = sbatch_env(environ, Resources.parse({"env": {"GREETING": "hi there"}}))
-    assert env == {"PATH": "/bin", "GREETING": "hi there"}
+    assert env == {"PATH": "/bin", "GREETING": "hi there", **dict.fromkeys(THREAD_VARIABLES, "1")}
     assert set(IDENTITY_VARIABLES) >= {"SLURM_JOB_ID", "JOB_ID", "NBDIST_DISTRIBUTOR_ID"}
