@@ -61,7 +61,7 @@ class Call:
         self.job_id, self.offset, self.tasks, self.throttle = job_id, offset, tasks, throttle
 
     def as_list(self) -> list[object]:
-        return [self.job_id, self.offset, self.tasks]
+        return [self.job_id, self.offset, self.tasks, self.throttle]
 
 
 class ArrayPlan:
@@ -79,6 +79,7 @@ class ArrayPlan:
         self.size_cap: int | None = None  # after a submit-limit refusal: calls no bigger than this
         self.held: str | None = None      # why the rest waits (sbatch's message), None while it need not
         self.cancelled = False
+        self.command: str | None = None   # what its calls run, when read back from a plan file that says
 
     @property
     def complete(self) -> bool:
@@ -143,15 +144,23 @@ class ArrayPlan:
                 raises.append((call, share))
         return raises
 
-    def to_json(self) -> dict[str, object]:
-        """What :meth:`from_json` needs to map a step to its Slurm task again (adoption after a restart)."""
-        return {"per_task": self.per_task, "length": self.length, "calls": [call.as_list() for call in self.calls]}
+    def to_json(self, command: str) -> dict[str, object]:
+        """What :meth:`from_json` needs to map a step to its Slurm task again and to make the calls still
+        held back (adoption after a restart)."""
+        return {"per_task": self.per_task, "length": self.length, "max_array_size": self.max_array_size,
+                "max_concurrent": self.max_concurrent, "command": command,
+                "calls": [call.as_list() for call in self.calls]}
 
     @classmethod
     def from_json(cls, data: dict) -> ArrayPlan:
-        plan = cls(int(data["length"]), int(data["per_task"]), 1, None)
-        for job_id, offset, tasks in data["calls"]:
-            plan.calls.append(Call(str(job_id), int(offset), int(tasks), None))
+        """The plan as written; its held-back calls are to be made by whoever adopts it (see ``command``)."""
+        plan = cls(int(data["length"]), int(data["per_task"]), int(data.get("max_array_size") or 1),
+                   data.get("max_concurrent"))
+        for job_id, offset, tasks, *throttle in data["calls"]:
+            plan.calls.append(Call(str(job_id), int(offset), int(tasks), (throttle or [None])[0]))
         plan.base = plan.calls[0].job_id if plan.calls else None
-        plan.next_task = plan.tasks  # the rest belonged to the session that made the plan
+        plan.next_task = max((call.offset + call.tasks for call in plan.calls), default=0)
+        plan.command = data.get("command")
+        if plan.command is None:  # written before plans said their command: the rest cannot be made
+            plan.next_task = plan.tasks
         return plan

@@ -24,7 +24,8 @@ __all__ = [
 # A Slurm command that has not answered in this long is given up on (the controller is down).
 CLI_TIMEOUT_SECONDS = 60.0
 
-SQUEUE_FIELDS = ("JobArrayID", "State", "Reason", "StartTime", "EndTime", "exit_code", "TimeLimit")
+# JobID is the raw id (each array task has its own): what sstat is asked about (see .usage).
+SQUEUE_FIELDS = ("JobArrayID", "State", "Reason", "StartTime", "EndTime", "exit_code", "TimeLimit", "JobID")
 SQUEUE_FORMAT = ",".join(f"{field}:|" for field in SQUEUE_FIELDS)
 
 PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}

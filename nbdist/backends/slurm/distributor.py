@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -44,8 +43,10 @@ from ...cluster_protocol.resources import Resources, check_array_length, parse_s
 from .._table import TableDistributor
 from . import cancel, cli, verdict
 from .arrays import ArrayPlan, default_steps_per_task
+from .held import HeldCalls
 from .submitter import Submitter, log_dir_of, slurm_ids_of
 from .task import SlurmTask
+from .usage import USAGE_INTERVAL_SECONDS, UsageSampler
 
 __all__ = ["SlurmDistributor", "SlurmTask"]
 
@@ -94,6 +95,9 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         :func:`~nbdist.cluster_protocol.resources.parse_site_options`.
     max_array_size
         Tasks per ``sbatch --array`` call at most (default and ceiling: the site's ``MaxArraySize``).
+    usage_interval
+        Seconds between two ``sstat`` calls (one for all running tasks) for their live CPU % and RSS
+        (:mod:`.usage`); 0: none.
     """
 
     # The session may pass site options (gpus, account…) in requested_resources.
@@ -105,7 +109,8 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
                  gpus: int | str | None = None, account: str | None = None, qos: str | None = None,
                  constraint: str | None = None, reservation: str | None = None, exclusive: bool = False,
                  sbatch: Iterable[str] = (), requeue: bool = False, signal: str | None = None,
-                 max_array_size: int | None = None, *args: Any, **kwargs: Any) -> None:
+                 max_array_size: int | None = None, usage_interval: float | None = USAGE_INTERVAL_SECONDS,
+                 *args: Any, **kwargs: Any) -> None:
         if poll_interval <= 0 or max_poll_interval < poll_interval:
             raise ValueError("poll_interval must be positive and at most max_poll_interval")
         self.site = parse_site_options(dict(gpus=gpus, account=account, qos=qos, constraint=constraint,
@@ -113,8 +118,9 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
                                             requeue=requeue, signal=signal))
         self.submitter = Submitter(partition, log_dir_of(cluster_name, log_dir), sbatch_args, self.site, prologue,
                                    wrapper, self.worker_node_entry_point, max_array_size)
-        self._plans: list[tuple[ArrayPlan, str, str, Resources]] = []  # arrays with calls still to make
+        self.usage = UsageSampler(usage_interval)
         super().__init__(cluster_name)
+        self.held = HeldCalls(self.submitter, self.tasks, self._finish)  # arrays with calls still to make
         self.partition = partition
         self.log_dir = log_dir_of(cluster_name, log_dir)
         self.poll_interval = poll_interval
@@ -224,7 +230,7 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
                 record.message = held
             records.append(record)
         if not plan.complete:
-            self._plans.append((plan, command, name, resources))
+            self.held.add(plan, command, name, resources)
         self._register(records)
         return {step: record.distributor_id for step, record in enumerate(records)}
 
@@ -233,8 +239,8 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
 
         No CLI call is made here: the next poll finds the job in ``squeue`` or, once Slurm has
         forgotten it, its exit info next to its logs. An array step finds its Slurm task in the
-        array's plan file (``{name}.a{JOBID}`` beside its logs); a step whose sbatch call the earlier
-        session still held back was never submitted and ends lost (retry it).
+        array's plan file (``{name}.a{JOBID}`` beside its logs), and the calls the earlier session still
+        held back (``max_concurrent``, a submit limit) are made here as they would have been there.
 
         Parameters
         ----------
@@ -257,10 +263,9 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
                 record.plan, record.slurm_id = plan, plan.slurm_id(record.array_step_id or 0)
             record.message = "adopted: waiting for the next poll"
         self._register([record])
-        if record.slurm_id is None:
+        if record.slurm_id is None:  # the earlier session held it back: never submitted
             with self._lock:
-                self._finish(record, Status.UNKNOWN_ERROR, "lost: the session that held this step back (a "
-                             "submit limit or max_concurrent) ended before submitting it")
+                self.held.resume(record, name, resources)
 
     def _register(self, records: list[SlurmTask]) -> None:
         with self._lock:
@@ -291,7 +296,7 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
             targets = [self.tasks.live[i] for i in distributor_ids if i in self.tasks.live]
             for record in targets:
                 record.cancel_requested = True
-            self._cancel_held([record for record in targets if record.slurm_id is None])
+            self.held.cancel([record for record in targets if record.slurm_id is None])
             slurm_ids, marked = cancel.split(targets, self.tasks)
         slurm_ids |= cancel.write_markers(marked)
         if not slurm_ids and not marked:
@@ -304,14 +309,6 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
             self._interval = self.poll_interval
             self._next_poll = time.monotonic()
         self._wake.set()
-
-    def _cancel_held(self, records: list[SlurmTask]) -> None:
-        """End steps whose sbatch call is still held back; an array with none left makes no more calls."""
-        for record in records:
-            self._finish(record, Status.KILL_SELF, "cancelled before it was submitted")
-        for plan in {id(record.plan): record.plan for record in records if record.plan is not None}.values():
-            if not any(r.plan is plan and r.slurm_id is None for r in self.tasks.live.values()):
-                plan.cancelled = True
 
     # ----------------------------------------------------------------- polling
     def poll(self) -> bool:
@@ -329,47 +326,24 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
                 with self._lock:
                     # A list, not a generator: any() must not stop updating at the first change.
                     changes = [self._update(record, rows.get(record.slurm_id)) for record in live]  # type: ignore[arg-type]
-            return any(changes) | self._advance_plans()
-
-    def _advance_plans(self) -> bool:
-        """Raise throttles and make held-back calls of the arrays that have some; True if any was made."""
-        changed = False
-        for entry in list(self._plans):
-            plan, command, name, resources = entry
-            with self._lock:
-                unfinished: dict[str, int] = {}
-                for slurm_id in {r.slurm_id for r in self.tasks.live.values() if r.plan is plan and r.slurm_id}:
-                    job_id = slurm_id.partition("_")[0]
-                    unfinished[job_id] = unfinished.get(job_id, 0) + 1
-            self.submitter.raise_throttles(plan, unfinished)
-            made = self.submitter.make_calls(plan, command, name, resources, sum(unfinished.values())) \
-                if not plan.complete else []
-            with self._lock:
-                for step, slurm_id in slurm_ids_of(plan, made).items():
-                    record = self.tasks.records.get(array_id(str(plan.base), step))
-                    if record is not None and record.slurm_id is None:
-                        record.slurm_id, record.message = slurm_id, "submitted"
-                held = [r for r in self.tasks.live.values() if r.plan is plan and r.slurm_id is None]
-                for record in held:
-                    if plan.cancelled:
-                        self._finish(record, Status.UNKNOWN_ERROR, plan.held or "lost: never submitted")
-                    elif plan.held:
-                        record.message = f"held back by a submit limit, submitted as jobs finish: {plan.held}"
-            changed = changed or bool(made)
-            if plan.complete:
-                self._plans.remove(entry)
-        return changed
+            changed = any(changes) | self.held.advance()
+            self.usage.update(self.tasks)
+            return changed
 
     def _poll_loop(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
-                delay = self._next_poll - time.monotonic()
-                idle = not self.tasks.live
-            if idle or delay > 0:
-                self._wake.wait(None if idle else delay)
+                now = time.monotonic()
+                delay, idle = self._next_poll - now, not self.tasks.live
+                usage_in = self.usage.wake_in(now)  # running tasks' live usage keeps a schedule of its own
+            if not idle and delay <= 0:
+                self._poll_and_schedule()
+            elif not idle and usage_in <= 0:
+                with self._poll_lock:
+                    self.usage.update(self.tasks)
+            else:
+                self._wake.wait(None if idle else min(delay, usage_in))
                 self._wake.clear()
-                continue
-            self._poll_and_schedule()
 
     def _poll_and_schedule(self) -> None:
         try:
@@ -407,7 +381,7 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
                 polls_before_lost=MISSING_POLLS_BEFORE_LOST))
             return (record.state, record.message, record.queue_error) != before
         record.missing_polls = 0
-        record.slurm_state = row["State"]
+        record.slurm_state, record.raw_job_id = row["State"], row["JobID"] or None
         progress = verdict.progress(row["State"], row["Reason"])
         if progress is None:
             self._ended(record, row)
@@ -481,13 +455,4 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         record.queue_error = None
         self.tasks.end(record, status, message, exit_code, signum, usage, limit)
         if status == Status.DONE:
-            _remove_if_empty(record.log_path("s"))
-
-
-def _remove_if_empty(path: str) -> None:
-    """Drop the empty wrapper log of a task that succeeded (one fewer file per step); keep any message."""
-    try:
-        if os.path.getsize(path) == 0:
-            os.unlink(path)
-    except OSError:
-        pass
+            record.drop_empty_wrapper_log()

@@ -130,9 +130,10 @@ class Submitter:
                 break
             made.append(plan.submitted(call, job_id))
             unfinished += call.tasks
-        if made:
+            # After every call: a session that dies between two calls leaves a plan whose adopter makes
+            # the rest, neither submitting a task twice nor losing one.
             stdout_dir = log_folders(resources, self.log_dir)[0]
-            write_json_atomic(log_file(stdout_dir, name, "a", str(plan.base)), plan.to_json())
+            write_json_atomic(log_file(stdout_dir, name, "a", str(plan.base)), plan.to_json(command))
         return made
 
 

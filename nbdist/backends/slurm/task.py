@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ...cluster_protocol.naming import log_file
@@ -18,10 +19,12 @@ class SlurmTask(TaskRecord):
     """A Slurm job or array step: its record plus what the poller learnt of it.
 
     ``slurm_id`` is the Slurm job or array task that runs it (several steps share one when packed;
-    None while its sbatch call is held back), ``plan`` the array's :class:`~.arrays.ArrayPlan`.
+    None while its sbatch call is held back), ``plan`` the array's :class:`~.arrays.ArrayPlan`, and
+    ``raw_job_id`` Slurm's own id of that job or array task (squeue's ``JobID``, what sstat knows).
     """
 
-    __slots__ = ("slurm_state", "queue_error", "missing_polls", "ended_seen_at", "slurm_id", "plan", "requeues")
+    __slots__ = ("slurm_state", "queue_error", "missing_polls", "ended_seen_at", "slurm_id", "plan", "requeues",
+                 "raw_job_id")
 
     def __init__(self, distributor_id: str, name: str, resources: Resources, log_dir: str,
                  slurm_id: str | None = None, plan: ArrayPlan | None = None) -> None:
@@ -33,6 +36,7 @@ class SlurmTask(TaskRecord):
         self.slurm_id = slurm_id
         self.plan = plan
         self.requeues = 0
+        self.raw_job_id: str | None = None
 
     @property
     def packed(self) -> bool:
@@ -47,3 +51,12 @@ class SlurmTask(TaskRecord):
     def exit_info(self) -> dict[str, Any] | None:
         """What ``nbdist-worker`` wrote when the task ended; None while there is nothing (yet)."""
         return read_exit_info(self.log_path("x"))
+
+    def drop_empty_wrapper_log(self) -> None:
+        """Drop the empty wrapper log of a task that succeeded (one fewer file per step); keep any message."""
+        path = self.log_path("s")
+        try:
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
+        except OSError:
+            pass
