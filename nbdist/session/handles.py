@@ -22,6 +22,7 @@ from typing import Any, Protocol, overload
 from .logs import read_tail
 from .outcomes import call_of, function_error, map_results, read_step_outcome
 from .records import Attempt, JobRecord, LogPaths
+from .retries import failed_items, retry_indices
 from .state import State
 from .waits import interrupted, show_if_slow
 
@@ -279,7 +280,7 @@ class Job(Handle):
         return self.state is State.RUNNING
 
     def retry(self, scale: float | dict[str, float] | None = None) -> Job:
-        """Run a finished job again as a new attempt (resources scaled as for automatic retries)."""
+        """Run a finished job again as a new attempt, as submitted (resources scaled as for automatic retries)."""
         self._owner.retry(self._rec, [self._index], scale)
         return self
 
@@ -383,23 +384,26 @@ class Array(Handle, Sequence):  # type: ignore[misc]
 
     def failed(self) -> list[Job]:
         """Steps that ended in a failure state (FAILED, TIMEOUT, OUT_OF_MEMORY, KILLED, LOST, SKIPPED)."""
-        rec = self._rec
-        indices = sorted(i for state in State if state.is_failure for i in rec.by_state[state])
-        return [self._owner.step_handle(rec, i) for i in indices]
+        indices = sorted(i for state in State if state.is_failure for i in self._rec.by_state[state])
+        return [self._owner.step_handle(self._rec, i) for i in indices]
 
-    def retry_failed(self, scale: float | dict[str, float] | None = None) -> list[Job]:
-        """Run every failed step again; return those steps.
+    def retry_failed(self, scale: float | dict[str, float] | None = None, *, killed: bool = False) -> list[Job]:
+        """Run again, *as submitted*, the steps that failed by themselves (``killed=True``: KILLED and SKIPPED
+        too; the rule of :mod:`nbdist.session.retries`); return them. New code: map it over :meth:`failed_items`.
 
         Parameters
         ----------
         scale
-            None: scale runtime (after TIMEOUT) or memory (after OUT_OF_MEMORY) by the session's
-            factors (default 1.5). A float: that factor instead. A dict like
-            ``{"runtime": 2, "memory": 1.5}``: per resource.
+            None: runtime (after TIMEOUT) or memory (after OUT_OF_MEMORY) × the session's factors (1.5 by
+            default); a float: that factor; a dict like ``{"runtime": 2, "memory": 1.5}``: per resource.
         """
-        steps = self.failed()
-        self._owner.retry(self._rec, [step.index for step in steps], scale)
-        return steps
+        indices = retry_indices(self._rec, killed)
+        self._owner.retry(self._rec, indices, scale)
+        return [self._owner.step_handle(self._rec, i) for i in indices]
+
+    def failed_items(self, *, killed: bool = False) -> list[Any]:
+        """The arguments of what :meth:`retry_failed` re-runs: ``fixed.map(array.failed_items())`` runs new code."""
+        return failed_items(self._rec, retry_indices(self._rec, killed), self.session.root)
 
     def done(self) -> bool:
         """True when every step is terminal."""

@@ -22,8 +22,8 @@ from ..cluster_protocol.pycall import CallCommand, chunk_range, item_count, outc
 from .records import JobRecord
 from .state import State
 
-__all__ = ["UnsafeOutcome", "call_of", "function_error", "map_results", "outcome_path", "read_step_outcome",
-           "step_items", "step_outcome_kind", "step_outcomes"]
+__all__ = ["UnsafeOutcome", "call_of", "function_error", "inside_logs", "map_results", "outcome_path",
+           "read_step_outcome", "step_items", "step_outcome_kind", "step_outcomes"]
 
 
 class UnsafeOutcome(PermissionError):
@@ -48,7 +48,17 @@ def outcome_path(rec: JobRecord, index: int, root: str) -> str | None:
     did = rec.dids[index]
     if call is None or did is None:
         return None
-    path = result_path_for(call.call, did)
+    return inside_logs(result_path_for(call.call, did), root)
+
+
+def inside_logs(path: str, root: str) -> str:
+    """``path``, checked to lead inside ``{root}/logs`` (links resolved) before anything in it is unpickled.
+
+    Raises
+    ------
+    UnsafeOutcome
+        When it leads outside the session's log folder.
+    """
     logs = os.path.realpath(os.path.join(root, "logs"))
     real = os.path.realpath(path)
     if os.path.commonpath([logs, real]) != logs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,8 @@ from .state import State
 if TYPE_CHECKING:
     from .records import JobRecord
 
-__all__ = ["GROUPS", "MAX_BARS", "SLOTS", "Bar", "Efficiency", "Progress", "Timeline", "Tracker", "group_of",
-           "progress_of"]
+__all__ = ["BAR_GROUPS", "GROUPS", "MAX_BARS", "SLOTS", "Bar", "Efficiency", "Progress", "Timeline", "Tracker",
+           "group_counts", "group_of", "progress_of"]
 
 # Up to this many steps a timeline draws one bar per step; beyond, binned slots (a picture of 10,000
 # bars is neither readable nor cheap to send).
@@ -41,18 +42,34 @@ SLOTS = 120
 LANE_SLACK_S = 0.25
 # Throughput counts the steps that ended within this many seconds.
 THROUGHPUT_WINDOW_S = 60.0
-# What a timeline colours by: how an attempt ended (or that it still runs).
+# What a timeline colours by: how an attempt ended (or that it still runs); the stacked bar adds the
+# steps still waiting. The one mapping of states to colour groups: views only draw it.
 GROUPS = ("done", "failed", "killed", "running")
+BAR_GROUPS = GROUPS + ("queued",)
 _GROUP = {State.DONE: "done", State.FAILED: "failed", State.TIMEOUT: "failed", State.OUT_OF_MEMORY: "failed",
-          State.LOST: "failed", State.KILLED: "killed", State.SKIPPED: "killed", State.RUNNING: "running"}
+          State.LOST: "failed", State.KILLED: "killed", State.SKIPPED: "killed", State.RUNNING: "running",
+          State.QUEUED: "queued", State.PENDING: "queued"}
 # Hints: asked for this many times what was used at most (over several steps) is "far more".
 OVERSIZE_FACTOR = 4.0
 _HINT_MIN_STEPS = 3
 
 
 def group_of(state: State) -> str:
-    """The timeline colour group of a state (an attempt that was retried counts as failed)."""
+    """The colour group of a state (an attempt that was retried counts as failed)."""
     return _GROUP.get(state, "failed")
+
+
+def group_counts(counts: Mapping[State | str, int]) -> dict[str, int]:
+    """Steps per colour group, every one of :data:`BAR_GROUPS` in order, from steps per state
+    (``Snapshot.counts``: ``{"DONE": 6, "FAILED": 2, ...}``) — what the stacked bar draws."""
+    sums = dict.fromkeys(BAR_GROUPS, 0)
+    for state, n in counts.items():
+        try:
+            group = group_of(State(str(getattr(state, "value", state)).upper()))
+        except ValueError:  # a state this version does not know (a newer registry): still waiting, as far as we know
+            group = "queued"
+        sums[group] += int(n)
+    return sums
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..session import Array, Job
-from ..session.state import RETRYABLE_STATES, State
+from ..session import Array, Job, State, choose_retry, retry_states
 from . import render
 
-__all__ = ["kill", "known_names", "parse_where", "retry", "retry_states"]
+__all__ = ["kill", "known_names", "parse_where", "retry"]
 
 # Step ids listed in a line; past this many, the count and the first ones.
 MAX_LISTED_STEPS = 10
@@ -37,11 +36,6 @@ def known_names(handles: Sequence[Job | Array], limit: int = 20) -> str:
     return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
 
 
-def retry_states(killed: bool) -> frozenset[State]:
-    """What a retry re-runs: steps that failed by themselves; with ``killed``, KILLED and SKIPPED ones too."""
-    return RETRYABLE_STATES | ({State.KILLED, State.SKIPPED} if killed else set())
-
-
 def _label(handle: Job | Array) -> str:
     return f"{handle.name} (id {handle.id})"
 
@@ -62,28 +56,21 @@ def kill(handle: Job | Array) -> str:
 
 
 def retry(handle: Job | Array, scale: Any = None, killed: bool = False) -> str:
-    """Re-run what failed (FAILED, TIMEOUT, OUT_OF_MEMORY, LOST; KILLED and SKIPPED with ``killed``);
-    the line saying what is retried, or why nothing is."""
-    states = retry_states(killed)
-    options = {} if scale is None else {"scale": scale}
+    """Re-run what the session's retry rule chooses (``nbdist.session.choose_retry``: KILLED and SKIPPED
+    only with ``killed``); the line saying what is retried, or why nothing is."""
     if isinstance(handle, Array):
-        failed = handle.failed()
-        chosen = [job for job in failed if job.state in states]
-        if not chosen:
-            return f"nothing to retry in {_label(handle)}: no {_names(states)} step ({_counts(handle)}){_hint(failed, killed)}"
-        hint = _hint(failed, killed)  # before retrying: the states change
-        if len(chosen) == len(failed):
-            handle.retry_failed(**options)  # one call for all
-        else:
-            for job in chosen:
-                job.retry(**options)
-        steps = [job.step for job in chosen]
-        return f"retrying {len(chosen)} of {len(handle)} steps of {_label(handle)}: {_steps(steps)}{hint}"
+        choice = choose_retry(handle.failed(), killed)  # for the line; retry_failed applies the same rule
+        if not choice.chosen:
+            return (f"nothing to retry in {_label(handle)}: no {_names(retry_states(killed))} step "
+                    f"({_counts(handle)}){_hint(choice.spared)}")
+        steps = [job.step for job in handle.retry_failed(scale, killed=killed)]
+        hint = _hint(choice.spared)
+        return f"retrying {len(steps)} of {len(handle)} steps of {_label(handle)}: {_steps(steps)}{hint}"
     state = handle.state
-    if state not in states:
-        hint = _hint([handle], killed) if state.is_failure else ""
-        return f"nothing to retry: {_label(handle)} is {state.value}{hint}"
-    handle.retry(**options)
+    choice = choose_retry([handle], killed)
+    if not choice.chosen:
+        return f"nothing to retry: {_label(handle)} is {state.value}{_hint(choice.spared)}"
+    handle.retry(scale)
     return f"retrying {_label(handle)} (after {state.value}): attempt {len(handle.attempts)}"
 
 
@@ -99,10 +86,9 @@ def _names(states: frozenset[State]) -> str:
     return "/".join(state.value for state in State if state in states)
 
 
-def _hint(failed: list[Job], killed: bool) -> str:
+def _hint(spared: list[Job]) -> str:
     """``"; 2 KILLED left alone (--killed retries them too)"`` when a user's kill or a skip was left out."""
-    left = [] if killed else [job for job in failed if job.state not in RETRYABLE_STATES]
-    if not left:
+    if not spared:
         return ""
-    states = sorted({job.state.value for job in left})
-    return f"; {len(left)} {'/'.join(states)} left alone (--killed retries them too)"
+    states = sorted({job.state.value for job in spared})
+    return f"; {len(spared)} {'/'.join(states)} left alone (--killed retries them too)"

@@ -31,8 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import actions, render
-from ..session import Array, Job, Session, Snapshot, State, UnknownJob
-from ..session.sweep import command_line, parse_array_spec
+from ..session import Array, Job, Session, Snapshot, State, UnknownJob, command_line, parse_array_spec
 
 __all__ = ["main"]
 
@@ -64,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     kill = commands.add_parser("kill", help="kill a job, an array or one step")
     kill.add_argument("name", metavar="NAME[:STEP]")
 
-    retry = commands.add_parser("retry", help="run the failed steps (or a finished job) again")
+    retry = commands.add_parser("retry", help="run the failed steps (or a finished job) again, as submitted")
     retry.add_argument("name", metavar="NAME[:STEP]")
     retry.add_argument("--killed", action="store_true", help="KILLED and SKIPPED steps too")
 

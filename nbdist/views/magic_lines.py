@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from IPython.core.error import UsageError
 
-from ..session.sweep import parse_array_spec
+from ..session import parse_array_spec
 
 __all__ = ["array_spec", "one_line", "split_step", "split_words"]
 

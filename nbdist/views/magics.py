@@ -20,9 +20,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
-from ..session import LIVE_AFTER_SECONDS, Array, Job, NotebookSessions, Options, Session, cell_inputs, quiet_waits, \
-    set_wait_display, submit_cell
-from ..session.sweep import expand, placeholders
+from ..session import LIVE_AFTER_SECONDS, Array, Job, NotebookSessions, Options, Session, cell_inputs, expand, \
+    placeholders, quiet_waits, set_wait_display, submit_cell
 from . import actions
 from .magic_lines import array_spec, one_line, split_step, split_words
 
@@ -252,8 +251,9 @@ class NbdistMagics(Magics):
                                               a step's stdout (stderr with --err)
             %nbdist kill NAME[:STEP]          kill a job, an array, or one step of it
             %nbdist retry NAME [--scale F] [--killed]
-                                              re-run FAILED/TIMEOUT/OUT_OF_MEMORY/LOST steps (resources × F
-                                              for TIMEOUT/OUT_OF_MEMORY); KILLED/SKIPPED too with --killed
+                                              re-run FAILED/TIMEOUT/OUT_OF_MEMORY/LOST steps as submitted
+                                              (resources × F for TIMEOUT/OUT_OF_MEMORY); KILLED/SKIPPED too
+                                              with --killed. New code: f.map(ARRAY.failed_items())
             %nbdist wait [NAME ...] [--timeout S] [--quiet]
                                               block until finished (every job when no NAME), live dashboards
                                               shown meanwhile (not with --quiet); after S seconds, say which
@@ -431,10 +431,10 @@ def _build_nbdist_parser() -> MagicArgumentParser:
     logs.add_argument("--err", action="store_true")
     logs.add_argument("--tail", type=int)
     commands.add_parser("kill", help="kill a job, array or step").add_argument("target", metavar="NAME[:STEP]")
-    retry = commands.add_parser("retry", help="re-run failed steps")
+    retry = commands.add_parser("retry", help="re-run failed steps as submitted")
     retry.add_argument("target", metavar="NAME[:STEP]")
     retry.add_argument("--scale", type=float)
-    retry.add_argument("--killed", action="store_true")
+    retry.add_argument("--killed", action="store_true", help="KILLED and SKIPPED steps too")
     commands.add_parser("forget", help="remove finished jobs and their files").add_argument("names", nargs="+",
                                                                                               metavar="NAME")
     wait = commands.add_parser("wait", help="block until finished")

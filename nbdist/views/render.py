@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..session.state import State
+from ..session import State
 
 if TYPE_CHECKING:
-    from ..session.snapshot import Snapshot, StepRow
+    from ..session import Snapshot, StepRow
 
 __all__ = [
     "ROW_COLUMNS",

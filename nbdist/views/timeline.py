@@ -16,24 +16,24 @@ import html
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..session import BAR_GROUPS, group_counts
 from . import render
 
 if TYPE_CHECKING:
     from ..session import Snapshot
 
-__all__ = ["GROUP_COLORS", "efficiency_text", "pick_view", "pictures_html", "rates_text", "stacked_bar_html",
-           "timeline_svg"]
+__all__ = ["GROUP_COLORS", "efficiency_html", "efficiency_text", "pick_view", "pictures_html", "rates_text",
+           "stacked_bar_html", "timeline_svg"]
 
-# Fixed colours (an SVG attribute cannot read CSS variables), readable on light and dark themes.
+# Fixed colours (an SVG attribute cannot read CSS variables), readable on light and dark themes; one per
+# colour group of the core (which state is in which group is the session's rule: ``group_of``).
 GROUP_COLORS: Mapping[str, str] = {"done": "#388e3c", "failed": "#d32f2f", "killed": "#f57c00",
                                    "running": "#1976d2", "queued": "#9e9e9e"}
-_BAR_GROUPS = {"DONE": "done", "FAILED": "failed", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed",
-               "LOST": "failed", "KILLED": "killed", "SKIPPED": "killed", "RUNNING": "running",
-               "QUEUED": "queued", "PENDING": "queued"}
 _WIDTH = 600  # SVG units: 120 slots × 5, so slot edges are whole numbers
 _PLOT_H = 100  # height of a binned timeline's plot
 _AXIS_H = 16
 _FONT = 'font-family="sans-serif" font-size="10"'
+_MUTED = 'style="color:var(--jp-ui-font-color2, #757575);font-size:90%"'
 
 
 def _esc(text: Any) -> str:
@@ -41,14 +41,11 @@ def _esc(text: Any) -> str:
 
 
 def stacked_bar_html(counts: Mapping[str, int], total: int) -> str:
-    """One bar, a segment per state group (done, failed, killed, running, queued), with a tooltip each."""
-    sums: dict[str, int] = {}
-    for state, n in counts.items():
-        group = _BAR_GROUPS.get(render.state_name(state), "queued")
-        sums[group] = sums.get(group, 0) + int(n)
+    """One bar, a segment per colour group (done, failed, killed, running, queued), with a tooltip each."""
+    sums = group_counts(counts)
     parts = []
-    for group in ("done", "failed", "killed", "running", "queued"):
-        n = sums.get(group, 0)
+    for group in BAR_GROUPS:
+        n = sums[group]
         if n and total:
             parts.append(f'<div class="nbdist-bar-{group}" title="{group} {n}" style="width:{100 * n / total:.2f}%;'
                          f'background:{GROUP_COLORS[group]}"></div>')
@@ -83,6 +80,16 @@ def efficiency_text(efficiency: Any) -> str:
                  if eff.runtime_percent is not None else "")
         parts.append(f"longest {render.format_seconds(eff.longest_s)}{limit}")
     return f"efficiency of {eff.attempts} {noun}: " + (" · ".join(parts) or "no usage reported")
+
+
+def efficiency_html(efficiency: Any) -> str:
+    """The efficiency line and its hint, escaped (``""`` before an attempt ended): the bundle's and the widget's."""
+    if efficiency is None:
+        return ""
+    line = f'<div class="nbdist-efficiency" {_MUTED}>{_esc(efficiency_text(efficiency))}</div>'
+    if efficiency.hint:
+        line += f'<div class="nbdist-hint" style="color:{GROUP_COLORS["killed"]}">hint: {_esc(efficiency.hint)}</div>'
+    return line
 
 
 def timeline_svg(snapshot: Snapshot) -> str:
@@ -129,7 +136,7 @@ def _bins(timeline: Any) -> tuple[str, int]:
     slots = len(next(iter(bins.values())))
     width = _WIDTH / slots
     used = min(slots, int(timeline.now_s / timeline.slot_s) + 1)
-    groups = [group for group in ("done", "failed", "killed", "running") if any(bins.get(group, ())[:used])]
+    groups = [group for group in BAR_GROUPS if any(bins.get(group, ())[:used])]  # the core's bins: no "queued"
     totals = [sum(bins[group][k] for group in groups) for k in range(used)]
     peak = max(totals, default=0.0) or 1.0
 
@@ -174,16 +181,10 @@ def pictures_html(snapshot: Snapshot) -> str:
     """Stacked bar, rates, efficiency line (and its hint) and the timeline: the bundle's pictures."""
     progress = snapshot.progress
     lines = [stacked_bar_html(snapshot.counts, snapshot.total)]
-    muted = 'style="color:var(--jp-ui-font-color2, #757575);font-size:90%"'
     rates = rates_text(progress)
     if rates:
-        lines.append(f'<div class="nbdist-rates" {muted}>{_esc(rates)}</div>')
-    efficiency = progress.efficiency if progress is not None else None
-    if efficiency is not None:
-        lines.append(f'<div class="nbdist-efficiency" {muted}>{_esc(efficiency_text(efficiency))}</div>')
-        if efficiency.hint:
-            lines.append(f'<div class="nbdist-hint" style="color:{GROUP_COLORS["killed"]}">'
-                         f'hint: {_esc(efficiency.hint)}</div>')
+        lines.append(f'<div class="nbdist-rates" {_MUTED}>{_esc(rates)}</div>')
+    lines.append(efficiency_html(progress.efficiency if progress is not None else None))
     svg = timeline_svg(snapshot)
     if svg:
         lines.append(f'<div class="nbdist-timeline-box" style="overflow-x:auto">{svg}</div>')
@@ -250,12 +251,7 @@ class Pictures:
     def apply(self, snapshot: Snapshot) -> None:
         """Draw one snapshot: set only the values that changed (a refresh sends only differences)."""
         progress = snapshot.progress
-        efficiency = progress.efficiency if progress is not None else None
-        line = ""
-        if efficiency is not None:
-            line = f'<span style="color:var(--jp-ui-font-color2, #757575)">{_esc(efficiency_text(efficiency))}</span>'
-            if efficiency.hint:
-                line += f'<br><span style="color:{GROUP_COLORS["killed"]}">hint: {_esc(efficiency.hint)}</span>'
+        line = efficiency_html(progress.efficiency if progress is not None else None)
         for widget, value in ((self.bar, stacked_bar_html(snapshot.counts, snapshot.total)),
                               (self.rates, rates_text(progress)), (self.efficiency, line),
                               (self.timeline, timeline_svg(snapshot))):

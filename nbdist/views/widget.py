@@ -3,7 +3,8 @@
 The dashboard draws ``session.snapshot(...)`` and nothing else: counts, one page of steps, the log
 tails of one step (the user's selection, else the step the snapshot picks), failures grouped by
 their last stderr line (grouped by the snapshot). Its buttons call the public API
-(``Job.cancel``, ``Array.cancel``, ``Array.retry_failed``, ``Job.retry``).
+(``Job.cancel``, ``Array.cancel``, ``Array.retry_failed``, ``Job.retry``); what "Retry failed" re-runs is
+the session's rule (``nbdist.session.choose_retry``), as for ``%nbdist retry`` and ``nbdist retry``.
 
 Refreshing::
 
@@ -27,8 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from ..session import Snapshot, State, default_session
-from ..session.state import RETRYABLE_STATES
+from ..session import SPARED_STATES, Snapshot, State, choose_retry, default_session, retry_states
 from . import render, timeline
 from .refresher import IDLE_CHECK_SECONDS, REFRESH_SECONDS, REFRESHER
 
@@ -188,10 +188,15 @@ class Dashboard:
         single = self.snapshot.kind != "array"  # one step: one "Kill" button, nothing to select
         self.kill_all_button = w.Button(description="Kill" if single else "Kill all", icon="times",
                                         button_style="danger")
+        what = "it" if single else "the FAILED, TIMEOUT, OUT_OF_MEMORY and LOST steps"
         self.retry_button = w.Button(description="Retry" if single else "Retry failed", icon="redo",
-                                     tooltip="re-run FAILED, TIMEOUT, OUT_OF_MEMORY and LOST steps")
+                                     tooltip=f"re-run {what} as submitted: a function redefined since is not what runs")
         self.retry_killed_box = w.Checkbox(value=False, description="retry killed too", indent=False,
                                            layout=w.Layout(width="10em"))
+        # A retry runs the function pickled at submit time, not one redefined since: say so where one clicks.
+        new_code = "" if single else "; new code: <code>f.map(array.failed_items())</code>"
+        self.retry_note = w.HTML(f'<span style="color:var(--jp-ui-font-color2, #757575);font-size:90%">'
+                                 f"retries run the code as submitted{new_code}</span>")
         if single:
             self.kill_button.layout.display = "none"
         self.status_label = w.Label()
@@ -208,7 +213,7 @@ class Dashboard:
             self.pager,
             self.columns, self.rows,
             w.HBox([self.kill_button, self.kill_all_button, self.retry_button, self.retry_killed_box,
-                    self.status_label]),
+                    self.retry_note, self.status_label]),
             self.failures, self.logs,
         ])
         self.widget.add_class("nbdist-dashboard")
@@ -232,7 +237,7 @@ class Dashboard:
         """Draw one snapshot into the widgets."""
         counts = {name: n for name, n in render.nonzero_counts(snap.counts)}
         failed = any(State(name).is_failure for name in counts)
-        retryable = bool(self._retry_states() & {State(name) for name in counts})  # what "Retry failed" re-runs
+        retryable = bool(retry_states(self.retry_killed) & {State(name) for name in counts})  # what a retry re-runs
         self._set(self.header, "value", render.header_html(snap))
         self._set(self.progress, "value", float(snap.done_fraction or 0.0))
         style = ("danger" if failed else "success") if snap.all_terminal else ("warning" if failed else "info")
@@ -244,8 +249,9 @@ class Dashboard:
         self._set(self.next_button, "disabled", snap.page >= snap.pages - 1)
         self._set(self.kill_all_button, "disabled", bool(snap.all_terminal))
         self._set(self.retry_button, "disabled", not retryable)
+        self._set(self.retry_note.layout, "display", None if retryable else "none")
         self._set(self.retry_killed_box.layout, "display",
-                  None if counts.get(State.KILLED.value) or counts.get(State.SKIPPED.value) else "none")
+                  None if any(counts.get(state.value) for state in SPARED_STATES) else "none")
         self._set(self.status_label, "value", self.status)
         self._set(self.failures, "value", render.failures_html(snap.failure_groups, kind=snap.kind))
         self._set(self.rows, "rows", max(2, min(10, len(snap.rows))))
@@ -260,10 +266,6 @@ class Dashboard:
         self._open_tab(snap)
         self._set(self.stdout, "value", render.pre_html(_clip(render.tail_text(snap.stdout_tail))))
         self._set(self.stderr, "value", render.pre_html(_clip(render.tail_text(snap.stderr_tail))))
-
-    def _retry_states(self) -> frozenset[State]:
-        extra = {State.KILLED, State.SKIPPED} if self.retry_killed else set()
-        return RETRYABLE_STATES | extra
 
     def _selected_live(self, snap: Snapshot) -> bool:
         """True when a selected step can still be killed (not terminal)."""
@@ -372,17 +374,16 @@ class Dashboard:
         return "killed" if self.snapshot.kind != "array" else f"killed {before} unfinished step{'s' * (before != 1)}"
 
     def retry_failed(self) -> str:
-        """Re-run the steps that failed by themselves (FAILED, TIMEOUT, OUT_OF_MEMORY, LOST); with
-        "retry killed too", KILLED and SKIPPED ones as well. A single job: Job.retry."""
-        states = self._retry_states()
+        """Re-run, as submitted, what the session's retry rule chooses (FAILED, TIMEOUT, OUT_OF_MEMORY,
+        LOST; with "retry killed too", KILLED and SKIPPED as well): ``Array.retry_failed``, or for a
+        single job ``Job.retry``."""
         if self.snapshot.kind != "array":
-            if self.handle.state not in states:
-                return f"nothing to retry: it is {self.handle.state.value}"
+            state = self.handle.state
+            if not choose_retry([self.handle], self.retry_killed).chosen:
+                return f"nothing to retry: it is {state.value}"
             self.handle.retry()
-            return f"retrying (after {self.snapshot.state.value})"
-        steps = [job for job in self.handle.failed() if job.state in states]
-        for job in steps:
-            job.retry()
+            return f"retrying (after {state.value})"
+        steps = self.handle.retry_failed(killed=self.retry_killed)
         if not steps:
             return "nothing to retry"
         return f"retrying {render.steps_label([job.step for job in steps])}"

@@ -18,10 +18,9 @@ pytest.importorskip("ipywidgets")
 from ipywidgets import Widget
 
 from nbdist import State
+from nbdist.session import Snapshot, StepRow, choose_retry, retry_states
 from nbdist.views import refresher
 from nbdist.views import widget as widget_module
-from nbdist.session.snapshot import Snapshot, StepRow
-from nbdist.session.state import RETRYABLE_STATES
 from nbdist.views.widget import Dashboard
 
 STATES = tuple(state.value for state in State)
@@ -64,8 +63,13 @@ class FakeArray:
         self.cancelled += 1
         return True
 
-    def retry_failed(self, scale: Any = None) -> None:
+    def retry_failed(self, scale: Any = None, *, killed: bool = False) -> list[FakeJob]:
+        """As ``Array.retry_failed``: the session's rule chooses the steps."""
         self.retried += 1
+        chosen: list[FakeJob] = choose_retry(self.failed(), killed).chosen
+        for job in chosen:
+            job.retry()
+        return chosen
 
     def failed(self) -> list[FakeJob]:
         return [job for job in self.jobs if job.state.is_failure]
@@ -186,7 +190,7 @@ def test_header_progress_failures() -> None:
 def test_retry_and_log_step_follow_the_state_module(state: State) -> None:
     dashboard, session, _ = make(["DONE", state.value])
     # "Retry failed" re-runs what failed by itself; a user's kill or a skipped dependency only when asked.
-    assert dashboard.retry_button.disabled is not (state in RETRYABLE_STATES)
+    assert dashboard.retry_button.disabled is not (state in retry_states())
     dashboard.retry_killed_box.value = True
     assert dashboard.retry_button.disabled is not state.is_failure
     # The dashboard asks for no step of its own: the snapshot's policy (failed first, then running) decides.
