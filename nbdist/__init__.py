@@ -151,3 +151,10 @@ def load_ipython_extension(ipython: _Any) -> None:
     from .views.magics import load_ipython_extension as _load
 
     _load(ipython)
+
+
+# joblib's backend "nbdist" (``parallel_config(backend="nbdist")``): registered now if joblib is
+# imported, else by a one-shot hook when it is; joblib is neither needed nor imported here.
+from .integrations import watch_joblib as _watch_joblib  # noqa: E402
+
+_watch_joblib()

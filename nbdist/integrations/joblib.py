@@ -1,0 +1,262 @@
+"""joblib's ``nbdist`` backend: ``joblib.Parallel`` work — and so scikit-learn's ``n_jobs`` — as nbdist jobs.
+
+::
+
+    with joblib.parallel_config(backend="nbdist", n_jobs=8, memory="4G", runtime="1h"):
+        GridSearchCV(model, grid, cv=5).fit(X, y)      # or Parallel()(delayed(f)(x) for x in xs)
+
+    Parallel ──► batches of calls (joblib's AutoBatchingMixin: bigger while batches end fast)
+       │
+       ├─ submit(batch) ──► one nbdist job per batch, named after the function (``@nbdist.function``'s
+       │                    path: logs, limits, retries, the registry, the dashboard, local or Slurm)
+       │                          │ ends: the session's poller thread
+       │                          ▼
+       │               this backend's callback thread ──► joblib's callback: the batch's values read
+       │                                                   back, the next batch dispatched
+       └─ abort_everything (an exception, a timeout, an interrupt) ──► every live job killed, waited for
+
+nbdist's options are the backend's keyword arguments (``parallel_config(backend="nbdist", cores=2,
+memory="4G")``, or ``Parallel(backend="nbdist", ...)``): those of :class:`nbdist.Executor` but
+``max_concurrent`` (that is ``n_jobs``) and ``chunksize`` (joblib batches). ``session=`` runs on a
+given :class:`nbdist.Session`, ``nbdist_backend="slurm"`` on a session of that backend (on the
+default session's root, closed when the ``Parallel`` call ends); by default the default session.
+
+joblib itself is imported by whoever makes this backend (joblib, via
+:func:`nbdist.integrations.register_joblib`); this module is not imported by ``import nbdist``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
+
+__all__ = ["ABORT_WAIT_SECONDS", "NbdistBackend", "OPTION_NAMES", "call_name"]
+
+logger = logging.getLogger(__name__)
+
+# nbdist's options a backend takes: the Executor's, less the two joblib decides itself (n_jobs is
+# how many batches run at once, and joblib's batches are the chunks).
+OPTION_NAMES = ("name", "cores", "memory", "runtime", "after", "max_attempts", "env", "cwd", "resource_scales", "gpus")
+
+# abort_everything waits this long for killed jobs to end, so that Parallel raises with no task of
+# the call left running (a local kill ends in well under a second; Slurm's scancel may take longer).
+ABORT_WAIT_SECONDS = 30.0
+
+# Auto-batching on a batch scheduler: a Slurm job costs seconds (sbatch, the poll interval), so a
+# batch must run longer than joblib's 0.2–2 s before it is worth a job of its own; locally a job
+# costs ~10 ms and joblib's own figures hold.
+REMOTE_MIN_BATCH_SECONDS = 10.0
+REMOTE_MAX_BATCH_SECONDS = 60.0
+
+_STOP = object()
+
+
+def call_name(batch: Any) -> str:
+    """A job name for a joblib batch: its first call's function (``functools.partial``, scikit-learn's
+    and joblib's wrappers unwrapped), as nbdist names allow it; ``"joblib"`` when it has none."""
+    items = getattr(batch, "items", None)
+    function: Any = items[0][0] if items else batch
+    for _ in range(5):
+        inner = getattr(function, "func", None) or getattr(function, "function", None)
+        if inner is None or not callable(inner):
+            break
+        function = inner
+    name = getattr(function, "__name__", None) or type(function).__name__
+    return re.sub(r"[^A-Za-z0-9._+=-]", "", str(name)).lstrip("._+=-")[:60] or "joblib"
+
+
+def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise ValueError(f"the nbdist joblib backend has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(OPTION_NAMES)}, session, nbdist_backend")
+    from nbdist.session import Options
+
+    Options(**options)  # the types nbdist checks before anything is submitted
+    return options
+
+
+class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
+    """A joblib backend whose batches are nbdist jobs (see the module docstring).
+
+    Parameters
+    ----------
+    session
+        The :class:`nbdist.Session` to run on (default: the default session).
+    nbdist_backend
+        ``"multiprocess"``, ``"slurm"``, …: a session of this backend on the default session's root.
+    **options
+        nbdist's options of every batch's job: ``cores``, ``memory``, ``runtime``, ``max_attempts``,
+        ``env``, ``cwd``, ``gpus``, ``after``, ``resource_scales``; ``name`` replaces the function's name.
+    """
+
+    # submit + retrieve_result_callback (joblib >= 1.3): return_as="generator"/"generator_unordered"
+    # and Parallel(timeout=) work; values come back through the callback thread.
+    supports_retrieve_callback = True
+    supports_return_generator = True
+    supports_timeout = True
+    uses_threads = False
+    supports_sharedmem = False  # require="sharedmem" makes joblib use its threads instead
+    default_n_jobs = -1
+
+    def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, *,
+                 session: Any = None, nbdist_backend: str | None = None, **options: Any) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.given_session = session
+        self.nbdist_backend = nbdist_backend
+        self.options = _checked_options(options)
+        self.session: Any = None
+        self._owns_session = False
+        self._lock = threading.Lock()
+        self._live: set[Any] = set()
+        self._completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._call_name: str | None = None
+        self.jobs: list[Any] = []  # the jobs of the current (or last) Parallel call, in submit order
+
+    # ------------------------------------------------------------------ joblib's configuration
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """``n_jobs``, a negative one counted from the session's task slots (its parallelism, or this
+        machine's cores, over the jobs' ``cores``) as joblib counts from the CPUs."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs < 0:
+            session = self.session or self.given_session
+            slots = max(1, (getattr(session, "parallelism", None) or os.cpu_count() or 1)
+                        // max(1, int(self.options.get("cores", 1))))
+            n_jobs = max(slots + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
+                  require: str | None = None, **backend_kwargs: Any) -> int:
+        """Find the session, take nbdist's options of ``Parallel(backend="nbdist", **options)``."""
+        ours = {key: value for key, value in backend_kwargs.items() if key in OPTION_NAMES}
+        if ours:
+            self.options = _checked_options({**self.options, **ours})
+        self.parallel = parallel
+        if self.session is None or self.session.closed:
+            from nbdist.session.functions import resolve_session
+
+            self.session, self._owns_session = resolve_session(self.given_session, self.nbdist_backend)
+        if self.session.backend_name != "multiprocess":
+            self.MIN_IDEAL_BATCH_DURATION = REMOTE_MIN_BATCH_SECONDS
+            self.MAX_IDEAL_BATCH_DURATION = REMOTE_MAX_BATCH_SECONDS
+        return self.effective_n_jobs(n_jobs)
+
+    def start_call(self) -> None:
+        """A new Parallel call: a new name and list of jobs."""
+        self._call_name = None
+        self.jobs = []
+
+    def stop_call(self) -> None:
+        """The Parallel call ended (its values all read, or aborted)."""
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """Parallel calls inside a batch run one after another in its task (which holds ``cores``, not
+        ``n_jobs`` of them); an inner ``Parallel(backend=...)``/``parallel_config`` chooses otherwise."""
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+    # ------------------------------------------------------------------ running batches
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
+        """Run one batch as an nbdist job; ``callback(job)`` runs on this backend's thread when it ends."""
+        if self.session is None:
+            raise RuntimeError("the nbdist joblib backend is not configured (joblib calls configure first)")
+        from nbdist.session.functions import function
+
+        if self._call_name is None:
+            self._call_name = self.options.get("name") or call_name(func)
+        options = {**self.options, "name": self._call_name}
+        job = function(func, session=self.session, **options).submit()
+        with self._lock:
+            self._live.add(job)
+            self.jobs.append(job)
+        if callback is not None:
+            self._start_thread()
+        job.add_done_callback(lambda done: self._ended(done, callback))
+        return job
+
+    def apply_async(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
+        """joblib 1.3–1.4's name of :meth:`submit`."""
+        return self.submit(func, callback)
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """The batch's values, or the exception a call raised (with its remote traceback as
+        ``__cause__``, as loky gives it), or :class:`nbdist.JobFailed` (killed, out of memory, …)."""
+        return out.result()
+
+    def _ended(self, job: Any, callback: Callable[[Any], None] | None) -> None:
+        # The session's poller thread: joblib's callback reads the values and submits the next batch,
+        # which must not happen on (and hold up) the thread that tracks every job.
+        with self._lock:
+            self._live.discard(job)
+        if callback is not None:
+            self._completions.put((callback, job))
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._completions = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run_callbacks, args=(self._completions,),
+                                            name="nbdist-joblib-callbacks", daemon=True)
+            self._thread.start()
+
+    @staticmethod
+    def _run_callbacks(completions: queue.SimpleQueue[Any]) -> None:
+        while (item := completions.get()) is not _STOP:
+            callback, job = item
+            try:
+                callback(job)
+            except Exception:  # joblib's callback records a batch's own errors; this is a bug of ours or its
+                logger.exception("joblib's callback failed for %r", job)
+
+    # ------------------------------------------------------------------ ending
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Kill every job of the call still queued or running, and wait (:data:`ABORT_WAIT_SECONDS`)
+        until they have ended, so that nothing of the call runs on after Parallel raises."""
+        from nbdist.session import quiet_waits
+
+        with self._lock:
+            live = list(self._live)
+        for job in live:
+            job.cancel()
+        # A cancelled Job's Future is settled at once; ``wait()`` returns when its process is gone.
+        deadline = time.monotonic() + ABORT_WAIT_SECONDS
+        with quiet_waits():  # no live dashboard pops up for this wait
+            for job in live:
+                job.wait(max(0.0, deadline - time.monotonic()))
+        running = [job for job in live if not job.state.is_terminal]
+        if running:
+            logger.warning("%d job(s) of the aborted Parallel call had not ended after %.0f s: %s", len(running),
+                           ABORT_WAIT_SECONDS, ", ".join(str(job.id) for job in running))
+        if not ensure_ready:
+            self.terminate()
+
+    def terminate(self) -> None:
+        """Stop the callback thread; close a session this backend made (``nbdist_backend=``)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            completions = self._completions
+        if thread is not None:
+            completions.put(_STOP)
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        if self._owns_session and self.session is not None:
+            self.session.close()
+            self.session, self._owns_session = None, False
+        self.reset_batch_stats()
+
+    def __repr__(self) -> str:
+        shown = " ".join(f"{key}={value!r}" for key, value in self.options.items())
+        return f"<nbdist joblib backend {shown}>".replace(" >", ">")
+

@@ -1,0 +1,211 @@
+"""joblib's ``nbdist`` backend with real processes: scikit-learn's n_jobs, the generator modes, errors,
+aborts, auto-batching, nested calls, options, and the registration that ``import nbdist`` makes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import joblib
+import numpy as np
+import pytest
+from joblib import Parallel, delayed, parallel_config
+
+import nbdist
+from nbdist import JobFailed, Session, State
+
+
+@pytest.fixture
+def session(tmp_path):
+    with Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        yield session
+
+
+# scikit-learn's runs, with loky in a process of its own (loky's workers and resource trackers outlive a
+# call by design) and with nbdist here: the same data, the same seeds.
+SKLEARN_RUN = textwrap.dedent("""
+    import json
+    from joblib import parallel_config
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    def run():
+        X, y = make_classification(n_samples=300, n_features=8, random_state=0)
+        search = GridSearchCV(LogisticRegression(), {"C": [0.01, 0.1, 1.0]}, cv=3, n_jobs=2).fit(X, y)
+        scores = cross_val_score(LogisticRegression(C=0.5), X, y, cv=4, n_jobs=2)
+        return search.best_params_, list(search.cv_results_["mean_test_score"]), list(scores)
+""")
+
+
+def square(x):
+    return x * x
+
+
+def slow_identity(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+def boom_at(x, bad):
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+def sleep_or_fail(x):
+    if x == 0:
+        time.sleep(0.5)
+        raise KeyError("the first call fails")
+    time.sleep(60)
+    return x
+
+
+def inner_pids(n):
+    backend, n_jobs = joblib.parallel.get_active_backend()
+    pids = Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(n))
+    return type(backend).__name__, set(pids), os.getpid()
+
+
+def environment(name):
+    print(f"reading {name}")
+    return os.environ.get(name)
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def test_import_nbdist_registers_the_backend_in_either_order_without_importing_joblib():
+    code = textwrap.dedent("""
+        import sys
+        import nbdist
+        assert "joblib" not in sys.modules, "import nbdist imported joblib"
+        import joblib
+        from joblib.parallel import BACKENDS
+        assert "nbdist" in BACKENDS, sorted(BACKENDS)
+        assert sys.modules["joblib"].__spec__.loader.__class__.__name__ != "_RegisterAfterImport"
+        with joblib.parallel_config(backend="nbdist", n_jobs=3, memory="1G"):
+            backend, n_jobs = joblib.parallel.get_active_backend()
+        print(type(backend).__name__, n_jobs, backend.options)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "NbdistBackend 3 {'memory': '1G'}"
+    joblib_first = "import joblib, nbdist; from joblib.parallel import BACKENDS; print('nbdist' in BACKENDS)"
+    assert subprocess.run([sys.executable, "-c", joblib_first], capture_output=True, text=True,
+                          check=True).stdout.strip() == "True"
+
+
+def test_a_bad_option_is_one_clear_error_before_anything_runs(session):
+    with pytest.raises(ValueError, match="no option 'mem'; its options: name, cores, memory"):
+        parallel_config(backend="nbdist", session=session, mem="1G")
+    assert session.jobs() == []
+
+
+# ---------------------------------------------------------------------------- scikit-learn
+
+
+def test_grid_search_and_cross_val_score_give_loky_s_results(session):
+    loky = SKLEARN_RUN + "with parallel_config(backend='loky'):\n    print(json.dumps(run()))\n"
+    expected = json.loads(subprocess.run([sys.executable, "-c", loky], capture_output=True, text=True,
+                                         check=True).stdout)
+    namespace: dict = {}
+    exec(SKLEARN_RUN, namespace)
+    with parallel_config(backend="nbdist", session=session):
+        got = namespace["run"]()
+    assert got[0] == expected[0]
+    np.testing.assert_allclose(got[1], expected[1])
+    np.testing.assert_allclose(got[2], expected[2])
+    names = {job.name for job in session.jobs()}
+    assert names == {"fit_and_score"}, names  # named after scikit-learn's function, not "batch"
+    assert all(job.state is State.DONE for job in session.jobs())
+
+
+# ---------------------------------------------------------------------------- joblib's modes
+
+
+def test_auto_batching_makes_fewer_jobs_than_calls_and_every_value_comes_back(session):
+    with parallel_config(backend="nbdist", session=session, n_jobs=2):
+        values = Parallel()(delayed(square)(i) for i in range(3000))
+    assert values == [i * i for i in range(3000)]
+    jobs = session.jobs()
+    assert 1 < len(jobs) < 300, len(jobs)  # joblib's batches grew: 3,000 calls, far fewer jobs
+    assert {job.name for job in jobs} == {"square"}
+
+
+def test_the_generator_modes_yield_in_order_and_as_calls_end(session):
+    with parallel_config(backend="nbdist", session=session, n_jobs=2):
+        ordered = Parallel(return_as="generator", batch_size=1)(
+            delayed(slow_identity)(i, 0.05 * (3 - i)) for i in range(4))
+        assert not isinstance(ordered, list)
+        assert list(ordered) == [0, 1, 2, 3]
+        unordered = Parallel(return_as="generator_unordered", batch_size=1)(
+            delayed(slow_identity)(i, seconds) for i, seconds in enumerate([3.0, 0.1, 0.1]))
+        assert list(unordered)[-1] == 0  # the slow first call ends last
+
+
+def test_an_exception_is_raised_as_itself_with_the_remote_traceback(session):
+    with parallel_config(backend="nbdist", session=session, n_jobs=2):
+        with pytest.raises(ValueError, match="item 3 is bad") as caught:
+            Parallel(batch_size=1)(delayed(boom_at)(i, 3) for i in range(6))
+    remote = str(caught.value.__cause__)
+    assert "boom_at" in remote and "raise ValueError" in remote and "test_joblib_backend.py" in remote
+    failed = [job for job in session.jobs() if job.state is State.FAILED]
+    assert len(failed) == 1 and "item 3 is bad" in failed[0].stderr()  # the batch's log has it too
+
+
+def test_an_error_cancels_the_calls_still_running_and_leaves_no_process(session):
+    start = time.monotonic()
+    with parallel_config(backend="nbdist", session=session, n_jobs=3):
+        with pytest.raises(KeyError, match="the first call fails"):
+            Parallel(batch_size=1)(delayed(sleep_or_fail)(i) for i in range(3))
+    assert time.monotonic() - start < 30  # not the 60 s the other calls sleep
+    states = sorted(job.state.value for job in session.jobs())
+    assert states == ["FAILED", "KILLED", "KILLED"], states  # ended before Parallel raised
+
+
+def test_a_timeout_raises_and_kills_the_late_call(session):
+    with parallel_config(backend="nbdist", session=session, n_jobs=2):
+        with pytest.raises(multiprocessing.TimeoutError):  # what joblib raises for every backend
+            Parallel(timeout=1.0, batch_size=1)(delayed(slow_identity)(i, 60 * i) for i in range(2))
+    assert {job.state for job in session.jobs()} <= {State.DONE, State.KILLED}
+    assert any(job.state is State.KILLED for job in session.jobs())
+
+
+def test_nested_parallel_calls_run_sequentially_inside_the_task(session):
+    with parallel_config(backend="nbdist", session=session, n_jobs=2):
+        results = Parallel(batch_size=1)(delayed(inner_pids)(4) for _ in range(2))
+    for backend, pids, task_pid in results:
+        assert backend == "SequentialBackend" and pids == {task_pid} and task_pid != os.getpid()
+
+
+def test_nbdist_options_reach_the_jobs_and_the_logs_keep_the_output(session):
+    with parallel_config(backend="nbdist", session=session, n_jobs=2, name="probe", runtime="5m",
+                         env={"NBDIST_JOBLIB_PROBE": "yes"}):
+        assert Parallel(batch_size=1)(delayed(environment)("NBDIST_JOBLIB_PROBE") for _ in range(2)) == ["yes"] * 2
+    jobs = session.jobs()
+    assert {job.name for job in jobs} == {"probe"}
+    assert all("reading NBDIST_JOBLIB_PROBE" in job.stdout() for job in jobs)
+
+
+def test_the_default_session_and_the_old_parallel_backend_spelling(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nbdist.set_default_session(None)
+    try:
+        with joblib.parallel_backend("nbdist", n_jobs=2):
+            assert Parallel()(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+        assert {job.name for job in nbdist.default_session().jobs()} == {"square"}
+        assert os.path.samefile(nbdist.default_session().root, tmp_path / ".nbdist")
+    finally:
+        nbdist.default_session().close()
+        nbdist.set_default_session(None)
+
+
+def test_a_job_that_dies_is_a_job_failed_naming_it(session):
+    with parallel_config(backend="nbdist", session=session, n_jobs=2):
+        with pytest.raises(JobFailed):
+            Parallel(batch_size=1)(delayed(os._exit)(3) for _ in range(2))
