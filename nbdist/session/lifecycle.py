@@ -159,6 +159,9 @@ class Lifecycle:
         rec.runtimes[index] = wall if wall is not None else (ended - started if started and ended else None)
         rec.rss[index] = usage.get("max_rss_mb")
         rec.cpu[index] = usage.get("cpu_s")
+        gpu = {key: usage[key] for key in ("gpu_mem_peak_mb", "gpu_percent") if key in usage}
+        if gpu or index in rec.gpu:  # sparse: only steps that held a GPU are in it
+            rec.gpu[index] = gpu
         if started is not None or state is not State.KILLED:  # a step dropped before it started made no attempt
             self._record_attempt(rec, index, did, state, message, usage, started, ended)
         if state in RETRYABLE_STATES and rec.attempts[index] < rec.max_attempts:

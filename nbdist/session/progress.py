@@ -129,6 +129,10 @@ class Efficiency:
     out_of_memory: int
     timeouts: int
     hint: str | None
+    # Of the attempts that held GPUs (NVML-measured): GPUs asked per step, mean utilisation, peak memory.
+    gpus: int = 0
+    gpu_percent: float | None = None
+    gpu_mem_peak_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,9 @@ class Tracker:
         self.core_wall_s = 0.0  # cores × wall of the attempts whose CPU time is known
         self.max_rss_mb: float | None = None
         self.longest_s: float | None = None
+        self.gpu_wall_s = 0.0  # wall of the attempts whose GPU utilisation is known
+        self.gpu_busy_s = 0.0  # their wall × utilisation
+        self.gpu_mem_peak_mb: float | None = None
         self.out_of_memory = 0
         self.timeouts = 0
         self.t0 = rec.created
@@ -201,6 +208,13 @@ class Tracker:
         rss, cpu = rec.rss[index], rec.cpu[index]
         if rss is not None:
             self.max_rss_mb = max(self.max_rss_mb or 0.0, rss)
+        gpu = rec.gpu.get(index) if rec.gpu else None
+        if gpu:
+            if "gpu_percent" in gpu and wall:
+                self.gpu_wall_s += wall
+                self.gpu_busy_s += wall * gpu["gpu_percent"] / 100
+            if "gpu_mem_peak_mb" in gpu:
+                self.gpu_mem_peak_mb = max(self.gpu_mem_peak_mb or 0.0, gpu["gpu_mem_peak_mb"])
         if cpu is not None and wall:
             self.cpu_s += cpu
             self.core_wall_s += wall * int(rec.limits(index).get("cores") or 1)
@@ -310,7 +324,10 @@ class Tracker:
             attempts=self.attempts, cpu_percent=cpu_percent, max_rss_mb=rss, memory_mb=memory,
             memory_percent=memory_percent, longest_s=longest, runtime_s=runtime, runtime_percent=runtime_percent,
             cores=cores, out_of_memory=self.out_of_memory, timeouts=self.timeouts,
-            hint=self._hint(cores, cpu_percent, memory, memory_percent, runtime, runtime_percent))
+            hint=self._hint(cores, cpu_percent, memory, memory_percent, runtime, runtime_percent),
+            gpus=int(str(self.rec.resources.get("gpus") or 0).rpartition(":")[2] or 0),
+            gpu_percent=100 * self.gpu_busy_s / self.gpu_wall_s if self.gpu_wall_s else None,
+            gpu_mem_peak_mb=self.gpu_mem_peak_mb)
 
     def _hint(self, cores: int, cpu_percent: float | None, memory: float | None, memory_percent: float | None,
               runtime: float | None, runtime_percent: float | None) -> str | None:

@@ -96,6 +96,7 @@ class JobRecord:
         self.rss: list[float | None] = [None] * n
         self.started: list[float | None] = [None] * n
         self.cpu: list[float | None] = [None] * n  # CPU seconds of the last finished attempt
+        self.gpu: dict[int, dict[str, float]] = {}  # GPU figures of last finished attempts that held a GPU
         self.live_usage: dict[int, dict[str, Any]] = {}  # of running steps, as the backend last sampled it
         # Every attempt that ended, in order, as ``index * 16 + state code`` (see ended_state): the
         # snapshot's progress tracker (:mod:`.progress`) reads only what was added since it last looked.

@@ -42,6 +42,8 @@ class StepRow:
     message: str | None
     params: Mapping[str, Any] | None = None  # the step's parameters (an ``over=`` sweep), else None
     cpu_percent: float | None = None  # of a running step, as its backend last sampled it
+    # Of a step that holds or held a GPU: gpu_percent, and gpu_mem_mb (running) or gpu_mem_peak_mb (ended).
+    gpu: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def _row(rec: JobRecord, index: int, now: float) -> StepRow:
         message=rec.messages[index],
         params=params[index] if params else None,
         cpu_percent=None if live is None else live.get("cpu_percent"),
+        gpu={key: value for key, value in (live or {}).items() if key.startswith("gpu")} or rec.gpu.get(index) or None,
     )
 
 

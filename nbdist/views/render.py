@@ -179,6 +179,11 @@ def row_label(row: StepRow, names: Sequence[str] = (), widths: Sequence[int] = (
     message = row.message or ""
     if row.cpu_percent is not None:  # a running step: its RSS is in the RSS column, its CPU here
         message = f"CPU {row.cpu_percent:.0f}% {message}".rstrip()
+    if row.gpu:  # a step that holds or held a GPU: its use of it, now or at its peak
+        memory = row.gpu.get("gpu_mem_mb", row.gpu.get("gpu_mem_peak_mb"))
+        used = [f"{row.gpu['gpu_percent']:.0f}%" if "gpu_percent" in row.gpu else "",
+                f"{format_mb(memory)}" if memory is not None else ""]
+        message = f"GPU {' '.join(part for part in used if part)} {message}".rstrip()
     return f"{line}  {message}" if message else line.rstrip()
 
 

@@ -79,6 +79,10 @@ def efficiency_text(efficiency: Any) -> str:
         limit = (f" of {render.format_seconds(eff.runtime_s)} ({eff.runtime_percent:.0f}%)"
                  if eff.runtime_percent is not None else "")
         parts.append(f"longest {render.format_seconds(eff.longest_s)}{limit}")
+    if eff.gpu_percent is not None or eff.gpu_mem_peak_mb is not None:  # GPUs asked vs used (NVML's figures)
+        used = f"{eff.gpu_percent:.0f}%" if eff.gpu_percent is not None else "?"
+        peak = f", memory peak {render.format_mb(eff.gpu_mem_peak_mb)}" if eff.gpu_mem_peak_mb is not None else ""
+        parts.append(f"GPU {used} of {eff.gpus} GPU{'s' if eff.gpus != 1 else ''}{peak}")
     return f"efficiency of {eff.attempts} {noun}: " + (" · ".join(parts) or "no usage reported")
 
 

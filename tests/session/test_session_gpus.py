@@ -114,3 +114,69 @@ def test_python_calls_and_commands_get_cores_threads_unless_env_sets_them(tmp_pa
         assert two.result(30) == {**dict.fromkeys(THREAD_VARIABLES, "2"), "MKL_NUM_THREADS": "1"}
         shell = session.submit("echo $OMP_NUM_THREADS $OPENBLAS_NUM_THREADS", cores=2, env={"OMP_NUM_THREADS": "4"})
         assert shell.wait(30) is State.DONE and shell.stdout() == "4 2\n"
+
+
+FAKE_PYNVML = '''
+"""A stand-in for nvidia-ml-py: per-process accounting on, every process 512 MiB at 40 %."""
+NVML_FEATURE_ENABLED = 1
+
+
+class NVMLError(Exception):
+    pass
+
+
+class _Stats:
+    maxMemoryUsage = 512 * 2**20
+    gpuUtilization = 40
+    time = 1000
+
+
+def nvmlInit():
+    pass
+
+
+def nvmlDeviceGetHandleByIndex(index):
+    return index
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle):
+    return []
+
+
+def nvmlDeviceGetProcessUtilization(handle, since):
+    raise NVMLError("not supported")
+
+
+def nvmlDeviceGetUtilizationRates(handle):
+    raise NVMLError("not supported")
+
+
+def nvmlDeviceGetAccountingMode(handle):
+    return NVML_FEATURE_ENABLED
+
+
+def nvmlDeviceGetAccountingStats(handle, pid):
+    return _Stats()
+'''
+
+
+def test_gpu_usage_is_in_usage_the_table_and_the_efficiency_line(tmp_path, monkeypatch):
+    from nbdist.views.render import row_label
+    from nbdist.views.timeline import efficiency_text
+
+    fake = tmp_path / "fake_nvml"
+    fake.mkdir()
+    (fake / "pynvml.py").write_text(FAKE_PYNVML)
+    monkeypatch.setenv("PYTHONPATH", f"{fake}:{os.environ.get('PYTHONPATH', '')}".rstrip(":"))
+    with Session(parallelism=2, root=str(tmp_path / "root"), gpus=[0, 1]) as session:
+        sweep = session.array("sleep 0.2", steps=3, name="sweep", gpus=1)
+        plain = session.submit("sleep 0.2", name="plain")
+        assert sweep.wait(30) is State.DONE and plain.wait(30) is State.DONE
+        assert {key: sweep[0].usage[key] for key in ("gpu_mem_peak_mb", "gpu_percent")} == \
+            {"gpu_mem_peak_mb": 512.0, "gpu_percent": 40.0}
+        snapshot = session.snapshot(sweep)
+        assert all(row_label(row).endswith("  GPU 40% 512.0M exit code 0") for row in snapshot.rows), snapshot.rows
+        line = efficiency_text(snapshot.progress.efficiency)
+        assert "· GPU 40% of 1 GPU, memory peak 512.0M" in line, line
+        assert "GPU" not in efficiency_text(session.snapshot(plain).progress.efficiency)
+        assert not any(key.startswith("gpu") for key in plain.usage)
