@@ -21,6 +21,7 @@ A kill, a limit or a crash (a segfault) ends the process as they end any task.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -52,6 +53,13 @@ def run_call(call_file: str, items_file: str | None, distributor_id: str) -> int
         return RAISED_EXIT_CODE
     try:
         write_value(result, value)
+    except OSError as exc:  # the disk, not the value: a pickling TypeError would send the user the wrong way
+        reason = _unwritten(result, exc)
+        try:
+            write_error(result, reason)  # far smaller than the value: it may fit, and result() raises it
+        except OSError:
+            pass
+        return RAISED_EXIT_CODE
     except Exception as exc:
         reason = _unpicklable(value, exc)
         write_error(result, reason)
@@ -62,6 +70,14 @@ def run_call(call_file: str, items_file: str | None, distributor_id: str) -> int
 def _run_chunk(call: Call, items_file: str, index: int, result: str) -> int:
     """Call the function for each item of chunk step ``index`` and write their outcomes; the exit code."""
     items = chunk_range(index, call.chunk, item_count(items_file))
+    try:
+        return _run_items(call, items_file, items, result)
+    except OSError as exc:  # the outcome file could not be written (the functions' own errors are caught below)
+        _unwritten(result, exc)
+        return RAISED_EXIT_CODE
+
+
+def _run_items(call: Call, items_file: str, items: range, result: str) -> int:
     with ChunkOutcome(result) as outcome:
         for item in read_items(items_file, items):
             try:
@@ -73,9 +89,19 @@ def _run_chunk(call: Call, items_file: str, index: int, result: str) -> int:
                 continue
             try:
                 outcome.value(value)
+            except OSError:
+                raise  # the disk, not the value (see _run_chunk)
             except Exception as exc:
                 outcome.error(_unpicklable(value, exc))
     return RAISED_EXIT_CODE if outcome.raised else 0
+
+
+def _unwritten(result: str, exc: OSError) -> OSError:
+    """Why the outcome could not be written ("disk full"), printed to the step's stderr."""
+    why = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot write"
+    reason = OSError(exc.errno, f"{why}: the function's outcome could not be written to {result} ({exc.strerror})")
+    print(f"nbdist: {reason.strerror}", file=sys.stderr)
+    return reason
 
 
 def _unpicklable(value: object, exc: Exception) -> TypeError:
