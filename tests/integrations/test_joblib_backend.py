@@ -209,3 +209,4 @@ def test_a_job_that_dies_is_a_job_failed_naming_it(session):
     with parallel_config(backend="nbdist", session=session, n_jobs=2):
         with pytest.raises(JobFailed):
             Parallel(batch_size=1)(delayed(os._exit)(3) for _ in range(2))
+
