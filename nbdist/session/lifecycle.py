@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,8 +35,11 @@ from ..cluster_protocol.resources import parse_memory, parse_runtime
 from .handles import Handle, HandleCache
 from .launcher import Launcher
 from .records import JobRecord
-from .registry import AttemptRecord, PendingWrites, Registry
+from .pending import PendingWrites
+from .registry import AttemptRecord, Registry
 from .state import RETRYABLE_STATES, State
+from .storage import RegistryUnwritable
+from .sweep import placeholders
 
 __all__ = ["Lifecycle"]
 
@@ -70,7 +74,10 @@ class Lifecycle:
 
     # ================================================================== launching (lock held)
     def launch(self, rec: JobRecord) -> None:
-        """Submit a PENDING record to its backend."""
+        """Submit a PENDING record to its backend (a ValueError, nothing submitted, if its files are missing)."""
+        missing = missing_files(rec)
+        if missing is not None:
+            raise ValueError(missing)
         dids, update = self.launcher.submit_record(rec)
         # Straight from PENDING to QUEUED for every step: one job-row update, not a row per step
         # (unless rows were written already, e.g. SKIPPED ones before a retry: they must follow).
@@ -339,3 +346,52 @@ class Lifecycle:
         """Write the pending changes in one transaction, then finish the Futures of ended work."""
         self.pending.flush(self.registry, self.lock)
         self.settle()
+
+    def remove_job(self, rec: JobRecord) -> None:
+        """Remove the rows of a record whose submission failed; kept for the next flush when the registry
+        cannot be written now (a row left behind would run at the next attach)."""
+        with self.lock:
+            self.pending.dirty = {(source, index) for source, index in self.pending.dirty if source is not rec}
+        try:
+            self.registry.delete_job(rec.id)
+        except RegistryUnwritable:
+            with self.lock:
+                self.pending.delete_job(rec.id)
+
+    def close_registry(self, session_id: str) -> None:
+        """Last writes, the session marked closed, the connection closed: what cannot be written is said, not raised."""
+        self.flush()
+        try:
+            self.registry.close_session(session_id)
+        except RegistryUnwritable as exc:
+            logger.warning("%s (the session stays recorded as open: the next attach takes its jobs over)", exc)
+        finally:
+            self.pending.report_lost(self.registry)
+            self.registry.close()
+
+
+def missing_files(rec: JobRecord) -> str | None:
+    """Why a record cannot run as its row says (its per-step scripts are not all there), or None.
+
+    A submit writes an array's scripts before its row, so this is a folder deleted since, or a row
+    written by an nbdist whose submit could be interrupted between the two: running the command as it
+    is would run every step with its ``{{placeholders}}`` unfilled.
+    """
+    sweep = rec.sweep
+    if sweep is None:
+        return None
+    if rec.script_dir is None:
+        if sweep.params is None and isinstance(sweep.steps, range) and not placeholders(rec.command):
+            return None  # a plain array: one command for every step
+        return (f"{rec.name} (job {rec.id}) has no per-step scripts: its submit was interrupted before they were "
+                "written; submit it again")
+    try:
+        have = set(os.listdir(rec.script_dir))
+    except OSError:
+        have = set()
+    chunks = -(-rec.n // max(1, rec.script_chunk))
+    absent = [f"{chunk}.sh" for chunk in range(chunks) if f"{chunk}.sh" not in have]
+    if absent:
+        return (f"{rec.name} (job {rec.id}): {len(absent)} of its {chunks} per-step script files are missing from "
+                f"{rec.script_dir} (e.g. {absent[0]}); submit it again")
+    return None

@@ -26,6 +26,7 @@ from .lifecycle import Lifecycle
 from .records import DEFAULT_SCALES, JobRecord
 from .registry import Registry, StepRecord
 from .state import State
+from .storage import RegistryUnwritable
 from .sweep import Sweep
 
 __all__ = ["HEARTBEAT_SECONDS", "Ownership", "load_record", "overlay", "session_alive"]
@@ -189,7 +190,13 @@ class Ownership:
         Only one session wins (a compare-and-set in the registry); the winner records how the dead
         session's local steps ended, adopts its persistent ones and launches its PENDING ones.
         """
-        if not self.registry.claim_job(rec.id, rec.session_id, self.session_id):
+        if self.registry.read_only is not None:
+            return False  # this process cannot write: it only reads (the job is left for a session that can)
+        try:
+            won = self.registry.claim_job(rec.id, rec.session_id, self.session_id)
+        except RegistryUnwritable:
+            return False  # a full disk: the poller's next registry check tries again
+        if not won:
             return False  # another session took it over first
         rec.session_id = self.session_id
         rec.owned = True

@@ -30,6 +30,7 @@ from .lifecycle import Lifecycle
 from .ownership import HEARTBEAT_SECONDS, Ownership
 from .registry import Registry
 from .state import State
+from .storage import RegistryUnwritable
 
 __all__ = ["Poller"]
 
@@ -228,10 +229,15 @@ class Poller:
         lifecycle = self.lifecycle
         changed = False
         now = time.time()
-        if now - self._last_beat >= HEARTBEAT_SECONDS:
-            self._last_beat = now
-            self.registry.beat(self.session_id)
-        for job_id, action, indices in self.registry.take_requests(self.session_id):
+        try:
+            if now - self._last_beat >= HEARTBEAT_SECONDS:
+                self._last_beat = now
+                self.registry.beat(self.session_id)
+            requests = self.registry.take_requests(self.session_id)
+        except RegistryUnwritable:
+            # A full disk: the pending writes say so once, and keep what changed; requests wait in the registry.
+            requests = []
+        for job_id, action, indices in requests:
             # Requests are addressed to this session: the record is its own, the lifecycle acts at once.
             with lifecycle.lock:
                 rec = lifecycle.records.get(job_id)

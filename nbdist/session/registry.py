@@ -17,6 +17,11 @@ are batched: one transaction per poll (:class:`PendingWrites`).
 
 Rows go in and come out as :class:`StepRecord` / :class:`AttemptRecord` named tuples, their JSON
 columns (usage, limits, resources) encoded and decoded here and nowhere else.
+
+A registry that cannot be written (a read-only file system, a snapshot, a full disk) is opened
+read-only (SQLite's ``mode=ro``, else ``immutable=1``): jobs can be listed, shown and their logs
+read; a write raises :class:`~nbdist.session.storage.RegistryUnwritable` saying why. A write that
+fails for lack of space raises :class:`~nbdist.session.storage.DiskFull`, never SQLite's own error.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
-__all__ = ["AttemptRecord", "PendingWrites", "Registry", "StepRecord", "StepSource"]
+from .connection import Transaction, open_read_only
+from .storage import RegistryUnwritable, unwritable, unwritable_reason
+
+__all__ = ["AttemptRecord", "Registry", "StepRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,28 +131,53 @@ class Registry:
     ----------
     root
         The folder of the registry (created).
+
+    Attributes
+    ----------
+    read_only
+        Why this process cannot write it (``"read-only file system"``, ``"disk full"``), or None.
     """
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        os.makedirs(self.root, exist_ok=True)
         self.path = os.path.join(self.root, "registry.db")
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL is durable across a killed process (only a power loss may drop the last commit).
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        with self.transaction():
-            statements = [statement for statement in _SCHEMA.split(";") if statement.strip()]
-            for statement in statements:
-                if "CREATE TABLE" in statement:
-                    self._db.execute(statement)
-            self._add_missing_columns()
-            for statement in statements:
-                if "CREATE INDEX" in statement:
-                    self._db.execute(statement)
+        self.read_only: str | None = None
+        self._warned_read_only = False
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            self._db = self._open_writable()
+        except (OSError, sqlite3.Error) as exc:
+            reason = unwritable_reason(self.root, exc)
+            if reason is None:
+                raise
+            if not os.path.exists(self.path):  # nothing to read either
+                raise unwritable(reason, f"cannot create the registry {self.path}") from exc
+            self._db = open_read_only(self.path, BUSY_TIMEOUT_MS / 1000)
+            self.read_only = reason
+
+    def _open_writable(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
+                             isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL is durable across a killed process (only a power loss may drop the last commit).
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._db = db
+            with self.transaction():
+                statements = [statement for statement in _SCHEMA.split(";") if statement.strip()]
+                for statement in statements:
+                    if "CREATE TABLE" in statement:
+                        db.execute(statement)
+                self._add_missing_columns()
+                for statement in statements:
+                    if "CREATE INDEX" in statement:
+                        db.execute(statement)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _add_missing_columns(self) -> None:
         """Bring a registry made by an earlier nbdist up to this schema (new columns come last)."""
@@ -155,9 +188,27 @@ class Registry:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
-    def transaction(self) -> _Transaction:
-        """``with registry.transaction():`` — one ``BEGIN IMMEDIATE … COMMIT`` (rolled back on error)."""
-        return _Transaction(self)
+    def transaction(self) -> Transaction:
+        """``with registry.transaction():`` — one ``BEGIN IMMEDIATE … COMMIT`` (rolled back on error).
+
+        Raises :class:`~nbdist.session.storage.RegistryUnwritable` (:class:`DiskFull` for a full disk)
+        when the registry cannot be written.
+        """
+        self.check_writable()
+        return Transaction(self._db, self._lock, self.cannot_write)
+
+    def check_writable(self) -> None:
+        """Raise :class:`~nbdist.session.storage.RegistryUnwritable` if this process opened it read-only."""
+        if self.read_only is not None:
+            raise unwritable(self.read_only, f"the registry {self.path} was opened read-only: jobs can be listed "
+                             "and shown and their logs read, not submitted, killed or retried")
+
+    def cannot_write(self, exc: BaseException) -> RegistryUnwritable | None:
+        """The error to raise instead of ``exc``, a failed write (None: ``exc`` says it already)."""
+        if not isinstance(exc, sqlite3.Error):  # e.g. a job's files that could not be placed: already says so
+            return None
+        reason = unwritable_reason(self.root, exc)
+        return None if reason is None else unwritable(reason, f"cannot write the registry {self.path} ({exc})")
 
     def close(self) -> None:
         """Close the connection."""
@@ -166,24 +217,42 @@ class Registry:
 
     # ------------------------------------------------------------------ sessions
     def add_session(self, session_id: str, backend: str) -> None:
-        """Record a session owned by this process."""
+        """Record a session owned by this process.
+
+        When that cannot be written, the registry stays read-only for this process (a session that
+        is not recorded must not own jobs): one warning says so and what can still be done.
+        """
         import psutil
 
         create_time = psutil.Process().create_time()
-        with self.transaction():
-            self._db.execute(
-                "INSERT INTO sessions (id, pid, host, started, create_time, backend, closed, heartbeat) "
-                "VALUES (?,?,?,?,?,?,NULL,?)",
-                (session_id, os.getpid(), socket.gethostname(), time.time(), create_time, backend, time.time()),
-            )
+        if self.read_only is None:
+            try:
+                with self.transaction():
+                    self._db.execute(
+                        "INSERT INTO sessions (id, pid, host, started, create_time, backend, closed, heartbeat) "
+                        "VALUES (?,?,?,?,?,?,NULL,?)",
+                        (session_id, os.getpid(), socket.gethostname(), time.time(), create_time, backend,
+                         time.time()),
+                    )
+                return
+            except RegistryUnwritable as exc:
+                self.read_only = exc.reason
+        if not self._warned_read_only:
+            self._warned_read_only = True
+            logger.warning("%s: %s opened read-only: jobs can be listed and shown and their logs read; nothing can "
+                           "be submitted, killed or retried from this process", self.read_only, self.path)
 
     def close_session(self, session_id: str) -> None:
-        """Mark a session closed."""
+        """Mark a session closed (a read-only registry recorded none)."""
+        if self.read_only is not None:
+            return
         with self.transaction():
             self._db.execute("UPDATE sessions SET closed = ? WHERE id = ?", (time.time(), session_id))
 
     def beat(self, session_id: str) -> None:
-        """Say that a session is alive (sessions on other hosts are judged by this)."""
+        """Say that a session is alive (sessions on other hosts are judged by this; a read-only one is none)."""
+        if self.read_only is not None:
+            return
         with self.transaction():
             self._db.execute("UPDATE sessions SET heartbeat = ? WHERE id = ?", (time.time(), session_id))
 
@@ -194,15 +263,27 @@ class Registry:
         return {row[0]: dict(zip(keys, row)) for row in rows}
 
     # ------------------------------------------------------------------ jobs and steps
-    def add_job(self, fields: dict[str, Any]) -> int:
-        """Insert a job row; return its id."""
+    def add_job(self, fields: Mapping[str, Any],
+                place: Callable[[int], Mapping[str, Any]] | None = None) -> int:
+        """Insert a job row; return its id.
+
+        ``place(job_id)``, run inside the same transaction, moves files prepared for the job into
+        their places (named by its id) and returns the columns that point to them: the row and its
+        files are committed together, or (an error, a killed process) the row is not there at all.
+        """
         names = sorted(fields)
         values = [_encode(fields[name]) for name in names]
         with self.transaction():
             cursor = self._db.execute(
                 f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values
             )
-            return int(cursor.lastrowid)  # type: ignore[arg-type]
+            job_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+            extra = place(job_id) if place is not None else {}
+            if extra:
+                columns = sorted(extra)
+                self._db.execute(f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in columns)} WHERE id = ?",
+                                 [_encode(extra[name]) for name in columns] + [job_id])
+            return job_id
 
     def delete_job(self, job_id: int) -> None:
         """Remove a job and its rows (one that could not be submitted, or one forgotten)."""
@@ -338,26 +419,6 @@ class _Reader:
         self.registry.close()
 
 
-class _Transaction:
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.registry._lock.acquire()
-        try:
-            self.registry._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self.registry._lock.release()
-            raise
-        return self.registry._db
-
-    def __exit__(self, kind: Any, *rest: Any) -> None:
-        try:
-            self.registry._db.execute("COMMIT" if kind is None else "ROLLBACK")
-        finally:
-            self.registry._lock.release()
-
-
 _ENCODER = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=...) builds one per call
 
 
@@ -369,54 +430,3 @@ def _encode(value: Any) -> Any:
 
 def _decode(text: str | None) -> Any:
     return None if not text else json.loads(text)
-
-
-class StepSource(Protocol):
-    """What :class:`PendingWrites` needs of a record (a ``JobRecord``) to write its steps."""
-
-    owned: bool
-    usage: dict[int, dict[str, Any]]
-
-    def step_record(self, index: int) -> StepRecord:
-        """The step's row; takes its pending usage (it is read back from the registry)."""
-        ...
-
-
-class PendingWrites:
-    """One poll's unit of work: changed steps, finished attempts and job-row updates, written at once.
-
-    Everything is added with the session's lock held; :meth:`flush` writes it in one transaction and,
-    when the registry cannot be written, keeps it for the next flush (the registry catches up,
-    nothing is lost).
-    """
-
-    def __init__(self) -> None:
-        self.dirty: set[tuple[StepSource, int]] = set()
-        self.attempts: list[AttemptRecord] = []
-        self.job_updates: dict[int, dict[str, Any]] = {}
-        self._flush_lock = threading.Lock()
-
-    def update_job(self, job_id: int, **fields: Any) -> None:
-        """Columns of a ``jobs`` row to change at the next flush."""
-        self.job_updates.setdefault(job_id, {}).update(fields)
-
-    def flush(self, registry: Registry, lock: Any) -> None:
-        """Write everything pending in one transaction; ``lock`` guards the records (held briefly)."""
-        with self._flush_lock:
-            with lock:
-                dirty, self.dirty = self.dirty, set()
-                attempts, self.attempts = self.attempts, []
-                updates, self.job_updates = self.job_updates, {}
-                rows = [(source, source.step_record(index)) for source, index in dirty if source.owned]
-            try:
-                registry.write([row for _, row in rows], attempts, updates.items())
-            except Exception as exc:
-                logger.warning("could not write to the registry %s (will retry): %s", registry.path, exc)
-                with lock:
-                    self.dirty |= dirty
-                    for source, row in rows:
-                        if row.usage is not None:
-                            source.usage.setdefault(row.idx, row.usage)
-                    self.attempts[:0] = attempts
-                    for job_id, fields in updates.items():
-                        self.job_updates[job_id] = {**fields, **self.job_updates.get(job_id, {})}

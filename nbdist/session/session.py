@@ -22,6 +22,7 @@ from typing import Any
 from ..backends import check_backend_options, load_backend
 from ..cluster_protocol.resources import Resources, check_command, positive_int
 from .handles import Array, Attempt, HandleCache, Job
+from .jobfiles import JobFiles
 from .launcher import Launcher
 from .lifecycle import Lifecycle
 from .logs import LogCache
@@ -34,7 +35,7 @@ from .records import DEFAULT_SCALES, JobRecord, LogPaths, Request, job_name
 from .registry import Registry
 from .snapshot import Snapshot, build_snapshot
 from .state import State
-from .sweep import Sweep, expand, placeholders, python_command, write_manifest, write_scripts
+from .sweep import Sweep, expand, placeholders, python_command
 
 __all__ = ["Session", "UnknownJob"]
 logger = logging.getLogger(__name__)
@@ -285,11 +286,7 @@ class Session:
         for name, backend in backends.items():
             if not self._launcher.persistent(name):
                 self._poller.poll_backend(name, backend, full=True)
-        self._lifecycle.flush()
-        try:
-            self.registry.close_session(self.id)
-        finally:
-            self.registry.close()
+        self._lifecycle.close_registry(self.id)
 
     def __enter__(self) -> Session:
         return self
@@ -320,10 +317,16 @@ class Session:
         return Request(kind, command, name, sweep, resources, parsed.env, cwd, max_attempts, factors, deps)
 
     def _create(self, request: Request) -> JobRecord:
-        """Register a checked submission, write its files, and launch it (or leave it PENDING)."""
-        rec = self._persist(request)
+        """Write a checked submission's files, register it with them (all or nothing), and launch it."""
+        self.registry.check_writable()
+        files = JobFiles(self.root, request.name, os.path.join(self.root, "logs", request.name))
+        files.write(request.command, request.sweep)
         try:
-            self._write_files(rec, request)
+            rec = self._persist(request, files)
+        except BaseException:
+            files.discard()
+            raise
+        try:
             with self._lock:
                 self._lifecycle.records[rec.id] = rec
                 for dep, _ in rec.after:
@@ -336,7 +339,8 @@ class Session:
                         dep.dependents.remove(rec)
                     raise
         except BaseException:
-            self.registry.delete_job(rec.id)
+            self._lifecycle.remove_job(rec)
+            files.discard()
             raise
         # Write the launch now: a kernel killed a moment later must not leave it PENDING (attach would resubmit).
         self._lifecycle.flush()
@@ -344,43 +348,29 @@ class Session:
         self._poller.wake()
         return rec
 
-    def _persist(self, request: Request) -> JobRecord:
-        """Insert the job row and build its record (PENDING)."""
+    def _persist(self, request: Request, files: JobFiles) -> JobRecord:
+        """Insert the job row, its files moved into place in the same transaction; build its record (PENDING)."""
         sweep, created = request.sweep, time.time()
-        log_dir = os.path.join(self.root, "logs", request.name)
         steps_field: Any = None
         if sweep is not None:
             steps = sweep.steps
             steps_field = {"range": [steps.start, steps.stop, steps.step]} if isinstance(steps, range) else list(steps)
         n = 1 if sweep is None else len(sweep)
         spec = dict(resources=request.resources, env=request.env, cwd=request.cwd,
-                    max_attempts=request.max_attempts, scales=request.scales)
+                    max_attempts=request.max_attempts, scales=request.scales, script_chunk=files.script_chunk)
         job_id = self.registry.add_job(dict(
             name=request.name, kind=request.kind, command=request.command, backend=self.backend_name,
             session_id=self.id, created=created, n_steps=n, steps=steps_field, initial_state=State.PENDING.value,
-            log_dir=log_dir, spec=spec, params=None if sweep is None else sweep.params,
+            log_dir=files.log_dir, spec=spec, params=None if sweep is None else sweep.params,
             after=[[dep.id, index] for dep, index in request.after],
-        ))
+        ), place=files.place)
         rec = JobRecord(job_id, request.name, request.kind, request.command, self.backend_name, n,
                         None if sweep is None else sweep.steps, State.PENDING, created)
         rec.sweep, rec.resources, rec.env, rec.cwd = sweep, request.resources, request.env, request.cwd
-        rec.max_attempts, rec.scales, rec.log_dir, rec.session_id = request.max_attempts, request.scales, log_dir, self.id
-        rec.after = request.after
+        rec.max_attempts, rec.scales, rec.session_id = request.max_attempts, request.scales, self.id
+        rec.log_dir, rec.after, rec.script_dir, rec.script_chunk = files.log_dir, request.after, files.script_dir, \
+            files.script_chunk
         return rec
-
-    def _write_files(self, rec: JobRecord, request: Request) -> None:
-        """The log folder, an array's per-step scripts and its manifest."""
-        os.makedirs(rec.log_dir, exist_ok=True)
-        sweep = rec.sweep
-        if sweep is not None and sweep.needs_scripts:
-            rec.script_dir = os.path.join(self.root, "scripts", str(rec.id))
-            rec.script_chunk = write_scripts(rec.script_dir, rec.command, sweep)
-            spec = dict(resources=request.resources, env=request.env, cwd=request.cwd, max_attempts=request.max_attempts,
-                        scales=request.scales, script_chunk=rec.script_chunk)
-            with self._lock:
-                self._lifecycle.pending.update_job(rec.id, script_dir=rec.script_dir, spec=spec)
-        if sweep is not None and sweep.params is not None:
-            write_manifest(os.path.join(rec.log_dir, f"manifest-{rec.id}.json"), sweep)
 
     def _resolve_after(self, after: Any, own_name: str) -> list[tuple[JobRecord, int | None]]:
         if after is None:

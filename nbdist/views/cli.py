@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, UnknownJob) as exc:
         print(f"nbdist: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a registry that cannot be written (read-only, disk full): its one line says what
+        print(f"nbdist: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
