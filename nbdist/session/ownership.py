@@ -39,6 +39,11 @@ REFRESH_MARGIN_SECONDS = 5.0
 # A session on another host (shared folder) is taken for dead when its heartbeat is this much older
 # (three times: a busy machine may miss a beat).
 HEARTBEAT_SECONDS = 30.0
+# Other sessions' finished jobs are looked at this often for a retry that reopened one (another
+# kernel's, or the CLI's): one indexed query for all of them, so a retry shows within about a second.
+FINISHED_CHECK_SECONDS = 1.0
+# Job ids per query (SQLite allows 999 parameters in older builds).
+IDS_PER_QUERY = 500
 
 
 def load_record(row: dict[str, Any], step_rows: list[StepRecord]) -> JobRecord:
@@ -141,6 +146,7 @@ class Ownership:
         self.registry = registry
         self.launcher = launcher
         self.lifecycle = lifecycle
+        self._finished_checked = 0.0  # time.monotonic() of the last look at other sessions' finished jobs
 
     def load_all(self, take_over: bool) -> None:
         """Load every job of the registry not loaded yet, link dependencies, claim orphans (lock held)."""
@@ -196,8 +202,10 @@ class Ownership:
             won = self.registry.claim_job(rec.id, rec.session_id, self.session_id)
         except RegistryUnwritable:
             return False  # a full disk: the poller's next registry check tries again
-        if not won:
-            return False  # another session took it over first
+        if not won:  # another session took it over first: follow that one from now on
+            rows = self.registry.jobs([rec.id])
+            rec.session_id = rows[0]["session_id"] if rows else rec.session_id
+            return False
         rec.session_id = self.session_id
         rec.owned = True
         self._take_over(rec, owner)
@@ -233,8 +241,11 @@ class Ownership:
             lifecycle.deps_to_check.append(rec)
 
     def refresh_foreign(self) -> bool:
-        """Read other live sessions' jobs from the registry; take over those whose session died (lock held)."""
-        records = [rec for rec in self.lifecycle.records.values() if not rec.owned and not rec.all_terminal]
+        """Read other sessions' jobs from the registry: the progress of unfinished ones, and a retry
+        that reopened a finished one; take over those whose session died (lock held)."""
+        foreign = [rec for rec in self.lifecycle.records.values() if not rec.owned]
+        records = [rec for rec in foreign if not rec.all_terminal]
+        records += self._reopened([rec for rec in foreign if rec.all_terminal])
         if not records:
             return False
         sessions = self.registry.sessions()
@@ -244,11 +255,43 @@ class Ownership:
             rec.refreshed = time.time()
             rows = self.registry.step_rows(rec.id, None if since is None else since - REFRESH_MARGIN_SECONDS)
             for index, state in overlay(rec, rows):
+                reopened = rec.states[index].is_terminal and not state.is_terminal
                 self.lifecycle.set(rec, index, state)
                 self.lifecycle.pending.dirty.discard((rec, index))  # their owner writes them, not us
+                if reopened:
+                    self._reopen_handles(rec, index)
                 changed = True
             owner = sessions.get(rec.session_id or "")
             if not rec.all_terminal and not session_alive(owner) and self.claim(rec, owner):
                 changed = True
         self.lifecycle.run_dep_checks()
         return changed
+
+    def _reopened(self, finished: list[JobRecord]) -> list[JobRecord]:
+        """Those of other sessions' finished jobs whose steps were written since they were last read (a
+        retry, by their owner or by a session that took them over: then the record follows that one)."""
+        now = time.monotonic()
+        if not finished or now - self._finished_checked < FINISHED_CHECK_SECONDS:
+            return []
+        self._finished_checked = now
+        by_id = {rec.id: rec for rec in finished}
+        since = min(rec.refreshed or 0.0 for rec in finished) - REFRESH_MARGIN_SECONDS
+        ids, found = list(by_id), []
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            chunk = ids[start:start + IDS_PER_QUERY]
+            # One look-up per job in the (job_id, updated) index, whatever the jobs' sizes.
+            rows = self.registry.query(f"SELECT job_id, MAX(updated) FROM steps WHERE job_id IN "
+                                       f"({', '.join('?' * len(chunk))}) AND updated >= ? GROUP BY job_id",
+                                       (*chunk, since))
+            found += [by_id[job_id] for job_id, updated in rows
+                      if updated >= (by_id[job_id].refreshed or 0.0) - REFRESH_MARGIN_SECONDS]
+        for row in self.registry.jobs([rec.id for rec in found]) if found else []:
+            by_id[row["id"]].session_id = row["session_id"]
+        return found
+
+    def _reopen_handles(self, rec: JobRecord, index: int) -> None:
+        """A finished step of another session's job runs again: its Job (and its Array) is no longer done."""
+        handles = self.lifecycle.handles
+        for handle in (handles.existing_step(rec, index), handles.existing_array(rec)):
+            if handle is not None:
+                handle.reopen()  # a no-op for one still pending
