@@ -2,6 +2,7 @@
 
     views ──► session ──► cluster_protocol ◄── backends
                  └──► nbdist.backends (the loader; never a backend module)
+    integrations (beside views: joblib's backend) ──► the public Python API (INTEGRATIONS_API)
 
 Every import counts, function-local and ``TYPE_CHECKING`` ones included, and no underscore name
 crosses a module boundary.
@@ -81,6 +82,11 @@ def _layer(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
+# What nbdist/integrations/ may import: the session's public names and the modules behind the facade's
+# ``nbdist.function``/``nbdist.Executor`` (``resolve_session``: one session for a plug-in's jobs).
+INTEGRATIONS_API = {"nbdist.session", "nbdist.session.functions", "nbdist.session.executor"}
+
+
 def _allowed(importer: str, target: str) -> bool:
     """The dependency rule: may ``importer`` import the nbdist module ``target``?"""
     if importer in FACADES:
@@ -96,6 +102,9 @@ def _allowed(importer: str, target: str) -> bool:
         return dest == "cluster_protocol" or target == "nbdist.backends"
     if source == "views":
         return target == "nbdist.session"  # its public names only: never a submodule of the session
+    if source == "integrations":
+        # Beside the views: other libraries' plug-ins (joblib's backend) on the public Python API only.
+        return target in INTEGRATIONS_API
     return False  # cluster_protocol imports nothing else of nbdist
 
 
