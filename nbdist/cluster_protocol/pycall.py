@@ -1,7 +1,9 @@
 """Python calls as tasks: the files a call travels in, and the command that runs one.
 
-A function call (or one step of a map) is an ordinary task whose command runs
-``python -m nbdist.backends._task.pycall CALL [ITEMS]``; every backend runs it like any command, so
+A function call (or one step of a map) is a task that carries a :class:`PythonCall` (data: its call
+and items files, its interpreter) from the session to the backend. A backend that runs calls itself
+(the multiprocess backend: a warm worker interpreter) is given that object; any other runs its
+command form, ``python -m nbdist.backends._task.pycall CALL [ITEMS]``, like any command. Either way
 logs, limits, kill, usage and exit codes are the same as for shell work. The files live beside the
 job's logs::
 
@@ -28,13 +30,13 @@ import sys
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from .naming import log_file
 
-__all__ = ["CALL_MODULE", "CELL_PARAMS", "Call", "CallCommand", "Cell", "ChunkOutcome", "RemoteError", "RemoteTraceback",
+__all__ = ["CALL_MODULE", "CELL_PARAMS", "Call", "Cell", "ChunkOutcome", "PythonCall", "RemoteError", "RemoteTraceback",
            "call_command", "call_path", "chunk_range", "chunk_steps", "encode_call", "encode_items", "item_count",
-           "items_path", "outcome_kind", "parse_call_command", "read_call", "read_chunk", "read_item", "read_items",
+           "items_path", "outcome_kind", "read_call", "read_chunk", "read_item", "read_items", "read_sys_path",
            "read_outcome", "read_outcomes", "result_path", "result_path_for", "step_index", "write_call",
            "write_encoded", "write_encoded_items", "write_error", "write_items", "write_value"]
 
@@ -250,6 +252,12 @@ def read_call(path: str, apply_environment: bool = False) -> Call:
         return pickle.load(handle)
 
 
+def read_sys_path(path: str) -> list[str]:
+    """The kernel's ``sys.path`` a call file was written with (its header only: no function unpickled)."""
+    with open(path, "rb") as handle:
+        return list(pickle.load(handle)["sys_path"])
+
+
 def read_chunk(path: str) -> int:
     """The items per step of the map whose call file is ``path`` (its header only: no function unpickled)."""
     with open(path, "rb") as handle:
@@ -426,12 +434,44 @@ def read_outcome(path: str) -> tuple[bool, Any]:
     return True, values
 
 
-class CallCommand(NamedTuple):
-    """The parts of a command made by :func:`call_command`."""
+@dataclass(frozen=True)
+class PythonCall:
+    """A Python call as data: what a task runs, carried on the job's record and the backend's task spec.
+
+    ``call`` is the call file, ``items`` a map's items file (None for one call), ``python`` the
+    interpreter that runs it (the kernel's). ``max_calls_per_worker`` asks a backend with warm workers
+    to retire the worker that ran this call once it has made that many calls (1: a fresh interpreter
+    for this call alone); None leaves it to the backend's own default. A backend that runs calls itself
+    (one that sets ``TAKES_PYTHON_CALLS = True``, the multiprocess backend) is given this object; any
+    other runs :meth:`command`, the one command form (a scheduler needs a command line).
+    """
 
     call: str
-    items: str | None
-    python: str
+    items: str | None = None
+    python: str = field(default_factory=lambda: sys.executable)
+    max_calls_per_worker: int | None = None
+
+    def command(self) -> str:
+        """The shell command that runs the call with ``python`` (Slurm, Jobmon: any backend)."""
+        return call_command(self.call, self.items, self.python)
+
+    def result_path(self, distributor_id: str) -> str:
+        """Where task ``distributor_id`` of this call writes its outcome."""
+        return result_path_for(self.call, distributor_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """The call as JSON-able data (a registry row keeps it, so an attached session knows it)."""
+        return {key: value for key, value in (("call", self.call), ("items", self.items), ("python", self.python),
+                                              ("max_calls_per_worker", self.max_calls_per_worker))
+                if value is not None}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "PythonCall | None":
+        """The call :meth:`to_json` gave (None for None: shell work)."""
+        if not data:
+            return None
+        return cls(str(data["call"]), data.get("items"), str(data.get("python") or sys.executable),
+                   data.get("max_calls_per_worker"))
 
 
 _UNBUFFERED = "PYTHONUNBUFFERED=1"
@@ -441,29 +481,10 @@ def call_command(call: str, items: str | None = None, python: str | None = None)
     """The shell command that runs a call (and, for a map, the step's item) with ``python``.
 
     ``python`` defaults to this interpreter (``sys.executable``), so the task sees the kernel's
-    packages; ``PYTHONUNBUFFERED=1`` makes its prints reach the log as they happen. The form is
-    the one definition :func:`parse_call_command` recognizes (a backend may run such a command
-    in a warm interpreter instead of a shell).
+    packages; ``PYTHONUNBUFFERED=1`` makes its prints reach the log as they happen. Nothing parses
+    it back: a backend that runs calls warm is given the :class:`PythonCall` itself.
     """
     import shlex
 
     words: Sequence[str] = [python or sys.executable, "-m", CALL_MODULE, call] + ([items] if items else [])
     return f"{_UNBUFFERED} exec " + " ".join(shlex.quote(word) for word in words)
-
-
-def parse_call_command(command: str) -> CallCommand | None:
-    """The call, items and interpreter of a command that is exactly a :func:`call_command`; else None."""
-    if not command.startswith(f"{_UNBUFFERED} exec ") or CALL_MODULE not in command:
-        return None
-    import shlex
-
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    if len(words) not in (6, 7) or words[:2] != [_UNBUFFERED, "exec"] or words[3:5] != ["-m", CALL_MODULE]:
-        return None
-    parsed = CallCommand(words[5], words[6] if len(words) == 7 else None, words[2])
-    if call_command(parsed.call, parsed.items, parsed.python) != command:
-        return None  # same words, other spelling (extra spaces, other quoting): not the one form
-    return parsed

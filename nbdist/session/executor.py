@@ -52,6 +52,10 @@ class Executor(concurrent.futures.Executor):
     name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent, resource_scales, gpus
         The options of every job and array of this executor (as for :meth:`nbdist.Session.submit`);
         ``name`` defaults to the function's name; ``gpus=1`` gives each call a GPU of its own.
+    max_calls_per_worker
+        On the multiprocess backend, calls run in warm worker interpreters that are reused; a worker
+        that has made this many calls is retired (1: a fresh interpreter per call, as
+        ``ProcessPoolExecutor(max_tasks_per_child=1)``; default: the session's, unlimited).
 
     Examples
     --------
@@ -64,9 +68,10 @@ class Executor(concurrent.futures.Executor):
                  cores: int = 1, memory: str | int | None = None, runtime: str | int | None = None,
                  after: Any = (), max_attempts: int = 1, env: Mapping[str, str] | None = None,
                  cwd: str | None = None, max_concurrent: int | None = None,
-                 resource_scales: Mapping[str, float] | None = None, gpus: int | None = None) -> None:
+                 resource_scales: Mapping[str, float] | None = None, gpus: int | None = None,
+                 max_calls_per_worker: int | None = None) -> None:
         self.options = Options(name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent,
-                               resource_scales, gpus=gpus)
+                               resource_scales, gpus=gpus, max_calls_per_worker=max_calls_per_worker)
         self.session, self._owns_session = resolve_session(session, backend)
         self._lock = threading.Lock()
         self._live: set[Handle] = set()

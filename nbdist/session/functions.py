@@ -1,8 +1,9 @@
 """Notebook functions as jobs: a call, or a map over items, becomes ordinary nbdist work.
 
 A call is pickled (cloudpickle: functions, lambdas and closures defined in the notebook travel by
-value) into a call file beside the job's logs, and the job's command is the one
-:func:`~nbdist.cluster_protocol.pycall.call_command` that runs it; a map writes its function and
+value) into a call file beside the job's logs, and the job carries it as data, a
+:class:`~nbdist.cluster_protocol.pycall.PythonCall` (a backend with warm workers runs it in one; a
+scheduler runs its command form); a map writes its function and
 shared arguments once and its items once (one pickle each), so every step reads only its own. The
 job is then a job like any other — logs, limits, kill, retry, the dashboard — and its handle's
 ``result()`` reads the value back (:mod:`nbdist.session.outcomes`).
@@ -24,8 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..cluster_protocol.pycall import Call, call_command, call_path, chunk_steps, encode_call, encode_items, \
+from ..cluster_protocol.pycall import Call, PythonCall, call_path, chunk_steps, encode_call, encode_items, \
     items_path, write_encoded, write_encoded_items
+from ..cluster_protocol.resources import positive_int
 from .defaults import current_default, default_session
 from .handles import Array, Job
 from .records import job_name
@@ -51,6 +53,9 @@ class Options:
     resource_scales: Mapping[str, float] | None = field(default=None)
     # Items per step of a map (``f.map``/``f.over``); 1: the Array has one step per item.
     chunksize: int = 1
+    # Calls a warm worker makes before it is retired (1: a fresh interpreter per call; None: the backend's
+    # default). Only a backend with warm workers (multiprocess) reads it.
+    max_calls_per_worker: int | None = None
     # GPUs per job or step: the multiprocess backend gives each its own (CUDA_VISIBLE_DEVICES); Slurm: GRES.
     gpus: int | None = None
 
@@ -62,7 +67,7 @@ class Options:
     def job_options(self) -> dict[str, Any]:
         """Keyword arguments of ``Session.submit`` (a name is chosen separately)."""
         options = asdict(self)
-        del options["name"], options["max_concurrent"], options["chunksize"]
+        del options["name"], options["max_concurrent"], options["chunksize"], options["max_calls_per_worker"]
         return options
 
 
@@ -92,6 +97,8 @@ def _prepare(session: Session, options: Options, fn: Any) -> tuple[str, str, str
     """The job's checked name, its log folder and a token naming its call files."""
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
+    if options.max_calls_per_worker is not None:
+        positive_int(options.max_calls_per_worker, "max_calls_per_worker")
     if session.closed:
         raise RuntimeError("this session is closed")
     name = job_name(options.name or _function_name(fn), "")
@@ -113,7 +120,8 @@ def submit_call(session: Session, options: Options, fn: Callable[..., Any], args
     path = call_path(log_dir, name, token)
     write_encoded(path, data)
     try:
-        return session.submit(call_command(path), name=name, **options.job_options())
+        return session.submit(PythonCall(path, max_calls_per_worker=options.max_calls_per_worker), name=name,
+                              **options.job_options())
     except BaseException:
         os.unlink(path)
         raise
@@ -145,7 +153,8 @@ def map_call(session: Session, options: Options, fn: Callable[..., Any], items: 
     try:
         steps = chunk_steps(write_encoded_items(paths[1], blobs), chunk)
         del blobs  # the items are in their file now: a big map does not hold them twice
-        return session.array(call_command(*paths), steps=steps, name=name, max_concurrent=options.max_concurrent,
+        call = PythonCall(*paths, max_calls_per_worker=options.max_calls_per_worker)
+        return session.array(call, steps=steps, name=name, max_concurrent=options.max_concurrent,
                              **options.job_options())
     except BaseException:
         for path in paths:
@@ -215,7 +224,7 @@ def function(fn: Callable[..., Any] | None = None, *, session: Session | None = 
     """Give a function nbdist options: ``@nbdist.function`` or ``@nbdist.function(cores=2, memory="4G")``.
 
     ``options`` are the fields of :class:`Options` (name, cores, memory, runtime, after,
-    max_attempts, env, cwd, max_concurrent, resource_scales, chunksize, gpus); the decorated ``f`` still runs here
+    max_attempts, env, cwd, max_concurrent, resource_scales, chunksize, gpus, max_calls_per_worker); the decorated ``f`` still runs here
     when called, ``f.submit(...)``, ``f.map(items, ...)`` and ``f.over(grid, ...)`` run it as jobs.
     """
     checked = Options(**options)

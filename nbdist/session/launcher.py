@@ -18,7 +18,6 @@ from ..backends import backend_options, load_backend
 from ..cluster_protocol import AdoptingDistributor, ReportingDistributor, SessionDefaults
 from ..cluster_protocol.naming import array_id
 from ..cluster_protocol.resources import SITE_KEYS
-from ..cluster_protocol.pycall import parse_call_command
 from .records import JobRecord
 from .sweep import STEP_ENV, script_command
 
@@ -134,6 +133,9 @@ class Launcher:
             requested["env"] = dict(rec.env)
         if rec.cwd:
             requested["cwd"] = rec.cwd
+        if rec.call is not None and index is not None and rec.kind == "array":
+            # A map's step submitted alone (a retry) finds its item from the variable, not an array index.
+            requested["env"] = {**requested.get("env", {}), STEP_ENV: str(rec.step_id(index))}
         return requested
 
     def array_command(self, rec: JobRecord) -> str:
@@ -142,13 +144,13 @@ class Launcher:
         assert sweep is not None
         if rec.script_dir is not None:
             return script_command(rec.script_dir, rec.script_chunk)
-        if parse_call_command(rec.command) is not None:
+        if rec.call is not None:
             return rec.command  # a map's step finds its item from the array index: no shell needed
         return sweep.array_prologue() + rec.command
 
     def step_command(self, rec: JobRecord, index: int) -> str:
         """The command of one step submitted alone (a retry): a plain job for the backend."""
-        if rec.kind == "job":
+        if rec.kind == "job" or rec.call is not None:  # a call's step: its item is in requested()'s env
             return rec.command
         # $ARRAY_STEP_ID in the command expands as in the array, but it is not exported: the
         # processes it starts (a worker node) must see a plain job's identity, which it now is.
@@ -160,11 +162,12 @@ class Launcher:
     def submit_record(self, rec: JobRecord) -> tuple[list[str], dict[str, Any]]:
         """Submit a whole record; ``(distributor ids by index, the job row's update)``."""
         backend = self.attach_logs(rec)
+        call = self._call_for(rec, backend)
         if rec.kind == "job":
-            dids = [backend.submit_to_batch_distributor(rec.command, rec.name, self.requested(rec, None))]
+            dids = [backend.submit_to_batch_distributor(rec.command, rec.name, self.requested(rec, None), **call)]
             return dids, {"dids": dids}
         ids = backend.submit_array_to_batch_distributor(self.array_command(rec), rec.name,
-                                                        self.requested(rec, None), rec.n)
+                                                        self.requested(rec, None), rec.n, **call)
         dids = [ids[index] for index in range(rec.n)]
         base = dids[0].rpartition("_")[0]
         # The protocol makes array ids "{job_id}_{step}": checking both ends is enough.
@@ -176,7 +179,15 @@ class Launcher:
         """Submit one step alone, as a plain job with its own distributor id."""
         backend = self.attach_logs(rec)
         return backend.submit_to_batch_distributor(self.step_command(rec, index), rec.name,
-                                                   self.requested(rec, index))
+                                                   self.requested(rec, index), **self._call_for(rec, backend))
+
+    @staticmethod
+    def _call_for(rec: JobRecord, backend: Any) -> dict[str, Any]:
+        """``{"call": the record's PythonCall}`` for a backend that runs calls itself (``TAKES_PYTHON_CALLS``,
+        the multiprocess backend); else nothing: a scheduler is given the call's command form only."""
+        if rec.call is not None and getattr(type(backend), "TAKES_PYTHON_CALLS", False):
+            return {"call": rec.call}
+        return {}
 
     def attach_logs(self, rec: JobRecord) -> Any:
         """The record's backend, started; a reporting backend is asked where the record's logs are."""

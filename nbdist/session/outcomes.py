@@ -1,7 +1,7 @@
 """What a Python job returned: its outcome file, found from the record and read only when asked for.
 
-A job is a Python call when its command is exactly a :func:`~nbdist.cluster_protocol.pycall.call_command`
-(the registry keeps the command, so this survives a kernel restart with no extra column). The
+A job is a Python call when its record carries a :class:`~nbdist.cluster_protocol.pycall.PythonCall`
+(the registry keeps it in the job's spec, so this survives a kernel restart). The
 outcome of the current attempt of a step is ``{stem}.r{distributor id}`` beside the call file. A step
 of a chunked map ran several items: its outcome holds each item's value or exception, and a map's
 values are one per item (:func:`map_results`), not one per step.
@@ -17,8 +17,8 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..cluster_protocol.pycall import CallCommand, chunk_range, item_count, outcome_kind, parse_call_command, \
-    read_chunk, read_outcome, read_outcomes, result_path_for
+from ..cluster_protocol.pycall import PythonCall, chunk_range, item_count, outcome_kind, read_chunk, read_outcome, \
+    read_outcomes
 from .records import JobRecord
 from .state import State
 
@@ -30,9 +30,9 @@ class UnsafeOutcome(PermissionError):
     """An outcome file outside the session's log folder: it is never unpickled."""
 
 
-def call_of(rec: JobRecord) -> CallCommand | None:
+def call_of(rec: JobRecord) -> PythonCall | None:
     """The call a record runs, or None for shell work."""
-    return parse_call_command(rec.command)
+    return rec.call
 
 
 def outcome_path(rec: JobRecord, index: int, root: str) -> str | None:
@@ -48,7 +48,7 @@ def outcome_path(rec: JobRecord, index: int, root: str) -> str | None:
     did = rec.dids[index]
     if call is None or did is None:
         return None
-    return inside_logs(result_path_for(call.call, did), root)
+    return inside_logs(call.result_path(did), root)
 
 
 def inside_logs(path: str, root: str) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..cluster_protocol.naming import log_stem
+from ..cluster_protocol.pycall import PythonCall
 from .registry import StepRecord
 from .state import TERMINAL_STATES, State
 
@@ -62,6 +63,7 @@ class JobRecord:
         self.name = name
         self.kind = kind
         self.command = command
+        self.call: PythonCall | None = None  # a Python call (command is then its command form), as data
         self.backend = backend
         self.n = n
         self.steps = steps  # user step ids; None for a plain job
@@ -284,6 +286,7 @@ class Request:
     max_attempts: int
     scales: dict[str, float]
     after: list[tuple[JobRecord, int | None]]
+    call: PythonCall | None = None  # a Python call: ``command`` is its command form
 
 
 def job_name(name: str | None, command: str) -> str:

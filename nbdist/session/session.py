@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..backends import check_backend_options, load_backend
+from ..cluster_protocol.pycall import PythonCall
 from ..cluster_protocol.resources import Resources, check_command, positive_int
 from .handles import Array, Attempt, HandleCache, Job
 from .jobfiles import JobFiles
@@ -88,7 +89,7 @@ class Session:
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # ================================================================== submitting
-    def submit(self, command: str, *, name: str | None = None, cores: int = 1, memory: str | int | None = None,
+    def submit(self, command: str | PythonCall, *, name: str | None = None, cores: int = 1, memory: str | int | None = None,
                runtime: str | int | None = None, after: Any = (), max_attempts: int = 1,
                env: Mapping[str, str] | None = None, cwd: str | None = None,
                resource_scales: Mapping[str, float] | None = None, python: bool = False, **site: Any) -> Job:
@@ -98,7 +99,7 @@ class Session:
         ----------
         command
             A shell command line or script (run with ``/bin/sh -c``); with ``python=True``, Python
-            code run by this kernel's interpreter.
+            code run by this kernel's interpreter; or a ``PythonCall`` (a function's call as data: ``Executor``).
         name
             Letters, digits and ``._+=-`` (default: the command's first word). Names may repeat;
             ``get(name)`` finds the newest.
@@ -122,6 +123,7 @@ class Session:
         Job
             A handle (a ``concurrent.futures.Future``; awaitable).
         """
+        call, command = (command, command.command()) if isinstance(command, PythonCall) else (None, command)
         check_command(command)
         if placeholders(command):
             raise ValueError(f"{{{{...}}}} placeholders need an array: use array(..., over=...) ({command[:60]!r})")
@@ -129,10 +131,10 @@ class Session:
             command = python_command(command)
         name = job_name(name, command)
         request = self._validate("job", command, name, None, dict(cores=cores, memory=memory, runtime=runtime,
-                                 **site), after, max_attempts, env, cwd, resource_scales)
+                                 **site), after, max_attempts, env, cwd, resource_scales, call)
         return self._owner.step_handle(self._create(request), 0)
 
-    def array(self, command: str, *, steps: int | Iterable[int] | None = None, over: Any = None,
+    def array(self, command: str | PythonCall, *, steps: int | Iterable[int] | None = None, over: Any = None,
               name: str | None = None, max_concurrent: int | None = None, cores: int = 1,
               memory: str | int | None = None, runtime: str | int | None = None, after: Any = (),
               max_attempts: int = 1, env: Mapping[str, str] | None = None, cwd: str | None = None,
@@ -162,6 +164,7 @@ class Session:
             For an unknown placeholder, an unused parameter or a malformed ``steps``/``over``,
             before anything is submitted.
         """
+        call, command = (command, command.command()) if isinstance(command, PythonCall) else (None, command)
         check_command(command)
         sweep = expand(command, steps, over)
         if python:
@@ -169,7 +172,8 @@ class Session:
             sweep = Sweep(sweep.steps, sweep.params, bool(placeholders(command)))
         name = job_name(name, command)
         options = dict(cores=cores, memory=memory, runtime=runtime, max_concurrent=max_concurrent, **site)
-        request = self._validate("array", command, name, sweep, options, after, max_attempts, env, cwd, resource_scales)
+        request = self._validate("array", command, name, sweep, options, after, max_attempts, env, cwd, resource_scales,
+                                 call)
         return self._owner.array_handle(self._create(request))
 
     # ================================================================== finding and drawing
@@ -300,7 +304,7 @@ class Session:
     # ================================================================== creation
     def _validate(self, kind: str, command: str, name: str, sweep: Sweep | None, options: dict[str, Any],
                   after: Any, max_attempts: int, env: Mapping[str, str] | None, cwd: str | None,
-                  scales: Mapping[str, float] | None) -> Request:
+                  scales: Mapping[str, float] | None, call: PythonCall | None = None) -> Request:
         """Every check of a submission, before anything exists; a bad value raises ValueError."""
         if self.closed:
             raise RuntimeError("this session is closed")
@@ -314,7 +318,7 @@ class Session:
         parsed = Resources.parse(dict(resources, env=env or {}, cwd=cwd), **self._launcher.parse_options())
         with self._lock:
             deps = self._resolve_after(after, name)
-        return Request(kind, command, name, sweep, resources, parsed.env, cwd, max_attempts, factors, deps)
+        return Request(kind, command, name, sweep, resources, parsed.env, cwd, max_attempts, factors, deps, call)
 
     def _create(self, request: Request) -> JobRecord:
         """Write a checked submission's files, register it with them (all or nothing), and launch it."""
@@ -357,7 +361,8 @@ class Session:
             steps_field = {"range": [steps.start, steps.stop, steps.step]} if isinstance(steps, range) else list(steps)
         n = 1 if sweep is None else len(sweep)
         spec = dict(resources=request.resources, env=request.env, cwd=request.cwd,
-                    max_attempts=request.max_attempts, scales=request.scales, script_chunk=files.script_chunk)
+                    max_attempts=request.max_attempts, scales=request.scales, script_chunk=files.script_chunk,
+                    call=request.call and request.call.to_json())
         job_id = self.registry.add_job(dict(
             name=request.name, kind=request.kind, command=request.command, backend=self.backend_name,
             session_id=self.id, created=created, n_steps=n, steps=steps_field, initial_state=State.PENDING.value,
@@ -370,6 +375,7 @@ class Session:
         rec.max_attempts, rec.scales, rec.session_id = request.max_attempts, request.scales, self.id
         rec.log_dir, rec.after, rec.script_dir, rec.script_chunk = files.log_dir, request.after, files.script_dir, \
             files.script_chunk
+        rec.call = request.call
         return rec
 
     def _resolve_after(self, after: Any, own_name: str) -> list[tuple[JobRecord, int | None]]:

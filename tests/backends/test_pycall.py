@@ -28,9 +28,10 @@ def _run(tmp_path, call: pycall.Call, items: list | None = None, steps: int | No
     if items is not None:
         items_file = pycall.items_path(logs, "fn", "j1")
         pycall.write_items(items_file, items)
-    # No shell prologue: the runner finds its item from the backend's array index.
-    command = pycall.call_command(call_file, items_file)
-    assert pycall.parse_call_command(command) == (call_file, items_file, sys.executable)
+    # The command form (what a scheduler runs), cold: no shell prologue, the runner finds its item from
+    # the backend's array index. (The multiprocess backend given the call as data runs it in a warm
+    # worker: tests/backends/multiprocess/test_warm_workers.py.)
+    command = pycall.PythonCall(call_file, items_file).command()
     requested = {"stdout": logs, "stderr": logs, **resources}
     with MultiprocessDistributor("local", parallelism=2, log_dir=logs) as distributor:
         if items is None:
@@ -179,15 +180,13 @@ def test_items_spread_as_positional_arguments_and_the_step_is_in_the_environment
     assert [pycall.read_outcome(outcomes[step][2]) for step in (0, 1)] == [(True, (30, "0")), (True, (70, "1"))]
 
 
-def test_the_command_form_is_parsed_only_when_it_is_exactly_the_one_call_command(tmp_path):
-    call = str(tmp_path / "a b.c1")
-    command = pycall.call_command(call, None, "/opt/py thon")
-    assert pycall.parse_call_command(command) == pycall.CallCommand(call, None, "/opt/py thon")
-    assert pycall.parse_call_command(command + " ") is None
-    assert pycall.parse_call_command("NBDIST_STEP=1; " + command) is None
-    assert pycall.parse_call_command(command.replace(" -m ", "  -m ")) is None
-    assert pycall.parse_call_command("echo hello") is None
-    assert pycall.parse_call_command("PYTHONUNBUFFERED=1 exec 'x") is None
+def test_a_call_is_data_that_survives_json_and_knows_its_command_and_result_path(tmp_path):
+    call = pycall.PythonCall(str(tmp_path / "a b.cj1"), str(tmp_path / "a b.ij1"), "/opt/py thon", 1)
+    assert pycall.PythonCall.from_json(call.to_json()) == call
+    assert pycall.PythonCall.from_json(None) is None
+    assert pycall.PythonCall(call.call).python == sys.executable
+    assert call.command() == pycall.call_command(call.call, call.items, "/opt/py thon")
+    assert call.result_path("7_3") == pycall.result_path_for(call.call, "7_3")
 
 
 def test_the_step_index_comes_from_nbdist_step_else_the_backends_array_index():

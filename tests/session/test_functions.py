@@ -15,7 +15,7 @@ import pytest
 
 import nbdist
 from nbdist import JobFailed, RemoteError, Session, State
-from nbdist.cluster_protocol.pycall import RemoteTraceback, parse_call_command
+from nbdist.cluster_protocol.pycall import PythonCall, RemoteTraceback
 from nbdist.session.outcomes import UnsafeOutcome
 
 
@@ -50,7 +50,7 @@ def test_a_closure_over_a_notebook_variable_and_a_lambda_return_their_values(poo
     assert job.result(timeout=30) == 202
     assert pool.submit(lambda: [os.getpid(), "λ"]).result(30)[1] == "λ"
     assert job.state is State.DONE and job.exit_code == 0 and job.name == "shifted"
-    assert parse_call_command(job.record.command) is not None
+    assert isinstance(job.record.call, PythonCall) and job.record.command == job.record.call.command()
 
 
 def test_code_that_only_knows_concurrent_futures_runs_unchanged(pool):
@@ -261,9 +261,7 @@ class _Boom:
 
 
 def _outcome_file(job) -> str:
-    from nbdist.cluster_protocol.pycall import result_path_for
-
-    return result_path_for(parse_call_command(job.record.command).call, job.distributor_id)
+    return job.record.call.result_path(job.distributor_id)
 
 
 ATTACHED = textwrap.dedent("""

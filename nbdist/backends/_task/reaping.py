@@ -12,9 +12,21 @@ import ctypes
 import os
 import signal
 
-__all__ = ["become_subreaper", "kill_tasks_by_id", "reap_strays"]
+__all__ = ["become_subreaper", "keep_child", "kill_tasks_by_id", "reap_strays", "release_child"]
 
 _PR_SET_CHILD_SUBREAPER = 36
+# Children this process keeps between tasks (a consumer's warm workers): never strays.
+_kept: set[int] = set()
+
+
+def keep_child(pid: int) -> None:
+    """``pid`` is a child this process keeps across tasks: :func:`reap_strays` leaves it alone."""
+    _kept.add(pid)
+
+
+def release_child(pid: int) -> None:
+    """``pid`` is no longer kept (it was retired and reaped)."""
+    _kept.discard(pid)
 
 
 def become_subreaper() -> None:
@@ -41,6 +53,8 @@ def _stray_children() -> list[int]:
 def reap_strays() -> None:
     """Kill and reap the children left behind by a finished task (this process runs one at a time)."""
     for pid in _stray_children():
+        if pid in _kept:
+            continue
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -12,8 +12,11 @@ task behaves the same everywhere:
 - usage (wall, CPU, max RSS) comes from ``os.wait4``;
 - a task killed over a limit ends ``Z`` with :attr:`Outcome.limit` ``"runtime"`` or ``"memory"``.
 
-A task the caller started itself (the multiprocess consumer's warm Python calls fork instead of
-spawning ``/bin/sh``) is tracked with :meth:`RunningTask.adopt`, and from then on is the same.
+A task the caller started itself is tracked with :meth:`RunningTask.adopt`, and from then on is the
+same. A Python call in a warm worker (:mod:`nbdist.backends.multiprocess.workers`) is adopted with the
+worker's pid and a :class:`CallEnd`: the task is that process (its limits, its kill, its usage
+samples), but it ends when the call ends, not when the process exits — unless the process dies first
+(a kill, a limit, a crash), which ends the call as it would end any task.
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ...cluster_protocol import Limit
 from ...cluster_protocol import TaskInstanceStatus as Status
+from ...cluster_protocol.pycall import PythonCall
 from ...cluster_protocol.resources import format_memory, format_runtime
 from .reaping import reap_strays
 
 if TYPE_CHECKING:
     from .gpus import GpuMeter
 
-__all__ = ["Outcome", "RunningTask", "TaskSpec", "exit_message", "open_logs"]
+__all__ = ["CallEnd", "Outcome", "RunningTask", "TaskSpec", "exit_message", "open_logs"]
 
 # How often the RSS of a memory-limited task's tree is sampled: a shorter period catches fast
 # allocations earlier but costs a /proc scan each time.
@@ -45,7 +49,8 @@ USAGE_SAMPLE_SECONDS = 1.0
 
 @dataclass
 class TaskSpec:
-    """Everything needed to start one task."""
+    """Everything needed to start one task: ``command`` (a shell command line), or ``call`` (a Python call
+    as data, which a backend with warm workers runs without a shell; ``command`` is then its command form)."""
 
     distributor_id: str
     command: str
@@ -58,10 +63,22 @@ class TaskSpec:
     # The devices this task holds (also in env's CUDA_VISIBLE_DEVICES); () when it asked for no GPU
     # or when the scheduler placed it (Slurm sets the variable itself).
     gpus: tuple[str, ...] = ()
+    call: PythonCall | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:  # a plain tuple pickles several times faster, per task
         return (TaskSpec, (self.distributor_id, self.command, self.stdout_path, self.stderr_path, self.env,
-                           self.cwd, self.runtime_s, self.memory_mb, self.gpus))
+                           self.cwd, self.runtime_s, self.memory_mb, self.gpus, self.call))
+
+
+class CallEnd(Protocol):
+    """The end of a task that runs inside a process which outlives it (a call in a warm worker)."""
+
+    fd: int  # readable once the call has ended (the process lives on), or the process is dying
+    cpu_before: tuple[float, float]  # user and system CPU seconds the process had used before the call
+
+    def finish(self) -> tuple[int, dict[str, Any]] | None:
+        """The call's exit code and usage (``cpu_s``, ``user_s``, ``system_s``, ``max_rss_mb``); None when
+        the process is dying instead (it is killed: the task then ends as a dead process does)."""
 
 
 @dataclass
@@ -112,18 +129,18 @@ class RunningTask:
         self._track(spec, _spawn(spec, base_env), started)
 
     @classmethod
-    def adopt(cls, spec: TaskSpec, pid: int, started: float) -> RunningTask:
+    def adopt(cls, spec: TaskSpec, pid: int, started: float, call_end: CallEnd | None = None) -> RunningTask:
         """Track a task this process already started as ``pid`` (a child of ours, leader of its own session).
 
-        The warm Python calls of the multiprocess consumer (:mod:`nbdist.backends.multiprocess.warm`)
-        fork instead of spawning ``/bin/sh``; from here on they are waited for, limited, killed and
-        measured exactly like a spawned task.
+        With ``call_end``, the task is a call that process makes (a warm worker): it ends when
+        ``call_end.fd`` is readable, or when the process dies (then exactly as a spawned task ends).
+        Either way it is limited, killed (its whole group: the worker too) and sampled like any task.
         """
         task = cls.__new__(cls)
-        task._track(spec, pid, started)
+        task._track(spec, pid, started, call_end)
         return task
 
-    def _track(self, spec: TaskSpec, pid: int, started: float) -> None:
+    def _track(self, spec: TaskSpec, pid: int, started: float, call_end: CallEnd | None = None) -> None:
         self.spec = spec
         self.pid = pid
         self.started = started
@@ -134,6 +151,7 @@ class RunningTask:
         self._next_tick: float | None = None  # when on_tick is due (None: nobody asked for it)
         self._cpu_mark = (self.started, 0.0)  # (monotonic time, CPU seconds of the tree) at the last sample
         self._verdict: tuple[str, str, Limit | None] | None = None  # set when we decide to kill
+        self._call_end = call_end
         self._gpu_meter: GpuMeter | None = None
         if spec.gpus:  # only a task holding GPUs asks the driver (and imports its module)
             from .gpus import GpuMeter
@@ -154,12 +172,23 @@ class RunningTask:
         poller.register(self.pidfd, select.POLLIN)
         if control_fd is not None:
             poller.register(control_fd, select.POLLIN)
+        call_fd = self._call_end.fd if self._call_end is not None else None
+        if call_fd is not None:
+            poller.register(call_fd, select.POLLIN)
         while True:
             timeout = self._next_timeout()
             events = poller.poll(None if timeout is None else max(timeout, 0.0) * 1000)
             fds = {fd for fd, _ in events}
             if self.pidfd in fds:
                 break
+            if call_fd is not None and call_fd in fds:
+                # A call that ended while being killed ends with its process, as does a dying worker.
+                ended = self._call_end.finish() if self._verdict is None and self._call_end else None
+                if ended is not None:
+                    return self._finish_call(*ended)
+                poller.unregister(call_fd)
+                call_fd = None
+                continue
             if control_fd is not None and control_fd in fds and on_control is not None:
                 on_control()
                 continue
@@ -174,6 +203,11 @@ class RunningTask:
 
     def exited_within(self, seconds: float) -> bool:
         """True if the task ends within ``seconds`` (it is not reaped yet: ``wait()`` still must be called)."""
+        if self._call_end is not None:  # a call in a warm worker ends when the worker answers
+            poller = select.poll()
+            poller.register(self._call_end.fd, select.POLLIN)
+            poller.register(self.pidfd, select.POLLIN)
+            return bool(poller.poll(seconds * 1000))
         return self._wait_exit(seconds)
 
     def kill(self, status: str, message: str, grace: float, limit: Limit | None = None) -> None:
@@ -272,6 +306,18 @@ class RunningTask:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def _finish_call(self, code: int, call_usage: dict[str, Any]) -> Outcome:
+        """The call ended and its process (a warm worker) lives on: the call's own exit code and usage."""
+        os.close(self.pidfd)
+        reap_strays()
+        usage = {"wall_s": round(time.monotonic() - self.started, 4), **call_usage,
+                 "max_rss_mb": round(max(call_usage.get("max_rss_mb", 0.0), self.peak_rss_mb), 2)}
+        if self._gpu_meter is not None:
+            usage.update(self._gpu_meter.summary(self.pid))
+        if code == 0:
+            return Outcome(Status.DONE, "exit code 0", 0, None, usage)
+        return Outcome(Status.ERROR, exit_message(code, None), code, None, usage)
+
     def _finish(self) -> Outcome:
         # The main process has exited but is not reaped yet, so its pid (= the group id) is still
         # ours: kill whatever it left in its group, then reap it, then the daemons that escaped.
@@ -283,11 +329,14 @@ class RunningTask:
         exit_code = os.waitstatus_to_exitcode(status)
         signum = -exit_code if exit_code < 0 else None
         code = exit_code if exit_code >= 0 else None
+        user, system = rusage.ru_utime, rusage.ru_stime
+        if self._call_end is not None:  # a warm worker's earlier calls are not this call's
+            user, system = max(user - self._call_end.cpu_before[0], 0.0), max(system - self._call_end.cpu_before[1], 0.0)
         usage = {
             "wall_s": round(wall, 4),
-            "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 4),
-            "user_s": round(rusage.ru_utime, 4),
-            "system_s": round(rusage.ru_stime, 4),
+            "cpu_s": round(user + system, 4),
+            "user_s": round(user, 4),
+            "system_s": round(system, 4),
             "max_rss_mb": round(max(rusage.ru_maxrss / 1024, self.peak_rss_mb), 2),
         }
         if self._gpu_meter is not None:

@@ -3,7 +3,9 @@
 A consumer reads :class:`~.messages.Run`, :class:`~.messages.Kill`, :class:`~.messages.Unqueue` and
 :class:`~.messages.Stop` from its own pipe and writes lists of :class:`~.messages.Started`,
 :class:`~.messages.Done`, :class:`~.messages.Error` and :class:`~.messages.Returned` events to
-another (the protocol: :mod:`.messages`). It runs each task with :class:`RunningTask`.
+another (the protocol: :mod:`.messages`). It runs each task with :class:`RunningTask`: a shell
+command as ``/bin/sh -c``, a Python call (a task spec with a ``call``) in one of its warm workers
+(:mod:`.workers`), while it watches its pipe, the task's limits and its kill as for any task.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import signal
 import subprocess
 import sys
 from collections import deque
+from dataclasses import asdict
+from typing import Any
 
 from ...cluster_protocol import TaskInstanceStatus as Status
 from .._task.reaping import become_subreaper
 from .._task.runner import Outcome, RunningTask, TaskSpec
-from . import warm
 from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
                        Usage, receive_message, send_message)
+from .workers import WorkerOptions, WorkerPool
 
 __all__ = ["Consumer"]
 
@@ -50,15 +54,19 @@ class Consumer:
     response_queue
         Sending end of a pipe to the distributor: lists of ``Started``, ``Done``, ``Error`` and
         ``Returned`` events.
+    worker_options
+        How its warm workers for Python calls are reused (:class:`.workers.WorkerOptions`).
     """
 
     def __init__(
         self,
         task_queue: multiprocessing.connection.Connection,
         response_queue: multiprocessing.connection.Connection,
+        worker_options: WorkerOptions | None = None,
     ) -> None:
         self.task_queue = task_queue
         self.response_queue = response_queue
+        self.worker_options = worker_options or WorkerOptions()
         self._popen: subprocess.Popen[bytes] | None = None
         self.sentinel = -1
 
@@ -70,7 +78,8 @@ class Consumer:
         # an editable install's, stays where a task's own interpreter would have it), and not in the
         # environment its tasks inherit.
         code = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
-                f"from nbdist.backends.multiprocess.consumer import Consumer; Consumer.serve({fds[0]}, {fds[1]})")
+                f"from nbdist.backends.multiprocess.consumer import Consumer; "
+                f"Consumer.serve({fds[0]}, {fds[1]}, {asdict(self.worker_options)!r})")
         # A session of its own: Jupyter's "Restart kernel" (and a terminal's hangup, and `timeout`)
         # SIGKILLs the kernel's whole process group, and a consumer killed with it could not kill its
         # task. Outside that group, a consumer outlives its owner by the moment it takes to see the
@@ -112,7 +121,7 @@ class Consumer:
             self.sentinel = -1
 
     @classmethod
-    def serve(cls, task_fd: int, response_fd: int) -> None:
+    def serve(cls, task_fd: int, response_fd: int, worker_options: dict[str, Any] | None = None) -> None:
         """The consumer process's main: run tasks until told to stop or the distributor goes away."""
         # pass_fds made the pipes inheritable: tasks must not inherit (and could write into) them.
         os.set_inheritable(task_fd, False)
@@ -120,6 +129,7 @@ class Consumer:
         consumer = cls(
             multiprocessing.connection.Connection(task_fd, writable=False),
             multiprocessing.connection.Connection(response_fd, readable=False),
+            WorkerOptions(**worker_options) if worker_options else None,
         )
         consumer.run()
 
@@ -128,23 +138,22 @@ class Consumer:
         # Ctrl-C in a terminal reaches the whole foreground group: the distributor decides, not us.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         become_subreaper()
-        _ConsumerLoop(self.task_queue, self.response_queue).run()
+        _ConsumerLoop(self.task_queue, self.response_queue, self.worker_options).run()
 
 
 class _ConsumerLoop:
     """The consumer's state: its local queue, the running task, events not yet sent."""
 
-    def __init__(self, inbox: multiprocessing.connection.Connection, outbox: multiprocessing.connection.Connection):
+    def __init__(self, inbox: multiprocessing.connection.Connection, outbox: multiprocessing.connection.Connection,
+                 worker_options: WorkerOptions):
         self.inbox = inbox
         self.outbox = outbox
         self.base_env = dict(os.environ)
         self.local: deque[PickableTask] = deque()
         self.events: list[Event] = []
         self.current: tuple[PickableTask, RunningTask] | None = None
-        self.to_learn: list[str] = []  # modules the last forked task imported, for the consumer to import
         self.stopping = False
-        # Python calls for this interpreter are forked, not spawned; nbdist's folder is on our sys.path only.
-        self.warm = warm.WarmInterpreter(warm.sys_path_without(_PACKAGE_PARENT))
+        self.workers = WorkerPool(self.base_env, worker_options, _PACKAGE_PARENT)
         # Connection.poll() builds a selector per call; one poll object is much cheaper per task.
         self._poller = select.poll()
         self._poller.register(inbox.fileno(), select.POLLIN)
@@ -157,9 +166,7 @@ class _ConsumerLoop:
             while not self.stopping:
                 if not self.local:
                     self._flush()
-                    self._learn_imports()  # messages that came meanwhile are handled already
-                    if not self.local and not self.stopping:
-                        self._handle(receive_message(self.inbox))
+                    self._wait_for_work()
                     continue
                 while self._has_message():
                     self._handle(receive_message(self.inbox))
@@ -169,6 +176,16 @@ class _ConsumerLoop:
             self._flush()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pass  # the distributor is gone: nobody to report to
+        finally:
+            self.workers.close()
+
+    def _wait_for_work(self) -> None:
+        """Block until a message comes; meanwhile retire workers idle for too long."""
+        timeout = self.workers.idle_timeout()
+        if timeout is None or self._poller.poll(timeout * 1000 + 1):
+            self._handle(receive_message(self.inbox))
+        else:
+            self.workers.retire_idle()
 
     def _run_one(self, task: PickableTask) -> None:
         try:
@@ -182,34 +199,18 @@ class _ConsumerLoop:
         if not self.local or not running.exited_within(EVENT_BATCH_SECONDS):
             self._flush()
         self.current = (task, running)
-        self._learn_imports()
         try:
             outcome = running.wait(self.inbox.fileno(), self._on_message,
                                    lambda usage: self._send_usage(task.distributor_id, usage))
         finally:
             self.current = None
+            self.workers.ended()
         self.events.append(Done(task.distributor_id, outcome))
-        self.to_learn.extend(self.warm.to_learn())
 
     def _start(self, spec: TaskSpec) -> RunningTask:
-        """Fork a warm Python call (see :mod:`.warm`) when the task is one for this interpreter, else spawn it."""
-        return self.warm.start(spec, self.base_env) or RunningTask(spec, self.base_env)
-
-    def _learn_imports(self) -> None:
-        """Import what the last forked task needed: once the next task has started, or when idle.
-
-        Learning takes a while once (~1,000 modules: ~2 s with its probes), so it never delays the
-        next task's start, and messages (a kill of the running task, a stop) are handled meanwhile.
-        """
-        names, self.to_learn = self.to_learn, []
-        if names and not self.stopping:
-            if not self.warm.learn(names, (self.inbox.fileno(), self._on_message_while_learning)):
-                self.to_learn = names  # given up for a task to start: learnt once that one runs
-
-    def _on_message_while_learning(self) -> bool:
-        """Handle what came in; True if learning must stop: stopping, or idle with a task to start."""
-        self._on_message()
-        return self.stopping or (self.current is None and bool(self.local))
+        """A Python call in a warm worker (:mod:`.workers`); anything else, or a call for another
+        interpreter, spawned as ``/bin/sh -c`` its command."""
+        return self.workers.start(spec) or RunningTask(spec, self.base_env)
 
     def _send_usage(self, distributor_id: str, usage: dict[str, float]) -> None:
         self.events.append(Usage(distributor_id, usage))

@@ -40,6 +40,7 @@ from typing import Any
 from ...cluster_protocol import Limit
 from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.naming import array_id, log_stem
+from ...cluster_protocol.pycall import PythonCall
 from ...cluster_protocol.resources import Resources, check_array_length, check_command, positive_int, thread_variables
 from .._table import TableDistributor
 from .._task.reaping import kill_tasks_by_id
@@ -50,6 +51,7 @@ from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned
                        Usage, receive_message, send_message)
 from .placement import pick_slot, tasks_to_take_back
 from .slots import ConsumerSlot, QueuedTask
+from .workers import WorkerOptions
 
 __all__ = ["DEFAULT_PARALLELISM", "KILL_GRACE_SECONDS", "MultiprocessDistributor"]
 
@@ -81,6 +83,8 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         removed at :meth:`stop` if no task wrote to it).
     kill_grace
         Seconds between SIGTERM and SIGKILL for ``terminate_task_instances``.
+    max_calls_per_worker, pre_import
+        Of the warm workers that run Python calls: see :class:`.workers.WorkerOptions`.
     gpus
         The GPUs tasks may hold, e.g. ``[0, 1, 2, 3]`` (default: ``$NBDIST_GPUS``, else the driver's,
         narrowed by our ``CUDA_VISIBLE_DEVICES``; see :mod:`.._task.gpus`), found when a task first asks.
@@ -88,8 +92,10 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
 
     def __init__(self, cluster_name: str = "multiprocess", parallelism: int = DEFAULT_PARALLELISM, *args: Any,
                  log_dir: str | None = None, kill_grace: float = KILL_GRACE_SECONDS,
-                 gpus: Sequence[int | str] | str | None = None, **kwargs: Any) -> None:
+                 gpus: Sequence[int | str] | str | None = None, max_calls_per_worker: int | None = None,
+                 pre_import: Sequence[str] = (), **kwargs: Any) -> None:
         positive_int(parallelism, "parallelism")
+        self._worker_options = WorkerOptions.checked(max_calls_per_worker, pre_import)
         self.gpus = GpuSlots(gpus)
         super().__init__(cluster_name)
         self._lock = self.tasks.lock  # one lock guards the table and the scheduling state
@@ -142,7 +148,7 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
             if self.started:
                 return
             self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
-            self._consumers = [ConsumerSlot(index) for index in range(self.parallelism)]
+            self._consumers = [ConsumerSlot(index, self._worker_options) for index in range(self.parallelism)]
             self._stopping = False
             self.started = True
             self._thread = threading.Thread(target=self._dispatch_loop, name="nbdist-dispatcher", daemon=True)
@@ -200,17 +206,20 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
             self._made_log_dir = False  # a later task makes it again (and keeps it)
 
     # ----------------------------------------------------------------- submission
-    def submit_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any]) -> str:
+    TAKES_PYTHON_CALLS = True  # submit(..., call=PythonCall): run in a warm worker (command: its command form)
+
+    def submit_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
+                                    call: PythonCall | None = None) -> str:
         """Queue one task and return its distributor id."""
         resources = self._parse_resources(command, requested_resources)
         job_id = self._new_job_id()
         stdout_dir, stderr_dir = self._make_log_folders(resources)
         self._enqueue([QueuedTask(job_id, name, command, resources, stdout_dir, stderr_dir, log_stem(name), job_id,
-                                  None)])
+                                  None, call)])
         return job_id
 
     def submit_array_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
-                                          array_length: int) -> dict[int, str]:
+                                          array_length: int, call: PythonCall | None = None) -> dict[int, str]:
         """Queue ``array_length`` steps (0 … n-1); return ``{step: "{job_id}_{step}"}``."""
         check_array_length(array_length)
         resources = self._parse_resources(command, requested_resources)
@@ -218,7 +227,7 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         stdout_dir, stderr_dir = self._make_log_folders(resources)
         stem = log_stem(name)
         records = [QueuedTask(array_id(job_id, step), name, command, resources, stdout_dir, stderr_dir, stem, job_id,
-                              step) for step in range(array_length)]
+                              step, call) for step in range(array_length)]
         self._enqueue(records)
         return {record.array_step_id: record.distributor_id for record in records}  # type: ignore[misc]
 
@@ -324,7 +333,7 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         if record.devices:  # they are the task's alone, whatever its env says
             env["CUDA_VISIBLE_DEVICES"] = ",".join(record.devices)
         spec = TaskSpec(record.distributor_id, record.command, record.log_path("o"), record.log_path("e"), env,
-                        resources.cwd, resources.runtime_s, resources.memory_mb, record.devices)
+                        resources.cwd, resources.runtime_s, resources.memory_mb, record.devices, record.call)
         record.consumer = slot
         slot.assigned.append(record)
         if resources.max_concurrent is not None:
@@ -481,7 +490,7 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         slot.close()
         if not self._stopping:
             logger.warning("consumer %s died (%s); starting a new one", slot.process.pid, how)
-            self._consumers.append(ConsumerSlot(slot.index))
+            self._consumers.append(ConsumerSlot(slot.index, self._worker_options))
 
     def _wake(self) -> None:
         try:

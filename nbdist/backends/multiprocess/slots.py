@@ -5,10 +5,12 @@ from __future__ import annotations
 import multiprocessing
 from collections import deque
 
+from ...cluster_protocol.pycall import PythonCall
 from ...cluster_protocol.resources import Resources
 from .._table import TaskRecord
 from .._task.reaping import kill_tasks_by_id
 from .consumer import Consumer
+from .workers import WorkerOptions
 
 __all__ = ["ConsumerSlot", "QueuedTask"]
 
@@ -16,26 +18,28 @@ __all__ = ["ConsumerSlot", "QueuedTask"]
 class QueuedTask(TaskRecord):
     """A task of this backend: its record plus where it is in the scheduling (queue, consumer)."""
 
-    __slots__ = ("command", "consumer", "recalled", "devices")
+    __slots__ = ("command", "consumer", "recalled", "devices", "call")
 
     def __init__(self, distributor_id: str, name: str, command: str, resources: Resources, stdout_dir: str,
-                 stderr_dir: str, stem: str, job_id: str, array_step_id: int | None) -> None:
+                 stderr_dir: str, stem: str, job_id: str, array_step_id: int | None,
+                 call: PythonCall | None = None) -> None:
         super().__init__(distributor_id, name, resources, stdout_dir, stderr_dir, stem, job_id, array_step_id)
         self.command = command
         self.consumer: ConsumerSlot | None = None
         self.recalled = False  # asked back from a consumer's queue
         self.devices: tuple[str, ...] = ()  # the GPUs it holds while a consumer has it
+        self.call = call  # a Python call, run in a consumer's warm worker
 
 
 class ConsumerSlot:
     """A consumer process with the two pipe ends the distributor keeps and the tasks it was given
     (``assigned[0]`` runs or is about to; the rest are queued behind it)."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, worker_options: WorkerOptions | None = None) -> None:
         task_reader, self.task_writer = multiprocessing.Pipe(duplex=False)
         self.event_reader, event_writer = multiprocessing.Pipe(duplex=False)
         self.index = index
-        self.process = Consumer(task_reader, event_writer)
+        self.process = Consumer(task_reader, event_writer, worker_options)
         self.process.start()
         # The child has its copies now; closing ours lets EOF reach each side when the other dies.
         task_reader.close()
