@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..cluster_protocol.naming import array_id
+from ..cluster_protocol.pycall import PythonCall
 from .launcher import Launcher
 from .lifecycle import Lifecycle
 from .records import DEFAULT_SCALES, JobRecord
@@ -68,6 +69,7 @@ def load_record(row: dict[str, Any], step_rows: list[StepRecord]) -> JobRecord:
     rec.log_dir = row["log_dir"] or ""
     rec.script_dir = row["script_dir"]
     rec.script_chunk = int(spec.get("script_chunk") or 1)
+    rec.call = PythonCall.from_json(spec.get("call"))
     rec.session_id = row["session_id"]
     rec.ended = row["ended"]
     if steps is not None:
