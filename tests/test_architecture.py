@@ -27,10 +27,11 @@ FACADES = {"nbdist", "nbdist.multiprocess", "nbdist.slurm"}
 STDLIB_UNDERSCORE_API = {"_exit", "_replace", "_asdict", "_fields", "_make", "_field_defaults"}
 
 # The one reach into another library's internals, and why: a Job *is* a concurrent.futures.Future (so
-# ``wait``/``as_completed`` take it), and a retry makes a finished Future pending again, which Future
-# has no public way to do; finishing it takes the same condition so a retry cannot interleave.
-# handles.py is the only module allowed these names, and only on ``self``.
-FUTURE_INTERNALS = {"nbdist.session.handles": {"_condition", "_state", "_waiters", "_done_callbacks"}}
+# ``wait``/``as_completed`` take it), and a retry makes a settled Future pending again, which Future has
+# no public way to do (``SessionFuture.reopen``, under the Future's own condition). Settling uses the
+# public set_result/set_exception/cancel/set_running_or_notify_cancel. futures.py is the only module
+# allowed these names, and only on ``self``.
+FUTURE_INTERNALS = {"nbdist.session.futures": {"_condition", "_state", "_result", "_exception"}}
 
 
 def _module_name(path: Path) -> str:

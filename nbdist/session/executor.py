@@ -8,7 +8,11 @@
               └─ call/items files beside the logs ──► backend (multiprocess, Slurm, …) ──► outcome files
 
 Code written for ``ProcessPoolExecutor`` runs unchanged; nbdist's options (cores, memory,
-runtime, …) are the executor's, never mixed with the function's own keyword arguments.
+runtime, …) are the executor's, never mixed with the function's own keyword arguments. Futures
+keep ``concurrent.futures``' meaning: a True ``cancel()`` leaves a cancelled future (``cancelled()``,
+``CancelledError``), ``done()`` True means ``result(timeout=0)`` answers, each callback is called once.
+One difference, on purpose: ``cancel()`` of a *running* call kills it and returns True (nbdist's cancel
+is also its kill), where ``ProcessPoolExecutor`` returns False and lets it run.
 """
 
 from __future__ import annotations
@@ -57,6 +61,13 @@ class Executor(concurrent.futures.Executor):
         that has made this many calls is retired (1: a fresh interpreter per call, as
         ``ProcessPoolExecutor(max_tasks_per_child=1)``; default: the session's, unlimited).
 
+    Notes
+    -----
+    ``future.cancel()`` of a call that has not started returns True and it never runs; of a running
+    call, it kills it and returns True (``ProcessPoolExecutor`` would return False and let it run):
+    either way ``cancelled()`` is then True and ``result()`` raises ``concurrent.futures.CancelledError``.
+    ``shutdown(cancel_futures=True)`` cancels the calls and map items that have not started.
+
     Examples
     --------
     >>> with nbdist.Executor(cores=2, memory="4G") as pool:            # doctest: +SKIP
@@ -73,7 +84,8 @@ class Executor(concurrent.futures.Executor):
         self.options = Options(name, cores, memory, runtime, after, max_attempts, env, cwd, max_concurrent,
                                resource_scales, gpus=gpus, max_calls_per_worker=max_calls_per_worker)
         self.session, self._owns_session = resolve_session(session, backend)
-        self._lock = threading.Lock()
+        # Reentrant: a submit may settle this executor's ended futures, whose callback (_forget) takes it.
+        self._lock = threading.RLock()
         self._live: set[Handle] = set()
         self._shutdown = False
 
@@ -125,7 +137,10 @@ class Executor(concurrent.futures.Executor):
         return min(slots, self.options.max_concurrent or slots)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Accept no more work; ``cancel_futures`` drops what has not started, ``wait`` waits for the rest.
+        """Accept no more work; ``cancel_futures`` cancels what has not started, ``wait`` waits for the rest.
+
+        With ``cancel_futures``, a call (or a map's step) still waiting is cancelled: its Future is
+        ``cancelled()``, and it never runs.
 
         A session the executor made for ``backend=`` is closed after the wait (Slurm jobs go on
         running and are found again by ``nbdist.attach()``).
@@ -135,11 +150,14 @@ class Executor(concurrent.futures.Executor):
             live = list(self._live)
         if cancel_futures:
             for handle in live:
-                for job in handle if isinstance(handle, Array) else [handle]:
-                    if job.state in (State.PENDING, State.QUEUED):
-                        job.cancel()
+                if isinstance(handle, Array):
+                    _cancel_waiting_steps(handle)
+                elif handle.state in _WAITING:
+                    handle.cancel()
         if wait:
             concurrent.futures.wait(live)
+            for handle in live:
+                handle.wait_for_work(None)  # a cancelled running call: until its process is gone
             if self._owns_session:
                 self.session.close()
 
@@ -158,6 +176,17 @@ class Executor(concurrent.futures.Executor):
 
     def __repr__(self) -> str:
         return f"<nbdist.Executor {self.session.backend_name} {self.options}>".replace(" >", ">")
+
+
+_WAITING = (State.PENDING, State.QUEUED)
+
+
+def _cancel_waiting_steps(array: Array) -> None:
+    """Cancel the steps of an array that have not started (their Jobs' Futures end cancelled)."""
+    rec = array.record
+    for index in range(len(array)):
+        if rec.states[index] in _WAITING:
+            array[index].cancel()
 
 
 def _values_in_order(array: Array, end: float | None) -> Iterator[Any]:
@@ -182,6 +211,4 @@ def _values_in_order(array: Array, end: float | None) -> Iterator[Any]:
             if not found:
                 array[index].result()  # raises why the step ended with no outcome
     finally:
-        for index in range(len(array)):
-            if rec.states[index] in (State.PENDING, State.QUEUED):
-                array[index].cancel()
+        _cancel_waiting_steps(array)

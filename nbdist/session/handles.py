@@ -6,19 +6,18 @@
 
 Handles never import the session. They only read their record, and ask their owner (a
 :class:`HandleOwner`, implemented for the session) to act: ``cancel``, ``retry``, usage, attempts.
-The session finishes and reopens a handle through two hooks documented "for the session only",
-:meth:`Handle.finish_from_record` and :meth:`Handle.reopen`, as an executor uses
-``Future.set_result``.
+The session settles and reopens a handle's Future through two hooks documented "for the session
+only", :meth:`Handle.finish_from_record` and :meth:`Handle.reopen`, which live with the rest of the
+Future side in :mod:`nbdist.session.futures`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import logging
 from collections.abc import Generator, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, overload
 
+from .futures import SessionFuture
 from .logs import read_tail
 from .outcomes import call_of, function_error, map_results, read_step_outcome
 from .records import Attempt, JobRecord, LogPaths
@@ -27,8 +26,6 @@ from .state import State
 from .waits import interrupted, show_if_slow
 
 __all__ = ["Array", "Attempt", "Handle", "HandleCache", "HandleOwner", "Job", "JobFailed", "LogPaths"]
-
-logger = logging.getLogger(__name__)
 
 
 class JobFailed(RuntimeError):
@@ -78,57 +75,15 @@ class HandleOwner(Protocol):
     def retry(self, rec: JobRecord, indices: Sequence[int], scale: float | dict[str, float] | None) -> None: ...
 
 
-class Handle(concurrent.futures.Future):
-    """What Job and Array share: a Future finished by the session when the work ends."""
+class Handle(SessionFuture):
+    """What Job and Array share: a Future settled by the session when the work ends or is cancelled."""
 
     _owner: HandleOwner
     _rec: JobRecord
 
-    def finish_from_record(self) -> None:
-        """Finish the Future from the record if its work has ended; a no-op otherwise.
-
-        For the session only (and unit tests), like ``Future.set_result`` for an executor: called
-        after the session released its lock. The state is read and the Future finished
-        in one hold of the session's lock, so a retry in between cannot finish it with a live state,
-        and two threads resolving it finish it once. Callbacks run after the lock is released.
-        """
-        with self._owner.lock, self._condition:
-            if self._state == "FINISHED" or not self._ended():  # type: ignore[attr-defined]
-                return
-            state = self.state
-            if state is State.DONE:
-                self._result = self
-                for waiter in self._waiters:  # type: ignore[attr-defined]
-                    waiter.add_result(self)
-            else:
-                self._exception = JobFailed(self, state, self._failure_message())
-                for waiter in self._waiters:  # type: ignore[attr-defined]
-                    waiter.add_exception(self)
-            self._state = "FINISHED"  # type: ignore[attr-defined]
-            self._condition.notify_all()
-            callbacks = list(self._done_callbacks)  # type: ignore[attr-defined]
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:
-                logger.exception("exception calling callback for %r", self)
-
-    def _ended(self) -> bool:
-        raise NotImplementedError
-
-    def reopen(self) -> None:
-        """Make a finished Future pending again (a retry starts a new outcome); callbacks already
-        called are not called again, those of a still-pending Future are kept.
-
-        For the session only (and unit tests), with its lock held.
-        """
-        with self._condition:
-            if self._state != "FINISHED":  # type: ignore[attr-defined]
-                return
-            self._state = "PENDING"  # type: ignore[attr-defined]
-            self._result = None
-            self._exception = None
-            self._done_callbacks.clear()  # type: ignore[attr-defined]
+    def _failure(self) -> BaseException | None:
+        state = self.state
+        return None if state is State.DONE else JobFailed(self, state, self._failure_message())
 
     def _failure_message(self) -> str:
         raise NotImplementedError
@@ -165,15 +120,16 @@ class Handle(concurrent.futures.Future):
     def wait(self, timeout: float | None = None) -> State:
         """Block until the work ends (or ``timeout`` seconds pass); return its State then.
 
-        Never raises for a failed job: look at the returned State, or use ``result()``.
+        Never raises for a failed job: look at the returned State, or use ``result()``. After
+        ``cancel()`` it waits until the killed task is gone (its Future was cancelled at once).
         """
         with self._owner.waiting(), interrupted(self):
-            concurrent.futures.wait([self], timeout=show_if_slow(self, timeout))
+            self.wait_for_work(show_if_slow(self, timeout))
         return self.state
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As ``Future.exception``; while it waits, the session polls often (no fixed poll period is paid)."""
-        if self._state == "FINISHED":  # type: ignore[attr-defined]
+        if self.done():
             return super().exception(timeout)
         with self._owner.waiting(), interrupted(self):
             return super().exception(show_if_slow(self, timeout))
@@ -183,14 +139,15 @@ class Job(Handle):
     """A submitted job, or one step of an array.
 
     A Job is a ``concurrent.futures.Future``: ``result(timeout)`` returns the Job when it ended
-    ``DONE`` and raises :class:`JobFailed` otherwise (a killed job too: its Future is never in the
-    Future's own "cancelled" state, so ``cancelled()`` stays False and ``await job`` raises
-    JobFailed, not CancelledError); ``concurrent.futures.wait``/``as_completed``,
-    ``add_done_callback`` and ``await job`` work as for any Future.
+    ``DONE`` and raises :class:`JobFailed` otherwise (a job killed other than by its own
+    :meth:`cancel` too: its session closing, another kernel's kill); after ``cancel()`` returned
+    True it is a cancelled Future (``cancelled()``; ``result()``, ``exception()`` and ``await job``
+    raise ``CancelledError``). ``concurrent.futures.wait``/``as_completed``, ``add_done_callback``
+    (each callback called once) and ``await job`` work as for any Future.
     """
 
     def __init__(self, owner: HandleOwner, rec: JobRecord, index: int = 0) -> None:
-        super().__init__()
+        super().__init__(owner.lock)
         self._owner = owner
         self._rec = rec
         self._index = index
@@ -267,17 +224,23 @@ class Job(Handle):
         paths = self.log_paths
         return read_tail(paths.stderr, tail) if paths else ""
 
-    def done(self) -> bool:
-        """True when the job reached a terminal State."""
-        return self.state.is_terminal
-
     def cancel(self) -> bool:
-        """Kill the job (or drop it if it has not started); True if it was not finished yet."""
+        """Kill the job (or drop it if it has not started) and cancel its Future; True if it was not finished.
+
+        After True, ``cancelled()`` is True and ``result()`` raises ``concurrent.futures.CancelledError``
+        at once. A job that had not started never runs (State KILLED); a running one is killed — unlike
+        ``ProcessPoolExecutor``, whose ``cancel()`` returns False for a running call and lets it run —
+        and ``wait()`` returns once its process is gone (State KILLED, or how it ended if it finished
+        first). False, and nothing changes, when it had already ended.
+        """
+        return super().cancel()
+
+    def _kill(self) -> bool:
         return self._owner.cancel(self._rec, [self._index])
 
     def running(self) -> bool:
-        """True while the job runs."""
-        return self.state is State.RUNNING
+        """True while the job runs (False once its Future is cancelled)."""
+        return self.state is State.RUNNING and not self.done()
 
     def retry(self, scale: float | dict[str, float] | None = None) -> Job:
         """Run a finished job again as a new attempt, as submitted (resources scaled as for automatic retries)."""
@@ -325,7 +288,7 @@ class Array(Handle, Sequence):  # type: ignore[misc]
     """
 
     def __init__(self, owner: HandleOwner, rec: JobRecord) -> None:
-        super().__init__()
+        super().__init__(owner.lock)
         self._owner = owner
         self._rec = rec
 
@@ -405,17 +368,20 @@ class Array(Handle, Sequence):  # type: ignore[misc]
         """The arguments of what :meth:`retry_failed` re-runs: ``fixed.map(array.failed_items())`` runs new code."""
         return failed_items(self._rec, retry_indices(self._rec, killed), self.session.root)
 
-    def done(self) -> bool:
-        """True when every step is terminal."""
-        return self._rec.all_terminal
-
     def cancel(self) -> bool:
-        """Kill running steps and drop the others; True if any step was not finished."""
+        """Kill running steps, drop the others, and cancel the Array's Future; True if any step was not finished.
+
+        As :meth:`Job.cancel` for the Array (``cancelled()``, ``CancelledError``; ``wait()`` until every
+        step ended); its steps end KILLED, and their own Jobs raise :class:`JobFailed`.
+        """
+        return super().cancel()
+
+    def _kill(self) -> bool:
         return self._owner.cancel(self._rec, range(self._rec.n))
 
     def running(self) -> bool:
-        """True while some step runs."""
-        return bool(self._rec.by_state[State.RUNNING])
+        """True while some step runs (False once the Array's Future is cancelled)."""
+        return bool(self._rec.by_state[State.RUNNING]) and not self.done()
 
     def result(self, timeout: float | None = None) -> Any:
         """The Array when every step ends DONE; for a map of a Python function, :meth:`results`."""

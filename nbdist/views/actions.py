@@ -44,12 +44,12 @@ def kill(handle: Job | Array) -> str:
     """Kill a job, an array or one step; the line saying what was killed."""
     if isinstance(handle, Array):
         live = [job.step for job in handle if not job.done()]
-        if not handle.cancel():
+        if not live or not handle.cancel():  # cancel() of a cancelled Future is True, as in concurrent.futures
             return f"nothing to kill: every step of {_label(handle)} had ended ({_counts(handle)})"
         where = "" if handle.owned else " (asked the kernel that runs it)"
         return f"killed {len(live)} of {len(handle)} steps of {_label(handle)}{where}: {_steps(live)}"
     before = handle.state
-    if not handle.cancel():
+    if before.is_terminal or not handle.cancel():
         return f"nothing to kill: {_label(handle)} had ended ({before.value})"
     where = "" if handle.owned else " (asked the kernel that runs it)"
     return f"killed {_label(handle)}{where}, which was {before.value}"

@@ -102,8 +102,10 @@ def test_cancel_kills_running_and_drops_queued(session):
     assert arr.wait(5) is State.KILLED
     assert time.monotonic() - started < 4
     assert arr.counts()["KILLED"] == 6
-    with pytest.raises(JobFailed):
+    with pytest.raises(concurrent.futures.CancelledError):  # the Array's Future was cancelled
         arr.result(0)
+    with pytest.raises(JobFailed):  # its steps were killed (their own cancel() was not called)
+        arr[0].result(0)
 
 
 def test_snapshot_shape(session):
