@@ -221,13 +221,19 @@ class Ownership:
         if live and usable and launcher.persistent(rec.backend):
             backend = launcher.attach_logs(rec)
             table = lifecycle.live.setdefault(rec.backend, {})
+            held = self._held_retries(rec, live)
             for index in live:
+                if index in held:
+                    continue
                 did = rec.dids[index]
                 try:
                     backend.adopt(did, rec.name, launcher.requested(rec, index if rec.kind == "array" else None))
                     table[did] = (rec, index)  # type: ignore[index]
                 except Exception as exc:
                     lifecycle.set(rec, index, State.LOST, f"lost: could not re-adopt {did} after {who} ended ({exc})")
+            # Retries the dead session held back (max_concurrent) are this session's to submit, as it would have.
+            rec.held.update((index, f"attempt {rec.attempts[index]} (taken over after {who} ended)") for index in held)
+            lifecycle.release(rec)
         elif live and not usable:
             for index in live:
                 lifecycle.set(rec, index, State.LOST,
@@ -241,6 +247,13 @@ class Ownership:
                                   f"cancelled: its session ({who}) ended before it started")
         if rec.by_state[State.PENDING]:
             lifecycle.deps_to_check.append(rec)
+
+    def _held_retries(self, rec: JobRecord, live: list[int]) -> list[int]:
+        """Steps whose current attempt the dead session held back (max_concurrent) and never submitted:
+        their row still names the distributor id of an earlier, finished attempt."""
+        return [index for index in live if rec.attempts[index] > 1 and any(
+            row.distributor_id == rec.dids[index] and row.attempt < rec.attempts[index]
+            for row in self.registry.attempt_rows(rec.id, index))]
 
     def refresh_foreign(self) -> bool:
         """Read other sessions' jobs from the registry: the progress of unfinished ones, and a retry

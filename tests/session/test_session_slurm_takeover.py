@@ -1,5 +1,6 @@
-"""The session on the real Slurm of ``scripts/slurm-local.sh``: what a kernel held back is launched by the
-session that attaches after it died, and running steps show live CPU/RSS on the dashboard (``sstat``).
+"""The session on the real Slurm of ``scripts/slurm-local.sh``: what a kernel held back (the distributor's
+array calls, the session's retries) is launched by the session that attaches after it died, and running
+steps show live CPU/RSS on the dashboard (``sstat``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,53 @@ def test_steps_a_dead_kernel_held_back_are_launched_by_attach(tmp_path):
         assert all(len(step.attempts) == 1 for step in arr)  # launched once each, not retried
         runs = sorted(tuple(map(float, path.read_text().split())) for path in spans.iterdir())
         assert len(runs) == 6 and _most_at_once(runs) <= 2  # max_concurrent held after the takeover too
+    finally:
+        kernel.kill()
+        kernel.stdout.close()
+        _close(session)
+
+
+# Step 0 fails on its first attempt while steps 1 and 2 take both slots of max_concurrent=2: the session
+# holds its automatic retry back, and dies before submitting it.
+KERNEL_RETRY = textwrap.dedent(
+    """
+    import sys, time
+    from nbdist import Session
+
+    if __name__ == "__main__":
+        root, marker = sys.argv[1], sys.argv[2]
+        session = Session(backend="slurm", root=root, poll_interval=0.2, max_poll_interval=0.5)
+        arr = session.array(f'if [ {{{{x}}}} = 0 ]; then test -e {marker} && echo again || exit 3; else sleep 6; fi',
+                            over={"x": [0, 1, 2]}, name="retried", max_concurrent=2, max_attempts=2)
+        # The retry is held: the step is QUEUED on its second attempt while no task of it is at Slurm.
+        while "waiting for a free slot" not in (arr[0].message or ""):
+            time.sleep(0.05)
+        time.sleep(0.5)  # polls: the registry has it
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_a_retry_a_dead_kernel_held_back_is_submitted_by_attach(tmp_path):
+    root, marker = str(tmp_path / "root"), tmp_path / "fixed"
+    script = tmp_path / "kernel.py"
+    script.write_text(KERNEL_RETRY)
+    kernel = subprocess.Popen([sys.executable, str(script), root, str(marker)], stdout=subprocess.PIPE, text=True)
+    session = None
+    try:
+        assert kernel.stdout.readline().strip() == "ready"
+        kernel.send_signal(signal.SIGKILL)
+        kernel.wait(5)
+        marker.touch()
+        session = nbdist.attach(root)
+        arr = session.get("retried")
+        assert arr.wait(120) is State.DONE, [(step.state, step.message) for step in arr]
+        step = arr[0]
+        assert step.stdout() == "again\n"
+        attempts = step.attempts
+        assert [a.state for a in attempts] == [State.FAILED, State.DONE], attempts
+        assert attempts[0].distributor_id != attempts[1].distributor_id  # a new submission, not the old one
     finally:
         kernel.kill()
         kernel.stdout.close()
