@@ -188,8 +188,10 @@ def test_a_real_workflow_on_the_nbdist_cluster(jobmon_root, tmp_path):
            if instance["distributor_id"]]
     assert len(ids) == len(set(ids)) and max(map(len, ids)) <= 20  # Jobmon's VARCHAR(20)
     assert "project" in only("one")[0]["resources"]  # a key nbdist does not use, ignored, not refused
-    # Jobmon's worker ran warm: forked from a consumer (its entry point is a script of this Python).
-    assert "Consumer.serve" in result["worker_cmdline"], result["worker_cmdline"]
+    # Jobmon's worker ran as its own interpreter (it sets process-wide state): its entry point script,
+    # neither a fork of a consumer nor a warm worker made for Python calls.
+    assert "worker_node_entry_point" in result["worker_cmdline"], result["worker_cmdline"]
+    assert "Consumer.serve" not in result["worker_cmdline"] and "callworker" not in result["worker_cmdline"]
 
     # A failing command: E with its exit code, usage and stderr in Jobmon's error log.
     [failed] = only("fails")

@@ -16,7 +16,7 @@ from jobmon.client.api import Tool
 from sqlalchemy import create_engine, text
 
 WORKER_CMDLINE = os.path.abspath("worker-cmdline.txt")
-# The shell's parent is Jobmon's worker: a fork of an nbdist consumer, or a new interpreter.
+# The shell's parent is Jobmon's worker: a new interpreter running its entry point script.
 ONE = f"echo one; tr '\\0' ' ' < /proc/$PPID/cmdline > {shlex.quote(WORKER_CMDLINE)}"
 # Log folders the task names: one that does not exist yet (made for it), one that cannot be made.
 NEW_LOGS = os.path.abspath("new-logs/deeper")

@@ -114,12 +114,16 @@ def make_call(request: dict[str, Any], out_fd: int, err_fd: int) -> WorkerReply:
     threads_before = set(threading.enumerate())
     cpu_before = _cpu_seconds()
     peak_reset = _reset_peak_rss()
+    owner = os.getpid()
     retire = None
     try:
         os.environ.update(request["env"])
         sys.argv = [call_module.__file__ or "pycall", request["call"], *([request["items"]] if request["items"] else [])]
         code, retire = _run(request)
-        _join_new_threads(threads_before)
+        if os.getpid() != owner:  # a child the call forked (os.fork) returned from it: as a task's would, it ends
+            _flush_stdio()
+            os._exit(code)
+        retire = _join_new_threads(threads_before) or retire
     finally:
         _flush_stdio()
         _kill_descendants()
@@ -196,11 +200,26 @@ class _Saved:
                 signal.signal(signum, handler)
 
 
-def _join_new_threads(before: set[threading.Thread]) -> None:
-    """Join the non-daemon threads the call started, as an interpreter does before it exits."""
+def _join_new_threads(before: set[threading.Thread]) -> str | None:
+    """Join the non-daemon threads the call started, as an interpreter does before it exits; a reason to
+    retire the worker when some are a thread pool's idle workers (an interpreter would shut the pool down
+    at exit, which in a worker would stop every later call's pools: the worker ends instead)."""
+    pool_threads = _thread_pool_workers()
+    left = None
     for thread in threading.enumerate():
-        if thread not in before and not thread.daemon and thread is not threading.current_thread():
+        if thread in before or thread.daemon or thread is threading.current_thread():
+            continue
+        if thread in pool_threads:
+            left = "the call left a thread pool running"
+        else:
             thread.join()
+    return left
+
+
+def _thread_pool_workers() -> set[threading.Thread]:
+    """The threads of ``concurrent.futures.ThreadPoolExecutor`` pools (the stdlib's own registry of them)."""
+    module = sys.modules.get("concurrent.futures.thread")
+    return set(getattr(module, "_threads_queues", {}).keys()) if module is not None else set()
 
 
 _libc: Any = None

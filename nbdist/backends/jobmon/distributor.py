@@ -101,10 +101,8 @@ class JobmonDistributor(MultiprocessDistributor, ClusterDistributor):
         return self._entry_point
 
     def _through_entry_point(self, command: str) -> str:
-        # The entry point is a Python script of this very interpreter (the usual install): in the
-        # script form, a consumer that has Jobmon's worker imported forks and runs it (about a second
-        # of interpreter start and imports saved per task, see multiprocess.warm); through /bin/sh it
-        # is the same script run the same way.
+        # The entry point is a Python script of this very interpreter (the usual install): run with it,
+        # as its #! line would (a fresh interpreter per task: Jobmon's worker sets process-wide state).
         if self._entry_point_python == sys.executable:
             return script_command(sys.executable, self._entry_point, shlex.split(command))
         return f"{shlex.quote(self._entry_point)} {command}"

@@ -323,3 +323,46 @@ def test_stopping_the_distributor_ends_idle_workers(tmp_path):
         workers = {calls.run(whoami)[1]["pid"] for _ in range(3)}
     for pid in workers:
         _wait_until(lambda: not pid_alive(pid), timeout=5)
+
+
+def _leaves_threads(pool: bool) -> int:
+    import concurrent.futures
+    import threading
+
+    def late() -> None:
+        time.sleep(0.5)
+        print("from a thread, after the function returned")
+
+    threading.Thread(target=late).start()  # non-daemon: joined, as an interpreter joins it before exiting
+    if pool:
+        executor = concurrent.futures.ThreadPoolExecutor(2)
+        executor.submit(print, "from a pool").result()
+        globals()["kept_pool"] = executor  # idle, never shut down: the worker cannot keep it
+    return os.getpid()
+
+
+def test_threads_a_call_leaves_are_joined_and_a_pool_left_running_retires_the_worker(calls):
+    joined = calls.submit(_leaves_threads, False)
+    assert calls.wait(joined)["status"] == "D"
+    assert calls.logs(joined)[0] == "from a thread, after the function returned\n"
+    ok, first = calls.outcome(joined)
+    _, pooled = calls.run(_leaves_threads, True)
+    assert pooled == first  # the same warm worker...
+    _, after = calls.run(whoami)
+    assert after["pid"] != pooled and not pid_alive(pooled)  # ...retired after the call that left a pool
+
+
+def _forks() -> str:
+    child = os.fork()  # the child returns from the function too, as in a task of its own
+    if child:
+        os.waitpid(child, 0)
+        return "parent"
+    return "child"
+
+
+def test_a_child_the_call_forks_ends_when_it_returns_and_never_answers_for_the_worker(calls):
+    task = calls.submit(_forks)
+    report = calls.wait(task)
+    assert (report["status"], calls.outcome(task)) == ("D", (True, "parent"))
+    _, after = calls.run(whoami)
+    assert after["pid"] == report["pid"]  # the worker goes on, its channel untouched by the child
