@@ -134,9 +134,17 @@ def attach(root: str = ".nbdist", **session_options: _Any) -> Session:
     return defaults.attach(root, **session_options)
 
 
-def show(handle: _Any = None, **options: _Any) -> _Any:
+def show(handle: _Any = None, *, side: bool = False, **options: _Any) -> _Any:
     """The live dashboard of a job or array (``nbdist.views.widget``); without one, every job of the
-    default session's registry at a glance (``nbdist.views.overview``: click one to open it)."""
+    default session's registry at a glance (``nbdist.views.overview``: click one to open it), with
+    ``side=True`` in a JupyterLab side panel that stays while the notebook scrolls."""
+    if side:
+        from .views.sidepanel import show_side
+
+        panel = show_side(options.get("sessions") or [default_session()])
+        if handle is not None:
+            getattr(panel, "overview", panel).open(str(handle.id))
+        return panel
     if handle is None:
         from .views.overview import show_all
 

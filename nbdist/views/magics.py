@@ -247,6 +247,7 @@ class NbdistMagics(Magics):
                                               the registry's unfinished and newest jobs, newest first (all
                                               with --all); or one, as a table (--where: steps with these values)
             %nbdist show [NAME]               the live dashboard of a job or array (none: every job)
+            %nbdist show --side [NAME]        every job in a JupyterLab side panel (and NAME's dashboard there)
             %nbdist logs NAME[:STEP] [--err] [--tail N]
                                               a step's stdout (stderr with --err)
             %nbdist kill NAME[:STEP]          kill a job, an array, or one step of it
@@ -304,6 +305,16 @@ class NbdistMagics(Magics):
     def _cmd_show(self, args: Any) -> None:
         from .widget import show
 
+        if args.side:  # every job, in a side panel that stays while the notebook scrolls
+            from .sidepanel import show_side
+
+            if args.name is not None:
+                self._lookup(args.name)  # an unknown name is one line, before any panel opens
+            panel = show_side(self.sessions.all())
+            if args.name is not None:
+                getattr(panel, "overview", panel).open(str(self._lookup(args.name).id))
+            display(panel)
+            return
         if args.name is None:  # every job of the magics' sessions' registries
             from .overview import show_all
 
@@ -424,8 +435,9 @@ def _build_nbdist_parser() -> MagicArgumentParser:
     status.add_argument("name", nargs="?")
     status.add_argument("--all", action="store_true")
     status.add_argument("--where", nargs="+", default=[], metavar="NAME=VALUE")
-    commands.add_parser("show", help="the dashboard of a job or array (none: every job)").add_argument(
-        "name", nargs="?")
+    show = commands.add_parser("show", help="the dashboard of a job or array (none: every job)")
+    show.add_argument("name", nargs="?")
+    show.add_argument("--side", action="store_true", help="every job in a JupyterLab side panel")
     logs = commands.add_parser("logs", help="a step's log")
     logs.add_argument("target", metavar="NAME[:STEP]")
     logs.add_argument("--err", action="store_true")
