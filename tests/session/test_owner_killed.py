@@ -36,6 +36,8 @@ OWNER = textwrap.dedent(
         session = Session(parallelism=3, root=sys.argv[1])
         warmup = session.array("echo step $ARRAY_STEP_ID", steps=4, name="warmup")
         warmup.wait(30)
+        with Executor(session=session, env={"IDLE_WORKER": "1"}) as idle:  # leaves a warm worker idle
+            idle.submit(nap, 0).result()
         shell = session.submit("sleep 60", name="shell")
         daemon = session.submit("setsid sleep 61 & sleep 62", name="daemon")
         with Executor(session=session) as pool:
@@ -80,6 +82,8 @@ def test_tasks_end_within_a_second_of_their_owner(tmp_path, how):
         commands = [" ".join(proc.cmdline()) for proc in tasks]
         assert any(cmd == "sleep 60" for cmd in commands), commands
         assert any(cmd == "sleep 61" for cmd in commands), commands
+        # Warm workers (one idle, one running the call) are under consumers too: they must go as well.
+        assert sum("callworker" in cmd for cmd in commands) == 2, commands
         killed_at = time.monotonic()
         if how == "owner alone":
             owner.send_signal(signal.SIGKILL)

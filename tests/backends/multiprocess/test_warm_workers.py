@@ -366,3 +366,59 @@ def test_a_child_the_call_forks_ends_when_it_returns_and_never_answers_for_the_w
     assert (report["status"], calls.outcome(task)) == ("D", (True, "parent"))
     _, after = calls.run(whoami)
     assert after["pid"] == report["pid"]  # the worker goes on, its channel untouched by the child
+
+
+POOL_SCRIPT = """
+import json, os, sys, time
+from nbdist.backends._task.runner import TaskSpec
+from nbdist.backends.multiprocess.workers import WorkerOptions, WorkerPool
+from nbdist.cluster_protocol import pycall
+
+folder = sys.argv[1]
+package_parent = os.path.dirname(os.path.dirname(os.path.abspath(pycall.__file__)))
+pool = WorkerPool(dict(os.environ), WorkerOptions(idle_timeout=0.3, max_rss_growth_mb=100), package_parent)
+def grow(megabytes):
+    block = bytearray(megabytes * 2**20)
+    block[::4096] = b"x" * len(block[::4096])
+    sys.__dict__.setdefault("leaked", []).append(block)  # module state: it outlives the call, as a leak does
+    return os.getpid()
+
+def call(n, function, *args):
+    path = pycall.call_path(folder, "fn", f"j{n}")
+    pycall.write_call(path, pycall.Call(function, args, sys_path=list(sys.path)))
+    spec = TaskSpec(f"t{n}", "unused", f"{folder}/o{n}", f"{folder}/e{n}", call=pycall.PythonCall(path))
+    running = pool.start(spec)
+    outcome = running.wait()
+    pool.ended()
+    assert outcome.status == "D", (outcome, open(f"{folder}/e{n}").read())
+    return pycall.read_outcome(spec.call.result_path(spec.distributor_id))[1]
+
+report = {}
+first = call(1, grow, 10)
+second = call(2, grow, 10)
+report["reused"] = first == second
+third = call(3, grow, 200)  # grew past the leak guard: retired after this call, a replacement started
+report["leaked_retired"] = third == first and [w.pid for w in pool.idle] != [first]
+fourth = call(4, os.getpid)
+report["fresh_after_leak"] = fourth != first
+report["idle_before"] = [w.pid for w in pool.idle]
+time.sleep(0.5)
+pool.retire_idle()
+report["idle_after"] = [w.pid for w in pool.idle]
+report["workers"] = [first, fourth]
+pool.close()
+print(json.dumps(report))
+"""
+
+
+def test_the_leak_guard_and_the_idle_timeout_retire_workers(tmp_path):
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", POOL_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["reused"] and report["leaked_retired"] and report["fresh_after_leak"]
+    assert report["workers"][1] in report["idle_before"] and report["idle_after"] == []
+    assert not any(pid_alive(pid) for pid in report["workers"])
