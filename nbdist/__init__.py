@@ -166,3 +166,9 @@ def load_ipython_extension(ipython: _Any) -> None:
 from .integrations import watch_joblib as _watch_joblib  # noqa: E402
 
 _watch_joblib()
+
+# Inside IPython, a Job or Array shown as a cell's value is its dashboard (``nbdist.views.display``);
+# outside, this is one dictionary look-up.
+from .views.display import register_if_ipython as _register_display  # noqa: E402
+
+_register_display()

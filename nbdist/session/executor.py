@@ -29,6 +29,7 @@ from .handles import Array, Handle, Job
 from .outcomes import step_outcomes
 from .session import Session
 from .state import State
+from .waits import LiveWait, quiet_waits
 
 __all__ = ["Executor", "auto_chunksize"]
 
@@ -195,13 +196,17 @@ def _values_in_order(array: Array, end: float | None) -> Iterator[Any]:
     An item that raised raises here when reached (its step's earlier items yielded first); a step
     that wrote no outcome raises what its Job raises. When the iterator is left early (a timeout,
     an exception, ``break``), steps that have not started are cancelled, as
-    ``ProcessPoolExecutor.map`` cancels its pending futures.
+    ``ProcessPoolExecutor.map`` cancels its pending futures. A read that blocks shows one live dashboard,
+    of the whole array, as ``results()`` does (not one per slow step), drawn at its end when the read ends.
     """
     rec, root = array.record, array.session.root
+    live = LiveWait(array)
     try:
         for index in range(len(array)):
             if rec.states[index] is not State.DONE:
-                array[index].exception(None if end is None else max(0.0, end - time.monotonic()))
+                live.wait(array[index], None if end is None else max(0.0, end - time.monotonic()))
+                with quiet_waits():  # the steps' own waits show nothing: the array's dashboard is shown
+                    array[index].exception(None if end is None else max(0.0, end - time.monotonic()))
             found = False
             for ok, value in step_outcomes(rec, index, root) if rec.states[index].is_terminal else ():
                 if not ok:
@@ -211,4 +216,5 @@ def _values_in_order(array: Array, end: float | None) -> Iterator[Any]:
             if not found:
                 array[index].result()  # raises why the step ended with no outcome
     finally:
+        live.end()
         _cancel_waiting_steps(array)

@@ -3,8 +3,11 @@
 The session draws nothing: a view (``%load_ext nbdist``) registers a display hook, and a handle's
 ``wait()``/``result()`` that still blocks after :data:`LIVE_AFTER_SECONDS` calls it once with the
 handle — the live dashboard, as ``tqdm.notebook`` shows its bar; work done in a blink shows nothing
-(ipyparallel's ``progress_after``). An interrupt (Ctrl-C, ■) stops the wait, never the work, and says
-so in one line instead of a traceback through ``concurrent.futures`` and ``threading``.
+(ipyparallel's ``progress_after``). The hook may return a callable, called once the wait is over, so
+that the dashboard shows the end (100 %) when the cell finishes, not its last refresh. A wait made of
+several waits (``Executor.map`` read item by item) shows one dashboard, of the whole array, through a
+:class:`LiveWait`. An interrupt (Ctrl-C, ■) stops the wait, never the work, and says so in one line
+instead of a traceback through ``concurrent.futures`` and ``threading``.
 """
 
 from __future__ import annotations
@@ -12,21 +15,25 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LIVE_AFTER_SECONDS", "interrupted", "quiet_waits", "set_wait_display", "show_if_slow"]
+__all__ = ["LIVE_AFTER_SECONDS", "LiveWait", "interrupted", "quiet_waits", "set_wait_display", "show_if_slow"]
 
 # A wait shows its live dashboard once it has lasted this long: work done in a blink gets none, which
 # is also what a saved notebook then holds.
 LIVE_AFTER_SECONDS = 1.0
 
-_display: Callable[[Any], None] | None = None
+_display: Callable[[Any], Any] | None = None
 _quiet = threading.local()
 
 
-def set_wait_display(hook: Callable[[Any], None] | None) -> None:
-    """Register what a slow wait shows (called with the handle once); None: nothing."""
+def set_wait_display(hook: Callable[[Any], Any] | None) -> None:
+    """Register what a slow wait shows (called with the handle once); None: nothing.
+
+    When ``hook`` returns a callable, it is called (from the waiting thread) once the wait is over.
+    """
     global _display
     _display = hook
 
@@ -41,16 +48,47 @@ def quiet_waits() -> Iterator[None]:
         _quiet.on = False
 
 
+class LiveWait:
+    """One live dashboard of ``handle`` for a wait made of waits on its parts (the steps a map reads in turn)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.shown = False
+        self._end: Any = None
+
+    def wait(self, part: Any, timeout: float | None) -> float | None:
+        """Wait for ``part`` up to :data:`LIVE_AFTER_SECONDS`; if it still runs, show ``handle`` (once);
+        the timeout left then."""
+        hook = _display
+        if self.shown or hook is None or getattr(_quiet, "on", False) or part.done() or (
+                timeout is not None and timeout <= LIVE_AFTER_SECONDS):
+            return timeout
+        concurrent.futures.wait([part], timeout=LIVE_AFTER_SECONDS)
+        if not part.done() and not self.handle.done():
+            self.shown = True
+            self._end = hook(self.handle)
+        return None if timeout is None else max(0.0, timeout - LIVE_AFTER_SECONDS)
+
+    def end(self) -> None:
+        """The wait is over: let the dashboard draw where the work is now (its end, when it ended)."""
+        end, self._end = self._end, None
+        if callable(end):
+            end()
+
+
 def show_if_slow(handle: Any, timeout: float | None) -> float | None:
-    """Wait up to :data:`LIVE_AFTER_SECONDS`; if the work still runs, show it; the timeout left then."""
-    hook = _display
-    if hook is None or getattr(_quiet, "on", False) or handle.done() or (
-            timeout is not None and timeout <= LIVE_AFTER_SECONDS):
-        return timeout
-    concurrent.futures.wait([handle], timeout=LIVE_AFTER_SECONDS)
-    if not handle.done():
-        hook(handle)
-    return None if timeout is None else max(0.0, timeout - LIVE_AFTER_SECONDS)
+    """Wait up to :data:`LIVE_AFTER_SECONDS`; if the work still runs, show it, wait for it (up to the
+    timeout) and draw its end; the timeout left then."""
+    live = LiveWait(handle)
+    left = live.wait(handle, timeout)
+    if not live.shown:
+        return left
+    start = time.monotonic()
+    try:
+        concurrent.futures.wait([handle], timeout=left)
+    finally:
+        live.end()
+    return None if left is None else max(0.0, left - (time.monotonic() - start))
 
 
 @contextlib.contextmanager

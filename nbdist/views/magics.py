@@ -21,8 +21,9 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 from IPython.display import display
 
 from ..session import LIVE_AFTER_SECONDS, Array, Job, NotebookSessions, Options, Session, cell_inputs, expand, \
-    placeholders, quiet_waits, set_wait_display, submit_cell
+    placeholders, quiet_waits, submit_cell
 from . import actions
+from .display import register as register_display
 from .magic_lines import array_spec, one_line, split_step, split_words
 
 __all__ = ["NbdistMagics", "load_ipython_extension"]
@@ -461,12 +462,7 @@ def _build_nbdist_parser() -> MagicArgumentParser:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext nbdist``: register ``%%submit`` and ``%nbdist``; a slow ``job.wait()`` shows its dashboard."""
+    """``%load_ext nbdist``: register ``%%submit`` and ``%nbdist``; a handle shown as a cell's value and a slow
+    ``job.wait()`` show its dashboard."""
     ipython.register_magics(NbdistMagics)
-    set_wait_display(lambda handle: display(_live_view(handle)))
-
-
-def _live_view(handle: Any) -> Any:
-    from .widget import show
-
-    return show(handle, session=handle.session)
+    register_display(ipython)
