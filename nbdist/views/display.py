@@ -8,7 +8,9 @@ blocking ``Executor.map`` calls (:func:`nbdist.session.set_wait_display`). Outsi
 ``repr`` stays what it was (``<Array 1 'sim' QUEUED [QUEUED=12]>``), and it stays the fallback here
 when no dashboard can be drawn.
 
-Both are registered by ``%load_ext nbdist`` and by ``import nbdist`` inside IPython.
+``%load_ext nbdist`` registers both; ``import nbdist`` inside IPython registers the drawing of handles
+only: a blocking wait that shows a dashboard after a second in some runs and not in others would make
+notebooks that never asked for the magics differ from run to run (and fail nbval).
 """
 
 from __future__ import annotations
@@ -54,18 +56,20 @@ def _wait_display(handle: Any) -> Callable[[], Any] | None:
     return getattr(view, "tick", None)
 
 
-def register(shell: Any) -> None:
-    """Draw handles as dashboards in ``shell``, and show the live dashboard of a slow wait."""
-    from ..session import set_wait_display
-
+def register(shell: Any, *, waits: bool = True) -> None:
+    """Draw handles as dashboards in ``shell``; with ``waits``, show the live dashboard of a slow wait."""
     formatter = shell.display_formatter.ipython_display_formatter
     for module, name in HANDLE_TYPES:
         formatter.for_type_by_name(module, name, show_handle)
-    set_wait_display(_wait_display)
+    if waits:
+        from ..session import set_wait_display
+
+        set_wait_display(_wait_display)
 
 
 def register_if_ipython() -> None:
-    """:func:`register` in the running IPython shell, if there is one (``import nbdist`` calls this).
+    """:func:`register` the drawing of handles in the running IPython shell, if there is one (``import
+    nbdist`` calls this).
 
     Costs a dictionary look-up outside IPython: task processes import nbdist and must start fast.
     """
@@ -73,4 +77,4 @@ def register_if_ipython() -> None:
         return
     shell = sys.modules["IPython"].get_ipython()
     if shell is not None and hasattr(shell, "display_formatter"):
-        register(shell)
+        register(shell, waits=False)
