@@ -149,7 +149,7 @@ def build_snapshot(rec: JobRecord, logs: LogCache, *, state: State | str | None 
     else:
         log_index = default_log_step(rec)
     stdout_tail, stderr_tail = _log_tails(rec, logs, log_index, tail_lines)
-    end = rec.ended if rec.all_terminal and rec.ended else now
+    end = _end_of(rec, now)
     return Snapshot(
         id=str(rec.id),
         name=rec.name,
@@ -174,8 +174,18 @@ def build_snapshot(rec: JobRecord, logs: LogCache, *, state: State | str | None 
         reason=reason,
         version=rec.version,
         submitted=rec.created,
-        progress=progress_of(rec, now),
+        progress=progress_of(rec, end),  # a finished job's timeline ends where it did, and stops changing
     )
+
+
+def _end_of(rec: JobRecord, now: float) -> float:
+    """When the job ended (its record's end, else its last step's end), or ``now`` while it runs."""
+    if not rec.all_terminal:
+        return now
+    if rec.ended:
+        return rec.ended
+    ends = [start + wall for start, wall in zip(rec.started, rec.runtimes) if start and wall is not None]
+    return max(ends, default=now)
 
 
 def param_names(rec: JobRecord) -> tuple[str, ...]:

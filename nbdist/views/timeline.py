@@ -22,7 +22,7 @@ from . import render
 if TYPE_CHECKING:
     from ..session import Snapshot
 
-__all__ = ["GROUP_COLORS", "efficiency_html", "efficiency_text", "pick_view", "pictures_html", "rates_text",
+__all__ = ["GROUP_COLORS", "axis_span", "efficiency_html", "efficiency_text", "pick_view", "pictures_html", "rates_text",
            "stacked_bar_html", "timeline_svg"]
 
 # Fixed colours (an SVG attribute cannot read CSS variables), readable on light and dark themes; one per
@@ -102,27 +102,44 @@ def timeline_svg(snapshot: Snapshot) -> str:
     if timeline is None or (not timeline.bars and not timeline.binned):
         return ""
     title = f"<title>{_esc(f'timeline of {snapshot.kind} {snapshot.name}')}</title>"
+    span = axis_span(snapshot)
     if timeline.binned:
-        body, height = _bins(timeline)
+        body, height = _bins(timeline, span)
     else:
-        body, height = _bars(timeline)
-    axis = _axis(timeline.span_s, height)
+        body, height = _bars(timeline, span)
+    axis = _axis(span, height)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="nbdist-timeline" width="{_WIDTH}" '
             f'height="{height + _AXIS_H}" viewBox="0 0 {_WIDTH} {height + _AXIS_H}" {_FONT}>'
             f"{title}{body}{axis}</svg>")
+
+
+def axis_span(snapshot: Snapshot) -> float:
+    """Seconds the timeline's axis covers: while steps run, the core's round length ahead of now (it grows
+    in steps, so bars move rarely); once every step ended, up to where the job ended, so a finished job
+    fills the picture and stays the same picture however long after it is drawn."""
+    timeline = snapshot.progress.timeline if snapshot.progress is not None else None
+    if timeline is None:
+        return 0.0
+    if not snapshot.all_terminal:
+        return float(timeline.span_s)
+    if timeline.binned:  # whole slots, up to the one the job ended in
+        slots = len(next(iter(timeline.bins.values())))
+        return float(min(slots, int(timeline.now_s / timeline.slot_s) + 1) * timeline.slot_s)
+    end = max((bar.end for bar in timeline.bars), default=0.0)
+    return float(end) if end > 0 else float(timeline.span_s)
 
 
 def _x(seconds: float, span: float) -> float:
     return round(max(seconds, 0.0) / span * _WIDTH, 1)
 
 
-def _bars(timeline: Any) -> tuple[str, int]:
+def _bars(timeline: Any, span: float) -> tuple[str, int]:
     lanes = max(timeline.lanes, 1)
     lane_h = max(2, min(14, 160 // lanes))
     by_group: dict[str, list[str]] = {}
     for bar in timeline.bars:
-        x = _x(bar.start, timeline.span_s)
-        width = max(round(_x(bar.end, timeline.span_s) - x, 1), 1.0)
+        x = _x(bar.start, span)
+        width = max(round(_x(bar.end, span) - x, 1), 1.0)
         step = "" if bar.step is None else f"step {bar.step} · "
         label = f" · {bar.label}" if bar.label else ""
         tip = _esc(f"{step}{bar.state} · {render.format_seconds(bar.end - bar.start)}{label}")
@@ -135,10 +152,10 @@ def _bars(timeline: Any) -> tuple[str, int]:
     return body, lanes * lane_h
 
 
-def _bins(timeline: Any) -> tuple[str, int]:
+def _bins(timeline: Any, span: float) -> tuple[str, int]:
     bins = timeline.bins
     slots = len(next(iter(bins.values())))
-    width = _WIDTH / slots
+    width = _WIDTH * timeline.slot_s / span
     used = min(slots, int(timeline.now_s / timeline.slot_s) + 1)
     groups = [group for group in BAR_GROUPS if any(bins.get(group, ())[:used])]  # the core's bins: no "queued"
     totals = [sum(bins[group][k] for group in groups) for k in range(used)]
