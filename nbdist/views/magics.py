@@ -8,6 +8,7 @@ to a ``UsageError`` at this boundary.
 
 from __future__ import annotations
 
+import inspect
 import keyword
 import logging
 import sys
@@ -272,7 +273,11 @@ class NbdistMagics(Magics):
             %nbdist logs squares:3 --tail 20
             %nbdist retry sweep --scale 2
         """
-        args = self._nbdist_parser.parse_args(split_words(line))
+        words = split_words(line)
+        if not words or words[0] == "help" or {"-h", "--help"} & set(words):  # the sub-commands, as %nbdist? lists them
+            sys.stdout.write(inspect.cleandoc(self.nbdist.__doc__ or "") + "\n")
+            return
+        args = self._nbdist_parser.parse_args(words)
         getattr(self, f"_cmd_{args.command}")(args)
 
     def _cmd_status(self, args: Any) -> None:

@@ -97,6 +97,9 @@ class Dashboard:
         self._tab_step: Any = ()  # the log step whose tab was last chosen for the user
         self.selected: tuple[int, ...] = ()
         self.status = ""
+        # The job's change counter when a retry was asked: its "retrying …" status says what is under way,
+        # so it is cleared once the job has changed since and every step is terminal again.
+        self._retry_from: int | None = None
         self.refreshes = 0
         self.last_refresh_cpu_s = 0.0
         self._errors = 0
@@ -142,6 +145,10 @@ class Dashboard:
                 self.page = snapshot.pages - 1
                 snapshot = self._take()
             self.snapshot = snapshot
+            if self._retry_from is not None and snapshot.all_terminal and snapshot.version != self._retry_from:
+                self._retry_from = None
+                if self.status.startswith("retrying"):
+                    self.status = ""
             self._apply(snapshot)
             self.refreshes += 1
             self.last_refresh_cpu_s = time.thread_time() - start
@@ -377,6 +384,7 @@ class Dashboard:
         """Re-run, as submitted, what the session's retry rule chooses (FAILED, TIMEOUT, OUT_OF_MEMORY,
         LOST; with "retry killed too", KILLED and SKIPPED as well): ``Array.retry_failed``, or for a
         single job ``Job.retry``."""
+        self._retry_from = self.session.version(self.handle)
         if self.snapshot.kind != "array":
             state = self.handle.state
             if not choose_retry([self.handle], self.retry_killed).chosen:

@@ -321,8 +321,7 @@ BAD_SUBMIT = [
     ("positional", "echo"),
 ]
 
-BAD_NBDIST = [
-    "",
+BAD_NBDIST = [  # (a bare %nbdist lists the sub-commands: test_small_ones.py)
     "frobnicate",
     "show nosuch",
     "status nosuch",
