@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 from . import pycall as call_module
 from .pycall import run_call
+from .system import SYSTEM
 
 __all__ = ["MAX_MESSAGE_BYTES", "WorkerReply", "WorkerState", "make_call", "serve"]
 
@@ -49,7 +50,6 @@ MAX_MESSAGE_BYTES = 1 << 16
 CWD_EXIT_CODE = 125
 # Exit code of a call ended by KeyboardInterrupt (as a shell reports a process killed by SIGINT).
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
-_PR_SET_PDEATHSIG = 1
 _RESTORED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -68,7 +68,8 @@ WorkerReply = tuple[int, dict[str, float], WorkerState]
 
 def serve(fd: int, parent_pid: int, package_parent: str, pre_import: Sequence[str] = ()) -> None:
     """The worker's main: make calls from the socket ``fd`` until it closes; dies with ``parent_pid``."""
-    _die_with(parent_pid)
+    SYSTEM.die_with_parent(signal.SIGKILL, parent_pid, fd)
+    SYSTEM.prepare()
     if sys.path and sys.path[0] == package_parent:  # put there only so this worker imports this nbdist
         del sys.path[0]
     # A consumer ignores SIGINT (Ctrl-C is the distributor's); an ignored signal survives exec.
@@ -93,16 +94,6 @@ def serve(fd: int, parent_pid: int, package_parent: str, pre_import: Sequence[st
         channel.send(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
 
 
-def _die_with(parent_pid: int) -> None:
-    """SIGKILL this worker when its consumer dies, even while a call runs (Linux; else EOF on the socket)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # it died before the line above
-        os._exit(1)
-
-
 def make_call(request: dict[str, Any], out_fd: int, err_fd: int) -> WorkerReply:
     """Make one call as its task: logs on fds 1/2, its env, cwd and ids; everything restored after."""
     saved_fds = os.dup(1), os.dup(2)
@@ -113,7 +104,7 @@ def make_call(request: dict[str, Any], out_fd: int, err_fd: int) -> WorkerReply:
     saved = _Saved()
     threads_before = set(threading.enumerate())
     cpu_before = _cpu_seconds()
-    peak_reset = _reset_peak_rss()
+    peak_reset = SYSTEM.reset_peak_rss()
     owner = os.getpid()
     retire = None
     try:
@@ -135,8 +126,8 @@ def make_call(request: dict[str, Any], out_fd: int, err_fd: int) -> WorkerReply:
     cpu_after = _cpu_seconds()
     user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     usage = {"cpu_s": round(user + system, 4), "user_s": round(user, 4), "system_s": round(system, 4),
-             "max_rss_mb": round(_peak_rss_mb(peak_reset), 2)}
-    return code, usage, WorkerState(_rss_mb(), cpu_after, retire)
+             "max_rss_mb": round(SYSTEM.peak_rss_mb(peak_reset), 2)}
+    return code, usage, WorkerState(SYSTEM.rss_mb(), cpu_after, retire)
 
 
 def _run(request: dict[str, Any]) -> tuple[int, str | None]:
@@ -241,30 +232,15 @@ def _flush_stdio() -> None:
         pass
 
 
-def _children(pid: str) -> list[str]:
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    children: list[str] = []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as handle:
-                children.extend(handle.read().split())
-        except OSError:
-            pass
-    return children
-
-
 def _kill_descendants() -> None:
     """SIGKILL every process the call left running (all at once: none can slip away when its parent
     dies), and reap this worker's own children; the consumer reaps those that re-parented to it."""
-    found, queue = [], _children("self")
-    direct = {int(pid) for pid in queue}
+    found, queue = [], SYSTEM.children()
+    direct = set(queue)
     while queue:
         pid = queue.pop()
-        found.append(int(pid))
-        queue.extend(_children(pid))
+        found.append(pid)
+        queue.extend(SYSTEM.children(pid))
     for pid in found:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -283,34 +259,3 @@ def _cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
 
 
-def _reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark to its RSS now (Linux ``clear_refs``): True if it was."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _peak_rss_mb(reset: bool) -> float:
-    """The peak RSS of the call (since the reset), or of the worker's whole life when it could not be reset."""
-    peak = _status_mb("VmHWM:") if reset else None
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mb() -> float:
-    """This process's RSS now (the consumer's leak guard compares it with the worker's first)."""
-    rss = _status_mb("VmRSS:")
-    return rss if rss is not None else 0.0

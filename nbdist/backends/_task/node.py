@@ -17,6 +17,7 @@ from typing import Any
 from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.naming import array_id, log_file
 from .runner import exit_message
+from .system import SYSTEM
 
 __all__ = ["WorkerNode", "current_distributor_id", "worker_entry_point"]
 
@@ -82,5 +83,5 @@ class WorkerNode:
         return {
             "wall_s": round(time.time() - self._start, 4),
             "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 4),
-            "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 2),
+            "max_rss_mb": round(SYSTEM.max_rss_mb(max(own.ru_maxrss, children.ru_maxrss)), 2),
         }

@@ -8,13 +8,13 @@ process that knew the task's pids is gone.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 
+from .system import SYSTEM
+
 __all__ = ["become_subreaper", "keep_child", "kill_tasks_by_id", "reap_strays", "release_child"]
 
-_PR_SET_CHILD_SUBREAPER = 36
 # Children this process keeps between tasks (a consumer's warm workers): never strays.
 _kept: set[int] = set()
 
@@ -29,30 +29,15 @@ def release_child(pid: int) -> None:
     _kept.discard(pid)
 
 
-def become_subreaper() -> None:
-    """Make orphaned descendants of this process re-parent to it, so none can escape a kill."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the process group kill still applies
-        pass
-
-
-def _stray_children() -> list[int]:
-    """Pids of this process's children (orphans re-parented here included), read from /proc."""
-    pids: list[int] = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children") as handle:
-                pids.extend(int(pid) for pid in handle.read().split())
-    except OSError:
-        pass
-    return pids
+def become_subreaper() -> bool:
+    """Make orphaned descendants of this process re-parent to it, so none can escape a kill (where the
+    system can: :mod:`.system`); False elsewhere: a task's process group is still killed."""
+    return SYSTEM.become_subreaper()
 
 
 def reap_strays() -> None:
     """Kill and reap the children left behind by a finished task (this process runs one at a time)."""
-    for pid in _stray_children():
+    for pid in SYSTEM.children():
         if pid in _kept:
             continue
         try:

@@ -33,6 +33,7 @@ from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.pycall import PythonCall
 from ...cluster_protocol.resources import format_memory, format_runtime
 from .reaping import reap_strays
+from .system import SYSTEM
 
 if TYPE_CHECKING:
     from .gpus import GpuMeter
@@ -144,7 +145,11 @@ class RunningTask:
         self.spec = spec
         self.pid = pid
         self.started = started
-        self.pidfd = os.pidfd_open(pid)
+        self._exit_watch = SYSTEM.watch_exit(pid)
+        self.pidfd = self._exit_watch.fileno()
+        # Descendants seen by a usage or memory sample, by pid and creation time: killed with the task
+        # when it ends, should they have left its group (where no subreaper brings them back).
+        self._seen_descendants: dict[int, float] = {}
         self.deadline = started + spec.runtime_s if spec.runtime_s else None
         self.peak_rss_mb = 0.0
         self._next_sample: float | None = None  # when live usage is due (None: nobody asked for it)
@@ -212,6 +217,7 @@ class RunningTask:
 
     def kill(self, status: str, message: str, grace: float, limit: Limit | None = None) -> None:
         """SIGTERM the task's group now and SIGKILL it after ``grace`` seconds; wait() then returns."""
+        self._tree()  # what it started is remembered before it can leave: killed with it at the end
         if self._verdict is None:
             self._verdict = (status, message, limit)
         self._signal_group(signal.SIGTERM)
@@ -253,13 +259,8 @@ class RunningTask:
     def _tree_rss_mb(self) -> float:
         import psutil
 
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0.0
         total = 0
-        for proc in procs:
+        for proc in self._tree():
             try:
                 total += proc.memory_info().rss
             except psutil.Error:
@@ -273,11 +274,7 @@ class RunningTask:
         now = time.monotonic()
         self._next_sample = now + USAGE_SAMPLE_SECONDS
         cpu, rss = 0.0, 0
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            procs = []
+        procs = self._tree()
         for proc in procs:
             try:
                 times = proc.cpu_times()
@@ -295,6 +292,37 @@ class RunningTask:
             sample.update(self._gpu_meter.sample(proc.pid for proc in procs))
         return sample
 
+    def _tree(self) -> list[Any]:
+        """The task's process and its descendants now (psutil), remembering the descendants seen."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            children = root.children(recursive=True)
+        except psutil.Error:
+            return []
+        for child in children:
+            if child.pid not in self._seen_descendants:
+                try:
+                    self._seen_descendants[child.pid] = child.create_time()
+                except psutil.Error:
+                    pass
+        return [root, *children]
+
+    def _kill_seen_descendants(self) -> None:
+        """SIGKILL the descendants a sample saw that still run (the same process: same creation time)."""
+        if not self._seen_descendants:
+            return
+        import psutil
+
+        for pid, created in self._seen_descendants.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == created:
+                    proc.kill()
+            except psutil.Error:
+                pass
+
     def _wait_exit(self, timeout: float) -> bool:
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
@@ -308,7 +336,8 @@ class RunningTask:
 
     def _finish_call(self, code: int, call_usage: dict[str, Any]) -> Outcome:
         """The call ended and its process (a warm worker) lives on: the call's own exit code and usage."""
-        os.close(self.pidfd)
+        self._exit_watch.close()
+        self._kill_seen_descendants()
         reap_strays()
         usage = {"wall_s": round(time.monotonic() - self.started, 4), **call_usage,
                  "max_rss_mb": round(max(call_usage.get("max_rss_mb", 0.0), self.peak_rss_mb), 2)}
@@ -323,8 +352,9 @@ class RunningTask:
         # ours: kill whatever it left in its group, then reap it, then the daemons that escaped.
         self._signal_group(signal.SIGKILL)
         _, status, rusage = os.wait4(self.pid, 0)
-        os.close(self.pidfd)
+        self._exit_watch.close()
         wall = time.monotonic() - self.started
+        self._kill_seen_descendants()
         reap_strays()
         exit_code = os.waitstatus_to_exitcode(status)
         signum = -exit_code if exit_code < 0 else None
@@ -337,7 +367,7 @@ class RunningTask:
             "cpu_s": round(user + system, 4),
             "user_s": round(user, 4),
             "system_s": round(system, 4),
-            "max_rss_mb": round(max(rusage.ru_maxrss / 1024, self.peak_rss_mb), 2),
+            "max_rss_mb": round(max(SYSTEM.max_rss_mb(rusage.ru_maxrss), self.peak_rss_mb), 2),
         }
         if self._gpu_meter is not None:
             usage.update(self._gpu_meter.summary(self.pid))
@@ -373,7 +403,7 @@ def _spawn(spec: TaskSpec, base_env: dict[str, str] | None) -> int:
             ["/bin/sh", "-c", command],
             env,
             file_actions=actions,
-            setsid=True,
+            **SYSTEM.new_group_options(),
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM),
             setsigmask=(),
         )

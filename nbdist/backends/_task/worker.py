@@ -47,6 +47,7 @@ from .exit_info import write_exit_info
 from .node import current_distributor_id
 from .reaping import become_subreaper
 from .runner import RunningTask, TaskSpec
+from .system import SYSTEM
 
 __all__ = ["main"]
 
@@ -195,21 +196,10 @@ def _run_one(spec: TaskSpec, read_fd: int, stdout_dir: str, name: str,
 
 
 def _die_with_slurmstepd() -> None:
-    """Under Slurm, ask the kernel for :data:`PARENT_DEATH_SIGNAL` when slurmstepd (our parent) dies."""
+    """Under Slurm, ask for :data:`PARENT_DEATH_SIGNAL` when slurmstepd (our parent) dies."""
     parent = os.getppid()
-    try:
-        with open(f"/proc/{parent}/comm") as handle:
-            if handle.read().strip() != "slurmstepd":
-                return
-        import ctypes  # only workers under Slurm pay for it
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), PARENT_DEATH_SIGNAL)
+    if SYSTEM.process_name(parent) == "slurmstepd":
+        SYSTEM.parent_death_signal(PARENT_DEATH_SIGNAL, parent)
 
 
 if __name__ == "__main__":

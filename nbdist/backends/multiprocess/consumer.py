@@ -23,6 +23,7 @@ from typing import Any
 from ...cluster_protocol import TaskInstanceStatus as Status
 from .._task.reaping import become_subreaper
 from .._task.runner import Outcome, RunningTask, TaskSpec
+from .._task.system import SYSTEM, ExitWatch
 from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
                        Usage, receive_message, send_message)
 from .workers import WorkerOptions, WorkerPool
@@ -68,7 +69,8 @@ class Consumer:
         self.response_queue = response_queue
         self.worker_options = worker_options or WorkerOptions()
         self._popen: subprocess.Popen[bytes] | None = None
-        self.sentinel = -1
+        self._exit_watch: ExitWatch | None = None
+        self.sentinel = -1  # an fd readable once the process exited (as Process.sentinel)
 
     def start(self) -> None:
         """Start the consumer's interpreter; it reads tasks from ``task_queue``."""
@@ -88,7 +90,8 @@ class Consumer:
             [sys.executable, "-c", code], pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self.sentinel = os.pidfd_open(self._popen.pid)
+        self._exit_watch = SYSTEM.watch_exit(self._popen.pid)
+        self.sentinel = self._exit_watch.fileno()
 
     @property
     def pid(self) -> int | None:
@@ -116,8 +119,9 @@ class Consumer:
             self._popen.kill()
 
     def close(self) -> None:
-        if self.sentinel >= 0:
-            os.close(self.sentinel)
+        if self._exit_watch is not None:
+            self._exit_watch.close()
+            self._exit_watch = None
             self.sentinel = -1
 
     @classmethod

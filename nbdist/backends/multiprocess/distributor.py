@@ -19,7 +19,7 @@ that asks for ``cores=k`` runs on one consumer while ``k - 1`` others stay idle 
 get ``k`` threads); one that asks for ``gpus=k`` holds ``k`` GPUs (:mod:`.gpu_slots`), alone in its ``CUDA_VISIBLE_DEVICES``.
 
 Consumers are fresh interpreters started with ``subprocess`` (see :class:`Consumer`). A consumer
-that dies is noticed through its pidfd: its running task is reported lost (``U``) and killed, the
+that dies is noticed through its exit watch (a pidfd on Linux, :mod:`.._task.system`): its running task is reported lost (``U``) and killed, the
 tasks it never started go back to the queue, and a new consumer takes its place.
 """
 

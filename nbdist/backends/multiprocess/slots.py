@@ -78,7 +78,7 @@ class ConsumerSlot:
         self.process.kill()
 
     def close(self) -> None:
-        """Close the distributor's pipe ends and the process's pidfd."""
+        """Close the distributor's pipe ends and the process's exit watch."""
         self.task_writer.close()
         self.event_reader.close()
         self.process.close()

@@ -38,6 +38,7 @@ from ...cluster_protocol.resources import positive_int
 from .._task.callworker import MAX_MESSAGE_BYTES, WorkerState
 from .._task.reaping import keep_child, release_child
 from .._task.runner import RunningTask, TaskSpec, open_logs
+from .._task.system import SYSTEM
 
 __all__ = ["IDLE_TIMEOUT_SECONDS", "MAX_IDLE_WORKERS", "MAX_RSS_GROWTH_MB", "PER_CALL_VARIABLES", "WorkerOptions",
            "WorkerPool"]
@@ -99,7 +100,8 @@ class _Worker:
                 key[0], [key[0], "-c", code], env,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                               (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
-                setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM), setsigmask=(),
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM), setsigmask=(),
+                **SYSTEM.new_group_options(),
             )
         except BaseException:
             mine.close()

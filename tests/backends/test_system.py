@@ -1,0 +1,119 @@
+"""The OS interface (nbdist.backends._task.system): the Linux and the portable implementation side by side.
+
+Both run here (the portable one is what macOS and the BSDs get; ``NBDIST_PORTABLE=1`` forces it on
+Linux, and ``make test`` runs the local backend's and the session's suites a second time so).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nbdist.backends._task.system import SYSTEM, LinuxSystem, PortableSystem, choose_system
+
+IMPLEMENTATIONS = [PortableSystem()] + ([LinuxSystem()] if sys.platform.startswith("linux") else [])
+
+
+def test_the_variable_forces_the_portable_implementation():
+    assert choose_system({"NBDIST_PORTABLE": "1"}, "linux").name == "portable"
+    assert choose_system({}, "darwin").name == "portable"
+    assert choose_system({}, "freebsd14").name == "portable"
+    if hasattr(os, "pidfd_open"):
+        assert choose_system({}, "linux").name == "linux"
+    assert SYSTEM.name == ("portable" if os.environ.get("NBDIST_PORTABLE") == "1" or not hasattr(os, "pidfd_open")
+                           else "linux")
+
+
+@pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
+def test_an_exit_is_seen_without_polling_and_the_child_is_left_to_reap(system):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(7)"])
+    watch = system.watch_exit(child.pid)
+    try:
+        poller = select.poll()
+        poller.register(watch.fileno(), select.POLLIN)
+        assert poller.poll(0) == []  # still running
+        started = time.monotonic()
+        assert poller.poll(10_000), "the exit was not seen"
+        assert time.monotonic() - started < 5
+        _, status, _ = os.wait4(child.pid, 0)  # not reaped by the watch: its status and usage are ours
+        assert os.waitstatus_to_exitcode(status) == 7
+        child.returncode = 7
+    finally:
+        watch.close()
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
+def test_children_and_names_agree(system):
+    children = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        assert {child.pid for child in children} <= set(system.children())
+        assert system.children(children[0].pid) == []
+        assert system.process_name(children[0].pid) == "sleep"
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert system.process_name(children[0].pid) is None
+
+
+@pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
+def test_usage_units(system):
+    import resource
+
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert 10 < system.max_rss_mb(ru_maxrss) < 100_000  # a Python process: tens of MB, not KB or TB
+    assert 5 < system.rss_mb() < 100_000
+    assert system.peak_rss_mb(system.reset_peak_rss()) >= 5
+
+
+HELPER = """
+import os, signal, socket, sys, time
+sys.path.insert(0, {root!r})
+from nbdist.backends._task.system import {cls}
+fd = int(sys.argv[1])
+os.setpgid(0, 0)
+{cls}().die_with_parent(signal.SIGKILL, os.getppid(), fd)
+print("ready", flush=True)
+time.sleep(60)  # as a warm worker in the middle of a long call
+"""
+
+
+@pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
+def test_a_helper_dies_with_its_parent_even_mid_call(system, tmp_path):
+    """The parent here is a middle process that is SIGKILLed; the helper (its child) must end too."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__import__("nbdist").__file__)))
+    helper = tmp_path / "helper.py"
+    helper.write_text(HELPER.format(root=root, cls=type(system).__name__))
+    middle_code = (
+        "import socket, subprocess, sys, time\n"
+        "mine, theirs = socket.socketpair()\n"
+        f"child = subprocess.Popen([sys.executable, {str(helper)!r}, str(theirs.fileno())], pass_fds=[theirs.fileno()],"
+        " stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline().strip() == 'ready'\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    middle = subprocess.Popen([sys.executable, "-c", middle_code], stdout=subprocess.PIPE, text=True)
+    helper_pid = int(middle.stdout.readline())
+    middle.send_signal(signal.SIGKILL)
+    middle.wait()
+    middle.stdout.close()
+    deadline = time.monotonic() + 5
+    import psutil
+
+    def alive() -> bool:
+        try:
+            return psutil.Process(helper_pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(), "the helper outlived its parent"
