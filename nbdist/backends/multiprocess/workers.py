@@ -128,6 +128,13 @@ class _Worker:
             os.close(out_fd)
             os.close(err_fd)
 
+    def alive(self) -> bool:
+        """False once it has exited (it is then reaped)."""
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
+
     def stop(self, reaped: bool = False) -> None:
         """End it now (it keeps nothing a task needs: its calls have ended) and reap it."""
         self.channel.close()
@@ -196,7 +203,15 @@ class WorkerPool:
         started = time.monotonic()
         try:
             worker.send(spec, call_env)
-        except OSError:
+        except ConnectionError:  # it died since its last call (killed from outside): a new one takes this call
+            worker.stop()
+            worker = self._start_worker(key)
+            try:
+                worker.send(spec, call_env)
+            except OSError:
+                worker.stop()
+                raise
+        except OSError:  # the task's logs cannot be opened: nothing was sent, the worker is as it was
             self._keep(worker)
             raise
         end = _CallEnd(worker)
@@ -261,7 +276,11 @@ class WorkerPool:
         for index in range(len(self.idle) - 1, -1, -1):
             worker = self.idle[index]
             if worker.key == key and (max_calls is None or worker.calls < max_calls):
-                return self.idle.pop(index)
+                del self.idle[index]
+                if worker.alive():
+                    return worker
+                worker.stop(reaped=True)  # killed from outside while idle
+                break
         return self._start_worker(key)
 
     def _start_worker(self, key: WorkerKey) -> _Worker:

@@ -425,3 +425,11 @@ def test_the_leak_guard_and_the_idle_timeout_retire_workers(tmp_path):
     assert report["reused"] and report["leaked_retired"] and report["fresh_after_leak"]
     assert report["workers"][1] in report["idle_before"] and report["idle_after"] == []
     assert not any(pid_alive(pid) for pid in report["workers"])
+
+
+def test_an_idle_worker_killed_from_outside_is_replaced_and_the_next_call_runs(calls):
+    _, first = calls.run(whoami)
+    os.kill(first["pid"], signal.SIGKILL)  # the OOM killer, say, while it waits for a call
+    _wait_until(lambda: not pid_alive(first["pid"]))
+    report, after = calls.run(whoami)
+    assert after["pid"] != first["pid"] and report["status"] == "D"
