@@ -115,6 +115,21 @@ def summarize(prefixes: list[str], results: dict[str, str]) -> str:
     return f"**{len(matched) - passed} of {len(matched)} not passed**"
 
 
+PLATFORMS = """
+## Platforms
+
+The promises above are Linux's. The portable process handling (macOS, the BSDs; `NBDIST_PORTABLE=1` on Linux,
+which `make test` runs the local backend's and the session's suites with, fault tests included) keeps them but these:
+
+| promise | Linux | portable (macOS, BSD) |
+|---|---|---|
+| a daemon a task detaches (`setsid`) dies with the task | always: consumers are child subreapers, orphans come back to them | when a usage sample (every second) or the kill saw it while it was still the task's descendant; a task that double-forks and exits within a second escapes |
+| a task lost with its consumer is killed | by its `NBDIST_DISTRIBUTOR_ID`, which every descendant inherits | the same where the system shows other processes' environments (the BSDs; not recent macOS): there only its process group |
+| a warm worker ends with its consumer, even mid-call | the kernel's parent-death signal | a thread sees the consumer's socket hang up, then kills the worker's group |
+| peak RSS of one warm call | the worker's high-water mark, reset before each call | the worker's whole-life peak |
+| the owner's death ends its tasks within a second | yes | yes (the consumer sees its pipe close on both) |"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--load-steps", type=int, default=100_000)
@@ -155,6 +170,7 @@ def main() -> None:
     for scenario, promise, tests in SCENARIOS:
         names = ", ".join(f"`{t.split('::')[-1]}`" for t in tests)
         lines.append(f"| {scenario} | {promise} | {names} | {summarize(tests, results)} |")
+    lines += PLATFORMS.splitlines()
     lines += [
         "",
         "## Figures",

@@ -18,3 +18,13 @@ fi
 stop_slurm() { [ "$slurm_started" = 1 ] && scripts/slurm-local.sh stop; }
 trap stop_slurm EXIT
 "$PY" -m pytest "$@"
+status=$?
+if [ $# -eq 0 ]; then
+    # The portable implementation of the OS interface (what macOS and the BSDs run), forced on Linux: the
+    # local backend's and the session's suites once more, fault tests included (README: "Platforms").
+    echo "run-tests: again with NBDIST_PORTABLE=1 (the portable process handling)"
+    NBDIST_PORTABLE=1 "$PY" -m pytest -q -p no:cacheprovider -m "not slurm and not gpu" \
+        tests/backends/multiprocess tests/backends/test_system.py tests/backends/test_worker.py tests/session \
+        || status=$?
+fi
+exit $status

@@ -7,6 +7,8 @@ lanes, live usage and the seff line end to end.
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 
 import pytest
@@ -118,7 +120,7 @@ def test_efficiency_and_hints() -> None:
 def test_a_real_array_reports_live_usage_bars_and_efficiency(tmp_path) -> None:
     with Session(root=str(tmp_path / ".nbdist"), parallelism=2) as session:
         array = session.array(
-            'python3 -c "import time\nt = time.time()\nwhile time.time() - t < 2.2: pass"; echo "$p"',
+            f'{shlex.quote(sys.executable)} -c "import time\nt = time.time()\nwhile time.time() - t < 2.2: pass"; echo "$p"',
             over=[{"p": f"<b>{i}</b>"} for i in range(3)], name="busy", memory="1G")
         deadline = time.monotonic() + 20
         running = []

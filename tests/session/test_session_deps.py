@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 
 import pytest
@@ -83,7 +85,7 @@ def test_retry_after_timeout_scales_runtime(session):
 
 
 def test_retry_after_out_of_memory_scales_memory(session):
-    grow = "python3 -c \"import os, time; b = bytearray(int(os.environ['MB']) * 2**20); time.sleep(0.5)\""
+    grow = f"{shlex.quote(sys.executable)} -c \"import os, time; b = bytearray(int(os.environ['MB']) * 2**20); time.sleep(0.5)\""
     job = session.submit(grow, name="hungry", memory="60M", max_attempts=3, env={"MB": "70"},
                          resource_scales={"memory": 2})
     assert job.wait(20) is State.DONE

@@ -7,6 +7,8 @@ picture is checked, not a string pattern.
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -18,6 +20,8 @@ import nbdist
 from nbdist import Session
 from nbdist.views import overview, timeline
 from nbdist.views.widget import Dashboard
+
+PYTHON = shlex.quote(sys.executable)  # this interpreter, whatever it is called
 
 NASTY = "<script>alert('x')</script> & \"q\""
 SVG = "{http://www.w3.org/2000/svg}"
@@ -99,7 +103,7 @@ def test_dashboard_draws_pictures_and_a_click_opens_that_steps_log(session) -> N
 
 
 def test_running_rows_show_live_cpu_and_the_header_rates(session) -> None:
-    array = session.array('python3 -c "import time\nt = time.time()\nwhile time.time() - t < 3: pass"',
+    array = session.array(f'{PYTHON} -c "import time\nt = time.time()\nwhile time.time() - t < 3: pass"',
                           steps=6, name="live")  # 3 waves on 2 cores: rates show between the first end and the last
     dashboard = Dashboard(array, session=session)
     try:
