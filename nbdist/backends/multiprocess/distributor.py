@@ -41,7 +41,7 @@ from ...cluster_protocol import Limit
 from ...cluster_protocol import TaskInstanceStatus as Status
 from ...cluster_protocol.naming import array_id, log_stem
 from ...cluster_protocol.pycall import PythonCall
-from ...cluster_protocol.resources import Resources, check_array_length, check_command, positive_int, thread_variables
+from ...cluster_protocol.resources import check_array_length, positive_int, thread_variables
 from .._table import TableDistributor
 from .._task.reaping import kill_tasks_by_id
 from .._task.runner import Outcome, TaskSpec, exit_message
@@ -50,6 +50,7 @@ from .ids import new_job_id_prefix
 from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
                        Usage, receive_message, send_message)
 from .placement import pick_slot, tasks_to_take_back
+from .submissions import Submissions
 from .slots import ConsumerSlot, QueuedTask
 from .workers import WorkerOptions
 
@@ -97,6 +98,7 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         positive_int(parallelism, "parallelism")
         self._worker_options = WorkerOptions.checked(max_calls_per_worker, pre_import)
         self.gpus = GpuSlots(gpus)
+        self._submissions = Submissions(parallelism, self.gpus.count, lambda: self.log_dir)
         super().__init__(cluster_name)
         self._lock = self.tasks.lock  # one lock guards the table and the scheduling state
         self.parallelism = parallelism
@@ -211,9 +213,9 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
     def submit_to_batch_distributor(self, command: str, name: str, requested_resources: dict[str, Any],
                                     call: PythonCall | None = None) -> str:
         """Queue one task and return its distributor id."""
-        resources = self._parse_resources(command, requested_resources)
+        resources = self._submissions.resources(command, requested_resources)
         job_id = self._new_job_id()
-        stdout_dir, stderr_dir = self._make_log_folders(resources)
+        stdout_dir, stderr_dir = self._submissions.log_folders(resources)
         self._enqueue([QueuedTask(job_id, name, command, resources, stdout_dir, stderr_dir, log_stem(name), job_id,
                                   None, call)])
         return job_id
@@ -222,34 +224,14 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
                                           array_length: int, call: PythonCall | None = None) -> dict[int, str]:
         """Queue ``array_length`` steps (0 … n-1); return ``{step: "{job_id}_{step}"}``."""
         check_array_length(array_length)
-        resources = self._parse_resources(command, requested_resources)
+        resources = self._submissions.resources(command, requested_resources)
         job_id = self._new_job_id()
-        stdout_dir, stderr_dir = self._make_log_folders(resources)
+        stdout_dir, stderr_dir = self._submissions.log_folders(resources)
         stem = log_stem(name)
         records = [QueuedTask(array_id(job_id, step), name, command, resources, stdout_dir, stderr_dir, stem, job_id,
                               step, call) for step in range(array_length)]
         self._enqueue(records)
         return {record.array_step_id: record.distributor_id for record in records}  # type: ignore[misc]
-
-    def _parse_resources(self, command: str, requested_resources: dict[str, Any] | None) -> Resources:
-        """Validate a submission (``ValueError`` says what is wrong); nothing is queued yet."""
-        check_command(command)
-        resources = Resources.parse(requested_resources, max_cores=self.parallelism, gpus=self.gpus.count)
-        if resources.after:
-            raise ValueError("the multiprocess backend does not take 'after': submit dependents when their "
-                             "dependencies are done")
-        return resources
-
-    def _make_log_folders(self, resources: Resources) -> tuple[str, str]:
-        """The task's stdout and stderr folders, created if missing; one that cannot be is only logged
-        (each task then reports a queueing error when it cannot open its logs)."""
-        folders = (resources.stdout_dir or self.log_dir, resources.stderr_dir or self.log_dir)
-        for folder in set(folders):
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:
-                logger.warning("cannot create log folder %s: %s", folder, exc)
-        return folders
 
     def _new_job_id(self) -> str:
         return f"{self._prefix}.{next(self._job_counter)}"
