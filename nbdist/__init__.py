@@ -41,6 +41,7 @@ decorator's, never the call's)::
 from __future__ import annotations
 
 import importlib as _importlib
+import sys as _sys
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
@@ -168,7 +169,8 @@ from .integrations import watch_joblib as _watch_joblib  # noqa: E402
 _watch_joblib()
 
 # Inside IPython, a Job or Array shown as a cell's value is its dashboard (``nbdist.views.display``);
-# outside, this is one dictionary look-up.
-from .views.display import register_if_ipython as _register_display  # noqa: E402
+# outside (a consumer, a script), one dictionary look-up and nothing imported.
+if "IPython" in _sys.modules:
+    from .views.display import register_if_ipython as _register_display
 
-_register_display()
+    _register_display()

@@ -22,7 +22,6 @@ The built-in backends live beside this loader, which imports none of them until 
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -93,6 +92,8 @@ def load_backend(name: str) -> type:
 def backend_options(cls: type) -> list[str] | None:
     """The options a backend's constructor names (after the cluster name it is given first);
     None when it names none but takes ``**kwargs``: then it checks its options itself."""
+    import inspect  # only a session asks (consumers import this package and never do)
+
     parameters = list(inspect.signature(cls).parameters.values())[1:]
     named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not named and any(p.kind is p.VAR_KEYWORD for p in parameters):

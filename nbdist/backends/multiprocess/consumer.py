@@ -10,7 +10,6 @@ command as ``/bin/sh -c``, a Python call (a task spec with a ``call``) in one of
 
 from __future__ import annotations
 
-import multiprocessing.connection
 import os
 import select
 import signal
@@ -24,8 +23,8 @@ from ...cluster_protocol import TaskInstanceStatus as Status
 from .._task.reaping import become_subreaper
 from .._task.runner import Outcome, RunningTask, TaskSpec
 from .._task.system import SYSTEM, ExitWatch
-from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
-                       Usage, receive_message, send_message)
+from .messages import (Channel, Command, Done, Error, Event, Kill, PickableTask, PipeEnd, Returned, Run, Started,
+                       Stop, Unqueue, Usage, receive_message, send_message)
 from .workers import WorkerOptions, WorkerPool
 
 __all__ = ["Consumer"]
@@ -61,8 +60,8 @@ class Consumer:
 
     def __init__(
         self,
-        task_queue: multiprocessing.connection.Connection,
-        response_queue: multiprocessing.connection.Connection,
+        task_queue: Channel,
+        response_queue: Channel,
         worker_options: WorkerOptions | None = None,
     ) -> None:
         self.task_queue = task_queue
@@ -131,8 +130,8 @@ class Consumer:
         os.set_inheritable(task_fd, False)
         os.set_inheritable(response_fd, False)
         consumer = cls(
-            multiprocessing.connection.Connection(task_fd, writable=False),
-            multiprocessing.connection.Connection(response_fd, readable=False),
+            PipeEnd(task_fd),
+            PipeEnd(response_fd),
             WorkerOptions(**worker_options) if worker_options else None,
         )
         consumer.run()
@@ -148,7 +147,7 @@ class Consumer:
 class _ConsumerLoop:
     """The consumer's state: its local queue, the running task, events not yet sent."""
 
-    def __init__(self, inbox: multiprocessing.connection.Connection, outbox: multiprocessing.connection.Connection,
+    def __init__(self, inbox: Channel, outbox: Channel,
                  worker_options: WorkerOptions):
         self.inbox = inbox
         self.outbox = outbox

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
 
@@ -43,3 +44,34 @@ def test_every_message_crosses_a_real_pipe_intact():
     assert received[1:4] == commands[1:]
     assert type(received[0]) is Run and received[0].tasks[0].spec.command == "echo hi"
     assert received[4] == events and received[4][1].outcome.limit == "runtime"
+
+
+def test_a_consumers_pipe_end_speaks_multiprocessings_frames():
+    """A consumer frames messages itself (no multiprocessing import); the distributor's Pipe reads them, and back."""
+    import threading
+
+    from nbdist.backends.multiprocess.messages import PipeEnd
+
+    reader, writer = multiprocessing.Pipe(duplex=False)  # distributor -> consumer
+    inbox = PipeEnd(os.dup(reader.fileno()))
+    reader.close()
+    big = Run([PickableTask(f"j.1_{i}", "echo " + "x" * 1000) for i in range(100)])  # ~100 KB: several reads
+    sender = threading.Thread(target=send_message, args=(writer, big))
+    sender.start()
+    received = receive_message(inbox)
+    sender.join()
+    assert [task.distributor_id for task in received.tasks] == [task.distributor_id for task in big.tasks]
+    writer.close()
+    with pytest.raises(EOFError):
+        receive_message(inbox)
+    inbox.close()
+
+    reader, writer = multiprocessing.Pipe(duplex=False)  # consumer -> distributor
+    outbox = PipeEnd(os.dup(writer.fileno()))
+    writer.close()
+    send_message(outbox, [Started("j.1_0", 42)])
+    assert receive_message(reader) == [Started("j.1_0", 42)]
+    outbox.close()
+    with pytest.raises(EOFError):
+        reader.recv_bytes()
+    reader.close()
