@@ -27,12 +27,12 @@ import os
 import pickle
 import struct
 import sys
-import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .naming import log_file
+from .tracebacks import code_sources, restore_sources, user_traceback
 
 __all__ = ["CALL_MODULE", "CELL_PARAMS", "Call", "Cell", "ChunkOutcome", "PythonCall", "RemoteError", "RemoteTraceback",
            "call_command", "call_path", "chunk_range", "chunk_steps", "encode_call", "encode_items", "item_count",
@@ -90,6 +90,10 @@ class Call:
     item_as_args: bool = False
     # Items per step of a map (1: one step per item, whose outcome is that item's alone).
     chunk: int = 1
+    # The real file names of the notebook functions' code (cloudpickle renames them) and those files'
+    # lines, from the kernel's linecache: set by encode_call, applied by read_call (see .tracebacks).
+    code_files: dict[Any, str] = field(default_factory=dict)
+    sources: dict[str, list[str]] = field(default_factory=dict)
 
     def arguments(self, item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The positional and keyword arguments of the call of one item of a map."""
@@ -190,6 +194,8 @@ def encode_call(call: Call) -> bytes:
     it unpickles the function (it may be a reference to a module only that path reaches), and the
     map's ``chunk``, which the kernel reads without unpickling the function (:func:`read_chunk`).
     """
+    if not call.code_files:
+        call.code_files, call.sources = code_sources(call.function)
     try:
         data = _dumps(call)
     except Exception as exc:  # cloudpickle raises TypeError, PicklingError, AttributeError, …
@@ -243,13 +249,17 @@ def read_call(path: str, apply_environment: bool = False) -> Call:
     """The call written by :func:`write_call`.
 
     With ``apply_environment`` (the task's side), the kernel's ``sys.path`` entries this process lacks
-    are put in front of its own before the function is unpickled.
+    are put in front of its own before the function is unpickled, and the notebook's lines the call
+    ships are given back to its functions (so a traceback shows them).
     """
     with open(path, "rb") as handle:
         sys_path = pickle.load(handle)["sys_path"]
         if apply_environment:
             sys.path[:0] = [entry for entry in sys_path if entry not in sys.path]
-        return pickle.load(handle)
+        call: Call = pickle.load(handle)
+    if apply_environment:
+        restore_sources(call.function, call.code_files, call.sources)
+    return call
 
 
 def read_sys_path(path: str) -> list[str]:
@@ -318,7 +328,7 @@ def write_value(path: str, value: Any) -> None:
 def _error_data(exc: BaseException) -> bytes:
     """The exception a function raised with its traceback, pickled: as itself when it travels, else as a
     :class:`RemoteError`."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = user_traceback(exc)
     exc.__traceback__ = None  # frames hold locals that need not (or cannot) travel
     kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
     try:

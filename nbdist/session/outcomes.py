@@ -14,11 +14,12 @@ make the kernel unpickle a file from anywhere else.
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..cluster_protocol.pycall import PythonCall, chunk_range, item_count, outcome_kind, read_chunk, read_outcome, \
-    read_outcomes
+from ..cluster_protocol.pycall import PythonCall, RemoteTraceback, chunk_range, item_count, outcome_kind, read_chunk, \
+    read_item, read_outcome, read_outcomes
 from .records import JobRecord
 from .state import State
 
@@ -77,7 +78,11 @@ def read_step_outcome(rec: JobRecord, index: int, root: str) -> tuple[bool, Any]
     path = outcome_path(rec, index, root)
     if path is None or outcome_kind(path) is None:
         return None
-    return read_outcome(path)
+    outcome = read_outcome(path)
+    if outcome[0]:
+        return outcome
+    # Which item raised (of a chunk: the first that did) is known only by reading them in order.
+    return next(((ok, value) for ok, value in step_outcomes(rec, index, root) if not ok), outcome)
 
 
 def function_error(rec: JobRecord, index: int, root: str) -> BaseException | None:
@@ -103,8 +108,32 @@ def step_items(rec: JobRecord, index: int) -> range:
 def step_outcomes(rec: JobRecord, index: int, root: str) -> Iterator[tuple[bool, Any]]:
     """Each item's ``(True, value)`` or ``(False, exception)`` of a step, read one at a time (none: no outcome)."""
     path = outcome_path(rec, index, root)
-    if path is not None and outcome_kind(path) is not None:
-        yield from read_outcomes(path)
+    if path is None or outcome_kind(path) is None:
+        return
+    for item, (ok, value) in zip(step_items(rec, index), read_outcomes(path)):
+        yield (True, value) if ok else (False, _noted(value, rec, index, item, root))
+
+
+def _noted(exc: BaseException, rec: JobRecord, index: int, item: int, root: str) -> BaseException:
+    """``exc`` with a note naming the step and item that raised it (PEP 678; on Python 3.10 the note
+    ends the remote traceback's text): the remote traceback alone does not say which of many it was."""
+    if rec.kind == "array":
+        where = f"step {rec.step_id(index)} of array {rec.id} {rec.name!r}"
+    else:
+        where = f"job {rec.id} {rec.name!r}"
+    call = call_of(rec)
+    if call is not None and call.items is not None:
+        where += f", item {item}"
+        try:
+            where += f": {reprlib.repr(read_item(inside_logs(call.items, root), item))}"
+        except Exception:  # the items file is gone or unsafe: the index alone still says which
+            pass
+    note = f"nbdist: raised in {where}"
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    elif isinstance(exc.__cause__, RemoteTraceback):
+        exc.__cause__.text += note + "\n"
+    return exc
 
 
 def map_results(array: Sequence[Any], rec: JobRecord, root: str, return_exceptions: bool) -> list[Any]:

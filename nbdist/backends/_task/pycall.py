@@ -24,11 +24,11 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from ...cluster_protocol.pycall import RAISED_EXIT_CODE, Call, ChunkOutcome, chunk_range, item_count, read_call, \
     read_item, read_items, result_path_for, step_index, write_error, write_value
+from ...cluster_protocol.tracebacks import user_traceback
 from .node import current_distributor_id
 
 __all__ = ["main", "run_call"]
@@ -48,7 +48,7 @@ def run_call(call_file: str, items_file: str | None, distributor_id: str) -> int
             args, kwargs = call.arguments(read_item(items_file, index))
         value = call.function(*args, **kwargs)
     except Exception as exc:
-        traceback.print_exc()
+        sys.stderr.write(user_traceback(exc))  # the user's frames, not this runner's
         write_error(result, exc)
         return RAISED_EXIT_CODE
     try:
@@ -84,7 +84,7 @@ def _run_items(call: Call, items_file: str, items: range, result: str) -> int:
                 args, kwargs = call.arguments(item)
                 value = call.function(*args, **kwargs)
             except Exception as exc:
-                traceback.print_exc()
+                sys.stderr.write(user_traceback(exc))  # the user's frames, not this runner's
                 outcome.error(exc)
                 continue
             try:
