@@ -48,6 +48,9 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/session_throughput.py
 	$(PY) benchmarks/session_scale.py
 	$(PY) benchmarks/python_map.py
+	$(PY) benchmarks/python_libraries.py
+	$(PY) benchmarks/blas_sweep.py
+	$(PY) benchmarks/joblib_backend.py
 	$(PY) benchmarks/python_memory.py
 	$(PY) benchmarks/widget_refresh.py
 	$(PY) benchmarks/load_100k.py
