@@ -46,9 +46,9 @@ def test_live_dashboard_output_becomes_the_final_table(tmp_path: Path) -> None:
     finally:
         os.environ.clear()
         os.environ.update(env_before)
-    (output,) = notebook.cells[1].outputs
+    output, live = notebook.cells[1].outputs  # the picture, then the live widget (issue 18 point 4)
     assert output["output_type"] == "display_data"
     assert "100% done" in output["data"]["text/plain"] and "DONE 1" in output["data"]["text/plain"]
     assert "rested" in output["data"]["text/html"]
-    assert "application/vnd.jupyter.widget-view+json" in output["data"]
+    assert list(live["data"]) == ["application/vnd.jupyter.widget-view+json"]
     nbformat.validate(notebook)

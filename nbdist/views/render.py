@@ -323,16 +323,16 @@ def _table_html(rows: Sequence[StepRow], names: Sequence[str] = ()) -> str:
     )
 
 
-def snapshot_html(snapshot: Snapshot, *, max_rows: int | None = None, pictures: str = "") -> str:
+def snapshot_html(snapshot: Snapshot, *, max_rows: int | None = None, pictures: str = "", css_class: str = "") -> str:
     """HTML drawing for saved notebooks: header, progress, one page of steps, failures, log tails.
 
     ``pictures`` (already escaped markup, :func:`nbdist.views.timeline.pictures_html`) replaces the
-    one-colour progress bar.
+    one-colour progress bar; ``css_class`` is added to the drawing's own (``nbdist-snapshot``).
     """
     percent = round(100 * (snapshot.done_fraction or 0.0))
     rows = list(snapshot.rows)[:max_rows] if max_rows is not None else list(snapshot.rows)
     parts = [
-        '<div class="nbdist-snapshot">',
+        f'<div class="nbdist-snapshot{" " + html.escape(css_class) if css_class else ""}">',
         header_html(snapshot),
         pictures or (f'<div style="background:var(--jp-layout-color3, #ddd);height:6px;width:100%;margin:4px 0">'
                      f'<div style="background:{_OK};height:6px;width:{percent}%"></div></div>'),

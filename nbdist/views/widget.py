@@ -40,6 +40,24 @@ log = logging.getLogger(__name__)
 # After this many consecutive refresh errors a dashboard stops refreshing (its session is gone).
 MAX_REFRESH_ERRORS = 5
 _ALL = ""  # the filter value meaning "every state"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+# A dashboard is two outputs: its picture (text/plain + text/html), then the live widget. JupyterLab and
+# Notebook 7 render a widget view whose model is gone (a notebook saved without widget state, JupyterLab's
+# default, or after a kernel restart) as "Error displaying widget: model not found", never falling back to
+# the bundle's HTML, and leave a dead kernel's views on the page. So the picture is an output of its own,
+# and its CSS shows one of the two: the dashboard while its comm is live; else the picture, hiding the
+# widget's output, whether it shows the error (the renderer marks its own node .jupyter-widgets only then)
+# or a view ipywidgets marks .jupyter-widgets-disconnected (the kernel restarted or went away). A trusted
+# notebook keeps the <style>; GitHub, nbviewer, VS Code and nbval see the picture's text/HTML (nbval
+# ignores the widget output: its only mimetype is one nbval skips).
+_PICTURE = ".jp-OutputArea-child:has(.nbdist-picture)"
+FALLBACK_CSS = ("<style>"
+                f"{_PICTURE}:has(+ .jp-OutputArea-child .nbdist-dashboard:not(.jupyter-widgets-disconnected))"
+                "{display:none}"
+                f"{_PICTURE} + .jp-OutputArea-child:has(> .jupyter-widgets),"
+                f"{_PICTURE} + .jp-OutputArea-child:has(.nbdist-dashboard.jupyter-widgets-disconnected)"
+                "{display:none}"
+                "</style>")
 # Characters of each log tail sent to the browser: with a page of rows this keeps a refresh under the
 # 20 KB budget even when a step prints very long lines; the full log is one `%nbdist logs` away.
 MAX_TAIL_CHARS = 6000
@@ -403,11 +421,13 @@ class Dashboard:
 
     # -- display ------------------------------------------------------------------------------
     def _ipython_display_(self) -> None:
-        """Display the bundle under a display id, so the final snapshot can replace the first one."""
+        """Display the picture (under a display id, so the final snapshot replaces the first one), then the
+        live widget as an output of its own: the front end falls back to the picture (see :data:`FALLBACK_CSS`)."""
         from IPython.display import display
 
         self.displayed = True
-        display(self._repr_mimebundle_(), raw=True, display_id=self.display_id)
+        display(self._picture_bundle(), raw=True, display_id=self.display_id)
+        display({WIDGET_MIME: self.widget._repr_mimebundle_()[WIDGET_MIME]}, raw=True)
 
     def _update_saved_output(self) -> None:
         """Once every step is terminal, replace the displayed text/HTML with the final drawing.
@@ -422,9 +442,15 @@ class Dashboard:
         if not self.displayed or shell is None or not hasattr(shell, "kernel"):
             return
         try:
-            update_display(self._repr_mimebundle_(), raw=True, display_id=self.display_id)
+            update_display(self._picture_bundle(), raw=True, display_id=self.display_id)
         except Exception:  # the drawing is a nicety; the live widget already shows the end
             log.warning("nbdist: could not update the saved dashboard output", exc_info=True)
+
+    def _picture_bundle(self) -> dict[str, Any]:
+        """The snapshot as text and HTML (with :data:`FALLBACK_CSS`): what a saved notebook shows."""
+        html_text = render.snapshot_html(self.snapshot, pictures=timeline.pictures_html(self.snapshot),
+                                         css_class="nbdist-picture")
+        return {"text/plain": render.snapshot_text(self.snapshot), "text/html": FALLBACK_CSS + html_text}
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})

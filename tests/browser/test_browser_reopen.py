@@ -1,5 +1,6 @@
 """Issue 14 point 2 in a real browser: a saved notebook reopened after its kernel is gone shows the final
-dashboard, not "Error displaying widget: model not found" (JupyterLab and Notebook 7).
+dashboard's picture, not "Error displaying widget: model not found" (JupyterLab and Notebook 7), here with
+``make lab``'s settings (the widget state saved in the notebook).
 
 Why the error: a notebook the user ran and saved is *trusted*, so the front end renders each output with
 its best-ranked renderer, the widget view (rank -10, before text/html); with no kernel the widget model
@@ -68,6 +69,9 @@ def test_reopened_notebook_shows_the_final_dashboard(app: dict[str, Any]) -> Non
     _stop_kernels(app)
     with browser() as page:  # a new browser: nothing of the first page's widgets in memory
         page.goto(url)
-        page.locator(".nbdist-dashboard .nbdist-header", has_text="DONE 3").first.wait_for()
+        # The saved widget state draws a dashboard with no kernel behind it: the final picture stands in
+        # for it (issue 18 point 4; tests/browser/test_browser_fallback.py has the default settings).
+        page.locator(".nbdist-picture .nbdist-header", has_text="DONE 3").first.wait_for()
         page.wait_for_timeout(1000)
         assert "model not found" not in page.locator(".jp-Notebook").inner_text()
+        assert not page.locator(".nbdist-dashboard").first.is_visible()

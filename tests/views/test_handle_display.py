@@ -42,16 +42,15 @@ def test_a_handle_as_a_cells_value_is_its_dashboard(ip: Any, session: Any) -> No
     ip.user_ns.update(sim=array, one=job)
     for name, title in (("sim", "array sim"), ("one", "job one")):
         outputs = _cell_value_outputs(ip, name)
-        assert len(outputs) == 1, outputs  # the dashboard, not the dashboard and the repr
-        bundle = outputs[0]
-        assert WIDGET in bundle  # the live widget in a kernel ...
-        assert bundle["text/plain"].startswith(f"{title} (id ")  # ... the table as its fallbacks
-        assert "100% done" in bundle["text/plain"] and 'class="nbdist-snapshot"' in bundle["text/html"]
+        # The dashboard (its picture, then the live widget: test_fallback.py), not the repr.
+        assert [list(bundle) for bundle in outputs] == [["text/plain", "text/html"], [WIDGET]], outputs
+        assert outputs[0]["text/plain"].startswith(f"{title} (id ")
+        assert "100% done" in outputs[0]["text/plain"] and "nbdist-snapshot" in outputs[0]["text/html"]
     step_bundle = _cell_value_outputs(ip, "sim[1]")[0]  # a step: its array, with that step's logs
     assert step_bundle["text/plain"].startswith("array sim (id ")
     with capture_output() as captured:
         ip.run_cell("display(sim)")
-    assert [WIDGET in output.data for output in captured.outputs] == [True]
+    assert [WIDGET in output.data for output in captured.outputs] == [False, True]
     # The text repr is unchanged, and is what a plain Python prompt shows.
     assert repr(array) == f"<Array {array.id} 'sim' DONE [DONE=3]>"
 
@@ -100,7 +99,7 @@ def test_a_blocking_map_shows_one_dashboard_of_the_array_drawn_at_its_end(ip: An
     view = live_views[0]
     assert view.handle.name == "fit" and len(view.handle) == 6 and view.preferred_step is None
     assert view.snapshot.all_terminal and view.percent.value == "100%"  # the end, when the cell ends
-    assert [WIDGET in output.data for output in captured.outputs] == [True]
+    assert [WIDGET in output.data for output in captured.outputs] == [False, True]
 
 
 def test_a_blocking_results_shows_the_end_when_it_returns(ip: Any, session: Any, live_views: list[Any]) -> None:
