@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from .defaults import current_default, default_session
 from .handles import Array, Job
 from .records import job_name
 from .session import Session
+from .sweep import scalar_row
 
 __all__ = ["Options", "RemoteFunction", "call", "function", "grid_rows", "map", "map_call", "resolve_session",
            "submit_call"]
@@ -136,7 +137,9 @@ def map_call(session: Session, options: Options, fn: Callable[..., Any], items: 
     iterables), ``spread="kwargs"`` calls ``fn(*args, **item, **kwargs)`` (a grid's step). The
     function and the shared ``args``/``kwargs`` are pickled once, each item once. Each step runs
     ``chunksize`` consecutive items (default: ``options.chunksize``); a step's ``result()`` is then
-    the list of its items' values, and the Array's ``results()`` one value per item.
+    the list of its items' values, and the Array's ``results()`` one value per item. With one step per
+    item, items that are dicts of named scalars (a grid's rows) are also the steps' parameters
+    (``array.params``): the dashboard's columns, ``--where`` filter and timeline labels, as a shell sweep's.
     """
     chunk = options.chunksize if chunksize is None else chunksize
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
@@ -144,7 +147,22 @@ def map_call(session: Session, options: Options, fn: Callable[..., Any], items: 
     name, log_dir, token = _prepare(session, options, fn)
     call = Call(fn, tuple(args), dict(kwargs or {}), list(sys.path), item_as_kwargs=spread == "kwargs",
                 item_as_args=spread == "args", chunk=chunk)
-    data, blobs = encode_call(call), encode_items(items)
+    # A step's parameters (a grid's row, a dict item: the dashboard's columns, as a shell sweep's),
+    # noted while the items are pickled: an iterator of items is read once and not kept.
+    rows: list[dict[str, Any]] | None = [] if chunk == 1 else None
+
+    def noting_rows(items: Iterable[Any]) -> Iterator[Any]:
+        nonlocal rows
+        for item in items:
+            if rows is not None:
+                row = scalar_row(item)
+                if row is None:
+                    rows = None
+                else:
+                    rows.append(row)
+            yield item
+
+    data, blobs = encode_call(call), encode_items(noting_rows(items))
     if not blobs:
         raise ValueError("a map needs at least one item")
     os.makedirs(log_dir, exist_ok=True)
@@ -154,7 +172,7 @@ def map_call(session: Session, options: Options, fn: Callable[..., Any], items: 
         steps = chunk_steps(write_encoded_items(paths[1], blobs), chunk)
         del blobs  # the items are in their file now: a big map does not hold them twice
         call = PythonCall(*paths, max_calls_per_worker=options.max_calls_per_worker)
-        return session.array(call, steps=steps, name=name, max_concurrent=options.max_concurrent,
+        return session.array(call, steps=steps, over=rows, name=name, max_concurrent=options.max_concurrent,
                              **options.job_options())
     except BaseException:
         for path in paths:

@@ -381,8 +381,9 @@ def missing_files(rec: JobRecord) -> str | None:
     if sweep is None:
         return None
     if rec.script_dir is None:
-        if sweep.params is None and isinstance(sweep.steps, range) and not placeholders(rec.command):
-            return None  # a plain array: one command for every step
+        if rec.call is not None or (sweep.params is None and isinstance(sweep.steps, range)
+                                    and not placeholders(rec.command)):
+            return None  # a plain array: one command for every step (a function's map: its items file)
         return (f"{rec.name} (job {rec.id}) has no per-step scripts: its submit was interrupted before they were "
                 "written; submit it again")
     try:

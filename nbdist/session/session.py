@@ -36,7 +36,7 @@ from .records import DEFAULT_SCALES, JobRecord, LogPaths, Request, job_name
 from .registry import Registry
 from .snapshot import Snapshot, build_snapshot
 from .state import State
-from .sweep import Sweep, expand, placeholders, python_command
+from .sweep import Sweep, call_sweep, expand, placeholders, python_command
 
 __all__ = ["Session", "UnknownJob"]
 logger = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ class Session:
         """
         call, command = (command, command.command()) if isinstance(command, PythonCall) else (None, command)
         check_command(command)
-        sweep = expand(command, steps, over)
+        # A function's map: ``over`` is its steps' parameters, shown as a sweep's (see functions.map_call).
+        sweep = expand(command, steps, over) if call is None else call_sweep(steps, over)
         if python:
             command = python_command(command, sweep.params)
             sweep = Sweep(sweep.steps, sweep.params, bool(placeholders(command)))

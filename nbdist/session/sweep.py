@@ -25,7 +25,7 @@ from typing import Any
 from ..cluster_protocol.naming import write_json_atomic
 from ..cluster_protocol.resources import command_line  # the one "words → shell line" rule, for the views
 
-__all__ = ["MAX_ARRAY_STEPS", "Sweep", "command_line", "expand", "parse_array_spec", "placeholders", "python_command", "render",
+__all__ = ["MAX_ARRAY_STEPS", "Sweep", "call_sweep", "scalar_row", "command_line", "expand", "parse_array_spec", "placeholders", "python_command", "render",
            "write_manifest", "write_scripts", "script_command", "chunk_size", "STEP_ENV", "INDEX_EXPR"]
 
 STEP_ENV = "NBDIST_STEP"
@@ -75,11 +75,15 @@ class Sweep:
         The user's step ids (a ``range`` when they are evenly spaced).
     params
         One dict per step (``over=``), or None.
+    of_call
+        The steps of a Python function's map (:func:`call_sweep`): its parameters are the function's
+        arguments, read by the task from the items file, so no step needs a script.
     """
 
     steps: Sequence[int]
     params: list[dict[str, Any]] | None
     has_placeholders: bool = False
+    of_call: bool = False
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -143,6 +147,34 @@ def expand(command: str, steps: int | Iterable[int] | None = None, over: Any = N
     names = list(params[0]) if params else []
     _check_names(command, names)
     return Sweep(step_ids, params, bool(placeholders(command)))
+
+
+def call_sweep(steps: int | Iterable[int], rows: Sequence[dict[str, Any]] | None = None) -> Sweep:
+    """The steps of a Python function's map, with ``rows`` (one per step, each from :func:`scalar_row`) as
+    their parameters when every row names the same ones.
+
+    Those become the dashboard's parameter columns, its ``--where`` filter and its timeline's labels,
+    as a shell sweep's do; they are never exported to a shell, so any string names a parameter.
+    """
+    step_ids = _steps(steps)
+    params = None
+    if rows and len(rows) == len(step_ids) and all(row.keys() == rows[0].keys() for row in rows):
+        params = list(rows)
+    return Sweep(step_ids, params, of_call=True)
+
+
+_SCALARS = (str, numbers.Number, type(None))
+
+
+def scalar_row(item: Any) -> dict[str, Any] | None:
+    """A map's item as its step's parameters: a mapping of names to scalars (a grid's keyword arguments,
+    a dict of ``map`` over dicts), else None — a row holding an array would keep it alive in the record
+    and write its text to the registry."""
+    if not isinstance(item, Mapping) or not item:
+        return None
+    if all(isinstance(key, str) and isinstance(value, _SCALARS) for key, value in item.items()):
+        return dict(item)
+    return None
 
 
 def _steps(steps: int | Iterable[int]) -> Sequence[int]:
