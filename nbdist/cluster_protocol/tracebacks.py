@@ -39,7 +39,7 @@ def _is_real_file(filename: str) -> bool:
 
 
 def _notebook_functions(root: Any) -> Iterator[types.FunctionType]:
-    """The functions ``root`` reaches whose code is in no real file (so cloudpickle sends it by value):
+    """The functions ``root`` reaches that cloudpickle sends by value (of ``__main__``, or of no real file):
     itself, the functions its globals and closure name, theirs, and so on."""
     seen: set[int] = set()
     stack = [root]
@@ -53,7 +53,7 @@ def _notebook_functions(root: Any) -> Iterator[types.FunctionType]:
         if not isinstance(obj, types.FunctionType) or id(obj) in seen:
             continue
         seen.add(id(obj))
-        if _is_real_file(obj.__code__.co_filename):
+        if obj.__module__ != "__main__" and _is_real_file(obj.__code__.co_filename):
             continue  # an importable module's function: pickled by reference, its file is on disk
         yield obj
         namespace = obj.__globals__
@@ -84,7 +84,7 @@ def code_sources(function: Any) -> tuple[dict[CodeKey, str], dict[str, list[str]
     for fn in _notebook_functions(function):
         filename = fn.__code__.co_filename
         files[_key(fn.__code__)] = filename
-        if filename not in sources:
+        if filename not in sources and not _is_real_file(filename):  # a script's lines the task reads itself
             lines = linecache.getlines(filename)
             if lines:
                 sources[filename] = list(lines)
