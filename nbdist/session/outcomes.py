@@ -18,7 +18,7 @@ import reprlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..cluster_protocol.pycall import PythonCall, RemoteTraceback, chunk_range, item_count, outcome_kind, read_chunk, \
+from ..cluster_protocol.pycall import PythonCall, chunk_range, item_count, outcome_kind, read_chunk, \
     read_item, read_outcome, read_outcomes
 from .records import JobRecord
 from .state import State
@@ -115,8 +115,8 @@ def step_outcomes(rec: JobRecord, index: int, root: str) -> Iterator[tuple[bool,
 
 
 def _noted(exc: BaseException, rec: JobRecord, index: int, item: int, root: str) -> BaseException:
-    """``exc`` with a note naming the step and item that raised it (PEP 678; on Python 3.10 the note
-    ends the remote traceback's text): the remote traceback alone does not say which of many it was."""
+    """``exc`` with a note naming the step and item that raised it (PEP 678): the remote traceback alone
+    does not say which of many it was."""
     if rec.kind == "array":
         where = f"step {rec.step_id(index)} of array {rec.id} {rec.name!r}"
     else:
@@ -128,11 +128,7 @@ def _noted(exc: BaseException, rec: JobRecord, index: int, item: int, root: str)
             where += f": {reprlib.repr(read_item(inside_logs(call.items, root), item))}"
         except Exception:  # the items file is gone or unsafe: the index alone still says which
             pass
-    note = f"nbdist: raised in {where}"
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    elif isinstance(exc.__cause__, RemoteTraceback):
-        exc.__cause__.text += note + "\n"
+    exc.add_note(f"nbdist: raised in {where}")
     return exc
 
 
