@@ -49,7 +49,7 @@ from .gpu_slots import GpuSlots
 from .ids import new_job_id_prefix
 from .messages import (Command, Done, Error, Event, Kill, PickableTask, Returned, Run, Started, Stop, Unqueue,
                        Usage, receive_message, send_message)
-from .placement import pick_slot, tasks_to_take_back
+from .placement import ANY_JOB, pick_slot, tasks_to_take_back
 from .submissions import Submissions
 from .slots import ConsumerSlot, QueuedTask
 from .workers import WorkerOptions
@@ -430,8 +430,10 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
             self._finish(record, Status.NO_DISTRIBUTOR_ID, event.message)
         elif type(event) is Done:
             outcome: Outcome = event.outcome
-            if record.array_step_id is not None and "wall_s" in outcome.usage:
-                self._job_pace[record.job_id] = outcome.usage["wall_s"]
+            if "wall_s" in outcome.usage:
+                self._job_pace[ANY_JOB] = outcome.usage["wall_s"]
+                if record.array_step_id is not None:  # a single task's job has no next step to pace
+                    self._job_pace[record.job_id] = outcome.usage["wall_s"]
             self._finish(record, outcome.status, outcome.message, outcome.exit_code, outcome.signal, outcome.usage,
                          outcome.limit)
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .slots import ConsumerSlot, QueuedTask
 
-__all__ = ["MEDIUM_TASK_SECONDS", "PREFETCH_SHORT", "SHORT_TASK_SECONDS", "STEAL_AFTER_SECONDS", "pick_slot",
-           "prefetch_depth", "seconds_until_slow", "tasks_to_take_back"]
+__all__ = ["ANY_JOB", "MEDIUM_TASK_SECONDS", "PREFETCH_SHORT", "SHORT_TASK_SECONDS", "STEAL_AFTER_SECONDS",
+           "pace_of", "pick_slot", "prefetch_depth", "seconds_until_slow", "tasks_to_take_back"]
 
 # Prefetch depth of a job whose steps last under SHORT_TASK_SECONDS; one under MEDIUM_TASK_SECONDS.
 # Deeper cuts messages per task for tiny steps, but more tasks are lost if a consumer dies.
@@ -33,6 +33,18 @@ MEDIUM_TASK_SECONDS = 1.0
 # pace, while another consumer is idle: the distributor takes it back. Shorter steals sooner but
 # may move steps that were about to run anyway.
 STEAL_AFTER_SECONDS = 0.1
+
+
+# The pace key of the last task that finished, whatever its job: the pace of a job none of whose steps
+# has finished yet. Single submits (Jobmon's way) are each a job of one task: without it none would be
+# prefetched, and each would wait on a round-trip to the distributor. A guess that turns out wrong
+# costs one steal (a queued step behind a slow one is taken back while another consumer is idle).
+ANY_JOB = ""
+
+
+def pace_of(job_id: str, pace: Mapping[str, float]) -> float | None:
+    """A job's pace: its last finished step's duration, else the last finished task's (None: no task yet)."""
+    return pace.get(job_id, pace.get(ANY_JOB))
 
 
 def prefetch_depth(pace: float | None) -> int:
@@ -58,7 +70,7 @@ def pick_slot(task: QueuedTask, slots: Sequence[ConsumerSlot], parallelism: int,
     GPUs, the least loaded consumer it may be queued on (None: it waits). Its GPUs are free (the caller
     checked: :meth:`.gpu_slots.GpuSlots.waits`).
 
-    ``pace`` is each job's last step duration; ``refilling`` the consumers already getting tasks in
+    ``pace`` is each job's last step duration (and :data:`ANY_JOB`'s); ``refilling`` the consumers already getting tasks in
     this round (they are topped up to the full depth in one message, others only below half depth).
     """
     cores = task.resources.cores
@@ -69,12 +81,12 @@ def pick_slot(task: QueuedTask, slots: Sequence[ConsumerSlot], parallelism: int,
             return slot if in_use + cores <= parallelism else None
     if cores != 1 or task.resources.gpus:  # its devices would be held while it waits
         return None
-    depth = prefetch_depth(pace.get(task.job_id))
+    depth = prefetch_depth(pace_of(task.job_id, pace))
     best = None
     for slot in usable:
         queued = len(slot.assigned) - 1
         running = slot.assigned[0]
-        if running.resources.cores != 1 or queued >= min(depth, prefetch_depth(pace.get(running.job_id))):
+        if running.resources.cores != 1 or queued >= min(depth, prefetch_depth(pace_of(running.job_id, pace))):
             continue
         if seconds_until_slow(pace.get(running.job_id), running.started, now) is None:
             continue  # this one turned out slow: don't queue behind it

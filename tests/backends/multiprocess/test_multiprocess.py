@@ -523,3 +523,20 @@ def test_prefixes_differ_across_pid_namespaces():
         outputs = [run.communicate(timeout=30)[0].split() for run in runs]
         assert [pid for pid, _ in outputs] == ["1", "1"], outputs
         assert outputs[0][1] != outputs[1][1], outputs
+
+
+def test_single_submits_of_short_tasks_are_prefetched(tmp_path):
+    """Each single submit is a job of its own (Jobmon's way): the last finished task's pace stands in for a
+    job that has none yet, so short ones queue behind a running task instead of waiting for a round-trip."""
+    distributor = MultiprocessDistributor("single", parallelism=1, log_dir=str(tmp_path))
+    distributor.start()
+    try:
+        wait_finished(distributor, [distributor.submit_to_batch_distributor("true", "first", {})])
+        running = distributor.submit_to_batch_distributor("sleep 0.5", "slow", {})
+        behind = [distributor.submit_to_batch_distributor("true", f"t{i}", {}) for i in range(3)]
+        [slot] = distributor._consumers
+        assert [record.distributor_id for record in slot.assigned] == [running, *behind]
+        wait_finished(distributor, [running, *behind])
+        assert {distributor.get_remote_exit_info(i)[0] for i in [running, *behind]} == {"D"}
+    finally:
+        distributor.stop()
