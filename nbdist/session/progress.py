@@ -303,7 +303,7 @@ class Tracker:
                 lane_ends.append(end)
             else:
                 lane_ends[lane] = end
-            label = " ".join(f"{key}={value}" for key, value in params[index].items()) if params else ""
+            label = " ".join(f"{key}={value}" for key, value in params[index].items() if key != "step") if params else ""
             bars.append(Bar(rec.step_id(index), index, start - self.t0, end - self.t0, lane, group_of(state),
                             state.value, label))
         return Timeline(t0=self.t0, span_s=_nice_span(now - self.t0), now_s=now - self.t0, bars=tuple(bars),

@@ -196,6 +196,7 @@ def param_names(rec: JobRecord) -> tuple[str, ...]:
     names: dict[str, None] = {}
     for step_params in params[:1000]:  # a sweep's steps share their names; a mixed list shows the first ones
         names.update(dict.fromkeys(map(str, step_params)))
+    names.pop("step", None)  # reserved: a Python cell's rows carry their step id, which has its own column
     return tuple(names)
 
 

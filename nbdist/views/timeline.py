@@ -194,8 +194,17 @@ def _axis(span: float, top: int) -> str:
     for k in range(5):
         x = _WIDTH * k / 4
         anchor = "start" if k == 0 else "end" if k == 4 else "middle"
-        ticks.append(f'<text x="{x:g}" y="{top + 12}" text-anchor="{anchor}">{render.format_seconds(span * k / 4)}</text>')
+        ticks.append(f'<text x="{x:g}" y="{top + 12}" text-anchor="{anchor}">{_tick(span * k / 4, span)}</text>')
     return f'<g fill="#757575"><rect y="{top}" width="{_WIDTH}" height="1"/>{"".join(ticks)}</g>'
+
+
+def _tick(seconds: float, span: float) -> str:
+    """An axis label: in milliseconds on an axis shorter than a second (a job done in a blink would
+    otherwise read ``0.00s`` at every tick)."""
+    if span >= 1:
+        return render.format_seconds(seconds)
+    ms = seconds * 1000
+    return f"{ms:.0f}ms" if ms >= 10 or ms == 0 else f"{ms:.1f}ms"
 
 
 def pictures_html(snapshot: Snapshot) -> str:

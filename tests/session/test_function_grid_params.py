@@ -94,3 +94,17 @@ def test_items_that_are_not_rows_of_scalars_give_no_columns(session: Session) ->
     assert chunked.results(timeout=120) == [0.2, 0.4, 0.02, 0.04]
     for array in (plain, holding, chunked):
         assert array.params is None and session.snapshot(array).param_names == ()
+
+
+def test_a_python_cells_step_id_is_not_a_parameter_column(ip: Any, session: Session, shown: list[Any]) -> None:
+    """A ``%%submit --python`` cell's rows carry ``step`` for its ``{{step}}``; the step column already
+    shows it, so neither the columns nor the timeline labels repeat it."""
+    ip.run_cell_magic("submit", "--name words --over \"{'word': ['a', 'b']}\" --python --wait --out words",
+                      "print({{word}}, {{step}})\n")
+    ip.run_cell_magic("submit", "--name fifths --array 0-10:5 --python --wait --out fifths", "print({{step}})\n")
+    words, fifths = ip.user_ns["words"], ip.user_ns["fifths"]
+    assert [job.stdout().strip() for job in words] == ["a 0", "b 1"]
+    assert session.snapshot(words).param_names == ("word",)
+    assert {bar.label for bar in session.snapshot(words).progress.timeline.bars} == {"word=a", "word=b"}
+    assert session.snapshot(fifths).param_names == ()
+    assert {bar.label for bar in session.snapshot(fifths).progress.timeline.bars} == {""}
