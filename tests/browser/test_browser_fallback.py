@@ -72,6 +72,8 @@ def _assert_pictures_only(page: Any) -> None:
 
 def _last_tick_seconds(page: Any, scope: str) -> float:
     label = page.locator(f"{scope} svg.nbdist-timeline text[text-anchor='end']").first.text_content() or ""
+    if label.endswith("ms"):  # an axis shorter than a second is labelled in milliseconds
+        return float(label[:-2]) / 1000
     assert label.endswith("s") and "m" not in label, label
     return float(label[:-1])
 

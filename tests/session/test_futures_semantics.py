@@ -85,7 +85,9 @@ def test_cancel_of_a_running_call_kills_it_and_the_future_is_cancelled(pool, tmp
     pid_file = tmp_path / "pid"
 
     def record_pid_then_sleep():
-        pid_file.write_text(str(os.getpid()))
+        partial = pid_file.with_suffix(".partial")  # renamed into place: never read half-written
+        partial.write_text(str(os.getpid()))
+        partial.replace(pid_file)
         time.sleep(30)
 
     job = _running(pool.submit(record_pid_then_sleep))

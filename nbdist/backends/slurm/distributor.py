@@ -378,7 +378,8 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
             self._apply(record, info, verdict.vanished(
                 info, cancel_requested=record.cancel_requested, started=record.started is not None,
                 missing_polls=record.missing_polls, last_state=record.slurm_state, wrapper_log=record.log_path("s"),
-                polls_before_lost=MISSING_POLLS_BEFORE_LOST))
+                polls_before_lost=MISSING_POLLS_BEFORE_LOST, memory_mb=record.resources.memory_mb,
+                wrapper_log_tail=record.wrapper_log_tail() if info is None and record.started else ""))
             return (record.state, record.message, record.queue_error) != before
         record.missing_polls = 0
         record.slurm_state, record.raw_job_id = row["State"], row["JobID"] or None
@@ -428,7 +429,8 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
         waiting = bool(record.started) and record.ended_seen_at is not None and \
             now - record.ended_seen_at < EXIT_INFO_GRACE_SECONDS
         decided = verdict.ended(row, info, memory_mb=record.resources.memory_mb, wrapper_log=record.log_path("s"),
-                                waiting_for_info=waiting)
+                                waiting_for_info=waiting,
+                                wrapper_log_tail=record.wrapper_log_tail() if info is None and not waiting else "")
         if decided is None:
             record.state, record.message = Status.RUNNING, "ending (waiting for its exit info)"
             return

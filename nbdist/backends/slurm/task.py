@@ -52,6 +52,15 @@ class SlurmTask(TaskRecord):
         """What ``nbdist-worker`` wrote when the task ended; None while there is nothing (yet)."""
         return read_exit_info(self.log_path("x"))
 
+    def wrapper_log_tail(self, size: int = 4096) -> str:
+        """The end of sbatch's own log (where slurmstepd writes why it killed the job); "" if none."""
+        try:
+            with open(self.log_path("s"), "rb") as log:
+                log.seek(max(0, os.fstat(log.fileno()).st_size - size))
+                return log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
     def drop_empty_wrapper_log(self) -> None:
         """Drop the empty wrapper log of a task that succeeded (one fewer file per step); keep any message."""
         path = self.log_path("s")

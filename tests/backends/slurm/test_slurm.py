@@ -145,6 +145,16 @@ def test_memory_limit_is_enforced(dist):
     assert report["limit"] == "memory", report
 
 
+def test_a_job_slurm_kills_over_its_memory_reports_the_memory_limit(dist):
+    # --mem given to Slurm alone (the worker does not sample it): slurmstepd kills the whole job, the worker
+    # included, before any exit info is written; the verdict comes from what Slurm wrote into the job's log.
+    hog = f"{PY} -c 'import time; x = bytearray(400 * 2**20); time.sleep(30)'"
+    job = dist.submit_to_batch_distributor(hog, "slurm-hog", {"sbatch": ["--mem=100M"]})
+    report = wait_done(dist, [job], timeout=40)[job]
+    assert report["status"] == "Z" and report["limit"] == "memory", report
+    assert "Slurm killed the job" in report["message"], report
+
+
 def test_scancel_of_running_and_pending_steps(dist):
     ids = dist.submit_array_to_batch_distributor("echo started; sleep 120", "long", {"max_concurrent": 2}, 4)
     for step in (0, 1):  # Slurm says RUNNING as soon as the batch script starts: wait for the task itself

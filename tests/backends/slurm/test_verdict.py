@@ -64,6 +64,32 @@ def test_ended(squeue, info, memory, expected):
     assert ended(squeue, info, memory_mb=memory, wrapper_log=LOG, waiting_for_info=False) == expected
 
 
+# What slurmstepd wrote into a job's log here (Slurm 22.05, no cgroups, OverMemoryKill) when it killed a 400 MiB
+# step over --mem=100M before the worker's own sampling caught it: the job then ends FAILED with signal 9.
+SLURM_MEMORY_KILL_LOG = ("slurmstepd-n1: error: StepId=1.batch exceeded memory limit (436441088 > 104857600), being "
+                         "killed\nslurmstepd-n1: error: Exceeded job memory limit\n"
+                         "slurmstepd-n1: error: *** JOB 1 ON n1 CANCELLED AT 2026-12-05T06:03:22 ***\n")
+
+
+def test_a_job_slurm_killed_over_its_memory_is_a_memory_limit_not_a_lost_task():
+    killed = ended(row("FAILED", exit_code="9"), None, memory_mb=100.0, wrapper_log=LOG, waiting_for_info=False,
+                   wrapper_log_tail=SLURM_MEMORY_KILL_LOG)
+    assert killed == Verdict("Z", f"memory limit of 100M exceeded (Slurm killed the job: see {LOG})", "memory",
+                             None, 9)
+    cgroup = "slurmstepd: error: Detected 1 oom_kill event in StepId=7.batch. Some of the step tasks have been OOM Killed."
+    assert ended(row("FAILED", exit_code="9"), None, memory_mb=None, wrapper_log=LOG, waiting_for_info=False,
+                 wrapper_log_tail=cgroup).limit == "memory"
+    # Another kill (no such message) stays lost; a clean exit is not turned into a limit by old text in its log.
+    assert ended(row("FAILED", exit_code="9"), None, memory_mb=100.0, wrapper_log=LOG, waiting_for_info=False,
+                 wrapper_log_tail="slurmstepd-n1: error: *** JOB 1 ON n1 CANCELLED ***").status == "U"
+    assert ended(row("FAILED", exit_code=str(3 << 8)), None, memory_mb=100.0, wrapper_log=LOG,
+                 waiting_for_info=False, wrapper_log_tail=SLURM_MEMORY_KILL_LOG).status == "E"
+    # Killed and forgotten between two polls: the log still says why.
+    gone = vanished(None, cancel_requested=False, started=True, missing_polls=1, last_state="RUNNING", wrapper_log=LOG,
+                    polls_before_lost=3, wrapper_log_tail=SLURM_MEMORY_KILL_LOG, memory_mb=100.0)
+    assert gone is not None and gone.status == "Z" and gone.limit == "memory"
+
+
 def test_an_exited_job_waits_for_its_exit_info_but_a_slurm_verdict_does_not():
     assert ended(row("COMPLETED"), None, memory_mb=None, wrapper_log=LOG, waiting_for_info=True) is None
     assert ended(row("COMPLETED"), INFO_DONE, memory_mb=None, wrapper_log=LOG, waiting_for_info=True).status == "D"
