@@ -127,7 +127,8 @@ which `make test` runs the local backend's and the session's suites with, fault 
 | a task lost with its consumer is killed | by its `NBDIST_DISTRIBUTOR_ID`, which every descendant inherits | the same where the system shows other processes' environments (the BSDs; not recent macOS): there only its process group |
 | a warm worker ends with its consumer, even mid-call | the kernel's parent-death signal | a thread sees the consumer's socket hang up, then kills the worker's group |
 | peak RSS of one warm call | the worker's high-water mark, reset before each call | the worker's whole-life peak |
-| the owner's death ends its tasks within a second | yes | yes (the consumer sees its pipe close on both) |"""
+| the owner's death ends its tasks within a second | yes | yes (the consumer sees its pipe close on both) |
+| speed: 1,000 `echo` tasks as one array, parallelism 2 (`benchmarks/throughput.py`, beside `xargs -P 2` in the same run) | 1.01 × `xargs` | 1.89 × `xargs` (a waiting thread per task and psutil's tree walks; about 0.6 ms more per task) |"""
 
 
 def main() -> None:
