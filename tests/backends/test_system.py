@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -46,6 +47,29 @@ def test_an_exit_is_seen_without_polling_and_the_child_is_left_to_reap(system):
         child.returncode = 7
     finally:
         watch.close()
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
+def test_a_process_watched_once_per_call_costs_one_thread_and_no_descriptors(system):
+    # A warm worker is watched once per call: 200 watches closed while it runs leave no thread or fd
+    # behind each, and every watch open at its exit sees it.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        fds_before = len(os.listdir("/dev/fd"))
+        for _ in range(200):
+            system.watch_exit(child.pid).close()
+        open_watches = [system.watch_exit(child.pid) for _ in range(3)]
+        waiting = [thread for thread in threading.enumerate() if thread.name == f"nbdist-exit-{child.pid}"]
+        assert len(waiting) <= 1, len(waiting)
+        assert len(os.listdir("/dev/fd")) <= fds_before + 2 * len(open_watches)
+        child.stdin.close()  # it exits
+        for watch in open_watches:
+            assert select.select([watch], [], [], 10)[0], "an open watch did not see the exit"
+            watch.close()
+        assert len(os.listdir("/dev/fd")) <= fds_before
+    finally:
         child.kill()
         child.wait()
 

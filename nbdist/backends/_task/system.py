@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["PORTABLE_VARIABLE", "SYSTEM", "ExitWatch", "LinuxSystem", "PortableSystem", "System", "choose_system"]
@@ -46,8 +47,9 @@ _MAX_RSS_UNIT = 1 if sys.platform == "darwin" else 1024
 class ExitWatch:
     """A file descriptor that turns readable when process ``pid`` has exited (not reaped); ``close()`` after."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_close: Callable[[], None] | None = None) -> None:
         self.fd = fd
+        self._on_close = on_close
 
     def fileno(self) -> int:
         return self.fd
@@ -56,6 +58,60 @@ class ExitWatch:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+
+class _ExitNotifier:
+    """One waiting thread per watched process, however many watches it has: a warm worker is watched
+    once per call, and a thread per call would stay blocked until the worker ends (thousands of them)."""
+
+    _lock = threading.Lock()
+    _by_pid: dict[int, _ExitNotifier] = {}
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.write_fds: set[int] = set()
+
+    @classmethod
+    def watch(cls, pid: int) -> ExitWatch:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        with cls._lock:
+            notifier = cls._by_pid.get(pid)
+            new = notifier is None
+            if notifier is None:
+                notifier = cls._by_pid[pid] = cls(pid)
+            notifier.write_fds.add(write_fd)
+        if new:
+            threading.Thread(target=notifier._wait, name=f"nbdist-exit-{pid}", daemon=True).start()
+        return ExitWatch(read_fd, lambda: notifier._drop(write_fd))
+
+    def _drop(self, write_fd: int) -> None:
+        """A watch closed before the exit: its pipe's write end goes now, not when the process ends."""
+        with self._lock:
+            if write_fd not in self.write_fds:
+                return  # the exit was signalled (and the fd closed) meanwhile
+            self.write_fds.discard(write_fd)
+        os.close(write_fd)
+
+    def _wait(self) -> None:
+        try:
+            _wait_without_reaping(self.pid)
+        except OSError:
+            pass  # reaped by someone else meanwhile, or not our child: it has ended either way
+        with self._lock:
+            if self._by_pid.get(self.pid) is self:
+                del self._by_pid[self.pid]
+            write_fds, self.write_fds = self.write_fds, set()
+        for write_fd in write_fds:
+            try:
+                os.write(write_fd, b"x")
+            except OSError:  # its read end is closed: nobody is waiting
+                pass
+            finally:
+                os.close(write_fd)
 
 
 class System:
@@ -68,25 +124,9 @@ class System:
         import psutil  # noqa: F401
 
     def watch_exit(self, pid: int) -> ExitWatch:
-        """An fd readable once child ``pid`` exited: a thread waits (``WNOWAIT``) and writes to a pipe."""
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-
-        def wait() -> None:
-            try:
-                _wait_without_reaping(pid)
-            except OSError:
-                pass  # reaped by someone else meanwhile, or not our child: it has ended either way
-            finally:
-                try:
-                    os.write(write_fd, b"x")
-                except OSError:  # the watch was closed before the exit: nobody is waiting
-                    pass
-                finally:
-                    os.close(write_fd)  # the thread owns this end: never closed under it
-
-        threading.Thread(target=wait, name=f"nbdist-exit-{pid}", daemon=True).start()
-        return ExitWatch(read_fd)
+        """An fd readable once child ``pid`` exited: a thread waits (``WNOWAIT``) and writes to a pipe
+        (one thread per process, shared by its watches)."""
+        return _ExitNotifier.watch(pid)
 
     def new_group_options(self) -> dict[str, Any]:
         """``os.posix_spawn`` keywords that start the process as the leader of a new process group."""
