@@ -75,6 +75,24 @@ def test_a_process_watched_once_per_call_costs_one_thread_and_no_descriptors(sys
 
 
 @pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
+def test_has_exited_is_true_from_the_zombie_on(system):
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not system.has_exited(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while not system.has_exited(child.pid):  # a zombie now (not reaped: nobody waited)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert os.waitpid(child.pid, os.WNOHANG)[0] == child.pid
+        child.returncode = -9
+        assert system.has_exited(child.pid)  # reaped: gone
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
 def test_children_and_names_agree(system):
     children = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
     try:

@@ -176,6 +176,16 @@ class System:
         except psutil.Error:
             return None
 
+    def has_exited(self, pid: int) -> bool:
+        """True once process ``pid`` has exited or is exiting: its main thread is a zombie, even while
+        its other threads still die (it cannot be reaped yet: ``waitpid(WNOHANG)`` still says 0)."""
+        import psutil
+
+        try:
+            return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        except psutil.Error:
+            return True
+
     def reset_peak_rss(self) -> bool:
         """Reset this process's RSS high-water mark to its RSS now; False where the system cannot."""
         return False
@@ -246,6 +256,14 @@ class LinuxSystem(System):
                 return handle.read().strip()
         except OSError:
             return None
+
+    def has_exited(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rpartition(")")[2].split()[0]  # the name may hold spaces and parentheses
+        except (OSError, IndexError):
+            return True
+        return state in ("Z", "X")
 
     def reset_peak_rss(self) -> bool:
         try:

@@ -115,6 +115,7 @@ class _Worker:
         self.first_rss: float | None = None
         self.cpu = (0.0, 0.0)
         self.idle_since = time.monotonic()
+        self.reaped = False  # set by alive()
 
     def send(self, spec: TaskSpec, call_env: dict[str, str]) -> None:
         """Hand it the call of ``spec`` with the task's two logs (``OSError``: nothing was sent)."""
@@ -129,11 +130,16 @@ class _Worker:
             os.close(err_fd)
 
     def alive(self) -> bool:
-        """False once it has exited (it is then reaped)."""
+        """False once it has exited (it is then reaped, or will be by :meth:`stop`) or is exiting."""
         try:
-            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+            self.reaped = os.waitpid(self.pid, os.WNOHANG)[0] != 0
         except ChildProcessError:
+            self.reaped = True
+        if self.reaped:
             return False
+        # Killed while its other threads (a library's pool, the portable parent watch) still die: not
+        # reapable yet, but a call sent now would be reported as killed with it.
+        return not SYSTEM.has_exited(self.pid)
 
     def stop(self, reaped: bool = False) -> None:
         """End it now (it keeps nothing a task needs: its calls have ended) and reap it."""
@@ -279,7 +285,7 @@ class WorkerPool:
                 del self.idle[index]
                 if worker.alive():
                     return worker
-                worker.stop(reaped=True)  # killed from outside while idle
+                worker.stop(reaped=worker.reaped)  # killed from outside while idle (reaped now if not yet)
                 break
         return self._start_worker(key)
 
