@@ -8,7 +8,8 @@
     Parallel ──► batches of calls (joblib's AutoBatchingMixin: bigger while batches end fast)
        │
        ├─ submit(batch) ──► one nbdist job per batch, named after the function (``@nbdist.function``'s
-       │                    path: logs, limits, retries, the registry, the dashboard, local or Slurm)
+       │                    path: logs, limits, retries, the registry, local or Slurm); the call's jobs
+       │                    are one JobGroup, drawn as one dashboard (after ``%load_ext nbdist``)
        │                          │ ends: the session's poller thread
        │                          ▼
        │               this backend's callback thread ──► joblib's callback: the batch's values read
@@ -121,6 +122,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._thread: threading.Thread | None = None
         self._call_name: str | None = None
         self.jobs: list[Any] = []  # the jobs of the current (or last) Parallel call, in submit order
+        self.group: Any = None  # the same as a JobGroup: what the call's one dashboard lists
+        self._group_end: Callable[[], Any] | None = None  # draws the dashboard's end when the call ends
 
     # ------------------------------------------------------------------ joblib's configuration
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -154,12 +157,19 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def start_call(self) -> None:
-        """A new Parallel call: a new name and list of jobs."""
+        """A new Parallel call: a new name, list of jobs and dashboard."""
         self._call_name = None
         self.jobs = []
+        self.group, self._group_end = None, None
 
     def stop_call(self) -> None:
-        """The Parallel call ended (its values all read, or aborted)."""
+        """The Parallel call ended (its values all read, or aborted): its dashboard draws the end."""
+        end, self._group_end = self._group_end, None
+        if end is not None:
+            try:
+                end()
+            except Exception:  # a drawing error must not turn a finished Parallel call into a failure
+                logger.warning("nbdist: could not draw the end of the Parallel call's dashboard", exc_info=True)
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
         """Parallel calls inside a batch run one after another in its task (which holds ``cores``, not
@@ -171,6 +181,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         """Run one batch as an nbdist job; ``callback(job)`` runs on this backend's thread when it ends."""
         if self.session is None:
             raise RuntimeError("the nbdist joblib backend is not configured (joblib calls configure first)")
+        from nbdist.session import JobGroup
         from nbdist.session.functions import function
 
         if self._call_name is None:
@@ -180,10 +191,26 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             self._live.add(job)
             self.jobs.append(job)
+            first = self.group is None
+            if first:
+                self.group = JobGroup(self.session, self._call_name, "joblib Parallel")
+            self.group.add(job)
+        if first:
+            self._show_group()
         if callback is not None:
             self._start_thread()
         job.add_done_callback(lambda done: self._ended(done, callback))
         return job
+
+    def _show_group(self) -> None:
+        """The call's one dashboard (its batches as they come), where slow waits show theirs (``%load_ext
+        nbdist``): joblib, not nbdist, waits for the batches, so it is shown with the first one."""
+        from nbdist.session import show_live
+
+        try:
+            self._group_end = show_live(self.group)
+        except Exception:  # a drawing error (no ipywidgets, say) must not break the computation
+            logger.warning("nbdist: could not draw the Parallel call's dashboard", exc_info=True)
 
     def apply_async(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         """joblib 1.3–1.4's name of :meth:`submit`."""

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LIVE_AFTER_SECONDS", "LiveWait", "interrupted", "quiet_waits", "set_wait_display", "show_if_slow"]
+__all__ = ["LIVE_AFTER_SECONDS", "LiveWait", "interrupted", "quiet_waits", "set_wait_display", "show_if_slow",
+           "show_live"]
 
 # A wait shows its live dashboard once it has lasted this long: work done in a blink gets none, which
 # is also what a saved notebook then holds.
@@ -89,6 +90,17 @@ def show_if_slow(handle: Any, timeout: float | None) -> float | None:
     finally:
         live.end()
     return None if left is None else max(0.0, left - (time.monotonic() - start))
+
+
+def show_live(handle: Any) -> Callable[[], Any] | None:
+    """Show ``handle``'s live view now through the registered hook (for a wait nbdist does not own,
+    such as joblib's ``Parallel`` waiting for its batches); what draws its end, or None when nothing
+    was shown (no hook, or in a :func:`quiet_waits` block)."""
+    hook = _display
+    if hook is None or getattr(_quiet, "on", False):
+        return None
+    end = hook(handle)
+    return end if callable(end) else None
 
 
 @contextlib.contextmanager

@@ -41,7 +41,14 @@ def show_handle(handle: Any) -> None:
 
 
 def live_view(handle: Any) -> Any:
-    """The dashboard of ``handle`` in its own session (a static drawing without ipywidgets)."""
+    """The dashboard of ``handle`` in its own session (a static drawing without ipywidgets); of a
+    group of jobs (a joblib ``Parallel`` call), the live list of its jobs."""
+    from ..session import JobGroup
+
+    if isinstance(handle, JobGroup):
+        from .overview import GroupView
+
+        return GroupView(handle)
     from .widget import show
 
     return show(handle, session=handle.session)

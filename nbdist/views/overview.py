@@ -1,6 +1,7 @@
 """Every job at a glance: one line per job and array of the registry, with counts and a small bar.
 
-``nbdist.show()`` and ``%nbdist show`` without a name draw it. It lists what the registry under the
+``nbdist.show()`` and ``%nbdist show`` without a name draw it; a joblib ``Parallel`` call draws the
+list of its own jobs (its batches) under its name. It lists what the registry under the
 session's root holds — this kernel's jobs, earlier kernels' and other notebooks' sharing the root —
 by loading the registry read-only (``Session.attach(take_over=False)``: nothing is adopted or
 launched). Clicking a line (or choosing it in the picker without anywidget) opens that job's
@@ -11,15 +12,19 @@ every :data:`RELOAD_SECONDS` to find new jobs.
 from __future__ import annotations
 
 import html
+import logging
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from ..session import Array, default_session
 from . import render, timeline
-from .widget import keep_refreshed, show
+from .widget import FALLBACK_CSS, WIDGET_MIME, keep_refreshed, show
 
-__all__ = ["RELOAD_SECONDS", "Overview", "overview_html", "overview_text", "show_all"]
+log = logging.getLogger(__name__)
+
+__all__ = ["RELOAD_SECONDS", "GroupView", "Overview", "group_title", "overview_html", "overview_text", "show_all"]
 
 # New jobs of other kernels show up within this many seconds (a registry read of every job row).
 RELOAD_SECONDS = 2.0
@@ -67,12 +72,25 @@ def overview_html(handles: Sequence[Any]) -> str:
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-class Overview:
-    """The live list of every job of one or more sessions' registries; a click opens a dashboard."""
+def group_title(group: Any) -> str:
+    """``square · joblib Parallel · 3 jobs · DONE 2  RUNNING 1``: a group's header line."""
+    counts = group.counts()
+    states = "  ".join(f"{state} {n}" for state, n in render.nonzero_counts(counts))
+    jobs = sum(counts.values())
+    return f"{group.name} · {group.kind} · {jobs} job{'' if jobs == 1 else 's'} · {states}"
 
-    def __init__(self, sessions: Sequence[Any]) -> None:
+
+class Overview:
+    """The live list of every job of one or more sessions' registries; a click opens a dashboard.
+
+    With ``group`` (a :class:`nbdist.session.JobGroup`), the list of that group's jobs only, under its
+    name: one dashboard for a joblib ``Parallel`` call, whose batches are jobs.
+    """
+
+    def __init__(self, sessions: Sequence[Any], group: Any = None) -> None:
         import ipywidgets as w
 
+        self.group = group
         self.sessions = list(sessions)
         self.loaded = 0.0
         self.handles: list[Any] = []
@@ -90,6 +108,8 @@ class Overview:
 
     def _load(self) -> list[Any]:
         """Every job of the sessions (read from their registries at most every RELOAD_SECONDS)."""
+        if self.group is not None:
+            return self.group.jobs()
         if time.monotonic() - self.loaded >= RELOAD_SECONDS:
             self.loaded = time.monotonic()
             for session in self.sessions:
@@ -105,7 +125,7 @@ class Overview:
         """Re-read the jobs and redraw what changed."""
         start = time.thread_time()
         self.handles = self._load()
-        value = overview_html(self.handles)
+        value = self._html()
         if self.list.value != value:
             self.list.value = value
         options = [("", "")] + [(f"{handle.name} ({handle.id})", str(handle.id)) for handle in self.handles]
@@ -116,10 +136,18 @@ class Overview:
     def tick(self) -> bool:
         """One refresh from the dashboards' thread; True (rest) once every job listed is terminal."""
         self.refresh()
-        return all(handle.done() for handle in self.handles)
+        done = all(handle.done() for handle in self.handles)
+        if done:
+            self._update_saved_output()
+        return done
+
+    def _update_saved_output(self) -> None:
+        """Nothing here: the registry's overview is one output (see :class:`GroupView`)."""
 
     def changed(self) -> bool:
         """While resting: True when the registry holds a job not listed yet, or one runs again."""
+        if self.group is not None:
+            return len(self.group.jobs()) != len(self.handles) or not self.group.done()
         if time.monotonic() - self.loaded < RELOAD_SECONDS:
             return False
         before = {str(handle.id) for handle in self.handles}
@@ -140,13 +168,65 @@ class Overview:
 
             display(self.opened)
 
+    def _html(self) -> str:
+        table = overview_html(self.handles)
+        if self.group is None:
+            return table
+        return (f'<div class="nbdist-group-header" style="margin-bottom:4px"><b>'
+                f"{html.escape(group_title(self.group))}</b></div>{table}")
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
-        bundle["text/plain"] = overview_text(self.handles)
-        bundle["text/html"] = overview_html(self.handles)
+        text = overview_text(self.handles)
+        bundle["text/plain"] = text if self.group is None else f"{group_title(self.group)}\n{text}"
+        bundle["text/html"] = self._html()
         return bundle
 
 
 def show_all(sessions: Sequence[Any] | None = None) -> Any:
     """The overview of every job of ``sessions``' registries (default: the default session's)."""
     return Overview(sessions if sessions is not None else [default_session()])
+
+
+class GroupView(Overview):
+    """The live list of a group's jobs under its name (a joblib ``Parallel`` call's batches): a
+    dashboard of its own, whose picture a saved notebook keeps."""
+
+    def __init__(self, group: Any) -> None:
+        self.display_id = uuid.uuid4().hex
+        self.displayed = False
+        self._saved_html = ""  # the picture the notebook holds now
+        super().__init__([group.session], group=group)
+        self.widget.add_class("nbdist-dashboard")  # its picture stands in once the kernel is gone (FALLBACK_CSS)
+
+    def _picture_bundle(self) -> dict[str, Any]:
+        """A group's list as text and HTML: what a saved notebook shows (the dashboards' fallback)."""
+        text = f"{group_title(self.group)}\n{overview_text(self.handles)}"
+        return {"text/plain": text, "text/html": f'{FALLBACK_CSS}<div class="nbdist-picture">{self._html()}</div>'}
+
+    def _update_saved_output(self) -> None:
+        """The group's picture, redrawn once it has ended: a notebook saved then shows the end."""
+        from IPython import get_ipython
+        from IPython.display import update_display
+
+        bundle = self._picture_bundle()
+        shell = get_ipython()
+        if not self.displayed or bundle["text/html"] == self._saved_html or shell is None or \
+                not hasattr(shell, "kernel"):
+            return
+        self._saved_html = bundle["text/html"]
+        try:
+            update_display(bundle, raw=True, display_id=self.display_id)
+        except Exception:  # the drawing is a nicety; the live widget already shows the end
+            log.warning("nbdist: could not update the saved overview output", exc_info=True)
+
+    def _ipython_display_(self) -> None:
+        """Its picture (under a display id, redrawn at its end), then the live widget as an output of
+        its own, as a job's dashboard is shown (widget.FALLBACK_CSS shows one of the two)."""
+        from IPython.display import display
+
+        self.displayed = True
+        bundle = self._picture_bundle()
+        self._saved_html = bundle["text/html"]
+        display(bundle, raw=True, display_id=self.display_id)
+        display({WIDGET_MIME: self.widget._repr_mimebundle_()[WIDGET_MIME]}, raw=True)

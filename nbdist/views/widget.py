@@ -32,7 +32,7 @@ from ..session import SPARED_STATES, Snapshot, State, choose_retry, default_sess
 from . import render, timeline
 from .refresher import IDLE_CHECK_SECONDS, REFRESH_SECONDS, REFRESHER
 
-__all__ = ["IDLE_CHECK_SECONDS", "REFRESH_SECONDS", "Dashboard", "dormant_dashboards", "keep_refreshed", "refresher_running",
+__all__ = ["FALLBACK_CSS", "IDLE_CHECK_SECONDS", "REFRESH_SECONDS", "WIDGET_MIME", "Dashboard", "dormant_dashboards", "keep_refreshed", "refresher_running",
            "show"]
 
 log = logging.getLogger(__name__)
