@@ -118,6 +118,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._owns_session = False
         self._lock = threading.Lock()
         self._live: set[Any] = set()
+        self._waits: dict[Any, Any] = {}  # each live job's session.waiting() block, left when it ends
         self._completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._call_name: str | None = None
@@ -188,7 +189,12 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
             self._call_name = self.options.get("name") or call_name(func)
         options = {**self.options, "name": self._call_name}
         job = function(func, session=self.session, **options).submit()
+        # joblib waits for the batch through its callback, not through the job's result(): the session
+        # is told someone waits, so that the end is noticed in milliseconds, not at the next idle poll.
+        waiting = self.session.waiting()
+        waiting.__enter__()
         with self._lock:
+            self._waits[job] = waiting
             self._live.add(job)
             self.jobs.append(job)
             first = self.group is None
@@ -226,6 +232,9 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         # which must not happen on (and hold up) the thread that tracks every job.
         with self._lock:
             self._live.discard(job)
+            waiting = self._waits.pop(job, None)
+        if waiting is not None:
+            waiting.__exit__(None, None, None)
         if callback is not None:
             self._completions.put((callback, job))
 

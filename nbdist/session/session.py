@@ -241,6 +241,12 @@ class Session:
         """Ask the backends about every live task now (the poller does it on its own); True if anything changed."""
         return self._poller.poll()
 
+    def waiting(self) -> Any:
+        """A context manager: someone waits for work to end in this block without calling ``wait()`` or
+        ``result()`` (a done-callback that dispatches more, as joblib's ``Parallel``), so the session
+        polls as often as for those (no fixed poll period is paid)."""
+        return self._poller.waiting()
+
     def backends(self) -> dict[str, Any]:
         """The backends this session started so far, by name."""
         return self._launcher.started()
