@@ -264,3 +264,22 @@ def test_a_parallel_call_shows_nothing_without_the_hook_and_a_drawing_error_does
             assert Parallel()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
     finally:
         set_wait_display(None)
+
+
+def test_batches_of_very_fast_calls_grow_faster_than_joblib_s_doubling_but_never_past_the_ideal():
+    from types import SimpleNamespace
+
+    from nbdist.integrations.joblib import FAST_BATCH_GROWTH, NbdistBackend
+
+    backend = NbdistBackend()
+    backend.parallel = SimpleNamespace(verbose=0)
+
+    def next_size(size: int, duration: float) -> int:
+        backend._effective_batch_size, backend._smoothed_batch_duration = size, duration
+        return backend.compute_batch_size()
+
+    assert next_size(8, 0.001) == FAST_BATCH_GROWTH * 8  # far too fast: grows more than twice
+    assert next_size(8, 0.15) == 2 * int(8 * 0.2 / 0.15)  # near the ideal: joblib's ideal size, no more
+    assert next_size(8, 0.5) == 8  # in the ideal range: unchanged
+    assert next_size(8, 5.0) == max(2 * int(8 * 0.2 / 5.0), 1)  # too slow: joblib's own shrinking
+    assert backend._smoothed_batch_duration == 0.0  # a new size starts a new estimate
