@@ -126,6 +126,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._call_name: str | None = None
+        self._last_batch_seconds = 0.0  # how long the last batch of the current size took
         self.jobs: list[Any] = []  # the jobs of the current (or last) Parallel call, in submit order
         self.group: Any = None  # the same as a JobGroup: what the call's one dashboard lists
         self._group_end: Callable[[], Any] | None = None  # draws the dashboard's end when the call ends
@@ -176,10 +177,18 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
             except Exception:  # a drawing error must not turn a finished Parallel call into a failure
                 logger.warning("nbdist: could not draw the end of the Parallel call's dashboard", exc_info=True)
 
+    def batch_completed(self, batch_size: int, duration: float) -> None:
+        """joblib's bookkeeping; the duration of a batch of the current size is kept for :meth:`compute_batch_size`."""
+        if batch_size == self._effective_batch_size:
+            self._last_batch_seconds = duration
+        super().batch_completed(batch_size, duration)
+
     def compute_batch_size(self) -> int:
         """joblib's auto-batching, but a batch far too fast grows by :data:`FAST_BATCH_GROWTH`, not 2."""
-        old, duration = self._effective_batch_size, self._smoothed_batch_duration
+        old, duration = self._effective_batch_size, self._last_batch_seconds
         size = super().compute_batch_size()
+        if size != old:
+            self._last_batch_seconds = 0.0  # a new size: its own batches are measured anew
         if 0 < duration < self.MIN_IDEAL_BATCH_DURATION and size == 2 * old:  # capped by joblib's doubling
             ideal = 2 * int(old * self.MIN_IDEAL_BATCH_DURATION / duration)
             size = self._effective_batch_size = max(size, min(FAST_BATCH_GROWTH * old, ideal))

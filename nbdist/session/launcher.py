@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..backends import backend_options, load_backend
@@ -45,6 +45,9 @@ class Launcher:
         self._options = dict(options)
         self._classes: dict[str, type] = {backend_name: backend_class}
         self._backends: dict[str, Any] = {}
+        # Told by a backend that can tell (its ``on_task_ended`` attribute) that tasks ended: the poller
+        # looks at once instead of at its next scheduled poll.
+        self.on_task_ended: Callable[[], None] | None = None
         if self._options.get("gpus") is not None:
             self.gpu_count()  # a malformed list of declared GPUs fails in the Session's constructor
 
@@ -56,6 +59,8 @@ class Launcher:
             cls = self._classes.get(name) or load_backend(name)
             self._classes[name] = cls
             backend = cls(name, **self.backend_kwargs(name))
+            if self.on_task_ended is not None and hasattr(backend, "on_task_ended"):
+                backend.on_task_ended = self.on_task_ended
             backend.start()
             self._backends[name] = backend
         return backend

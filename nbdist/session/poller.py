@@ -78,6 +78,7 @@ class Poller:
         self.full_poll_seconds = full_poll_seconds
         self.registry_check_seconds = registry_check_seconds
         self._wake_event = threading.Event()
+        lifecycle.launcher.on_task_ended = self.wake  # a backend that tells of ended tasks: looked at once
         self._waiters = 0
         self._waited_at = float("-inf")
         self._stop_event = threading.Event()
@@ -120,10 +121,15 @@ class Poller:
             self._thread.join(5)
 
     def _poll_loop(self) -> None:
-        interval, cost = POLL_MIN_SECONDS, 0.0
+        interval, cost, last_poll = POLL_MIN_SECONDS, 0.0, 0.0
         while not self._stop_event.is_set():
             self._wake_event.wait(min(interval, self._burst_interval(cost)))
             self._wake_event.clear()
+            # A wake (tasks ended, someone waits) polls at once, but never sooner after the last poll
+            # than its cost allows: a backend telling of every end must not make polling a busy loop.
+            spacing = cost * POLL_COST_FACTOR - (time.monotonic() - last_poll)
+            if spacing > 0:
+                self._stop_event.wait(spacing)
             if self._stop_event.is_set():
                 return
             # The poller's own CPU time, not wall time: waiting for the GIL or the backend's lock
@@ -136,6 +142,7 @@ class Poller:
                 interval = cost = POLL_MAX_SECONDS  # a failing backend is not hammered, waited on or not
                 continue
             cost = time.thread_time() - started
+            last_poll = time.monotonic()
             interval = POLL_MIN_SECONDS if changed else min(POLL_MAX_SECONDS, interval * 1.5)
             interval = max(interval, cost * POLL_COST_FACTOR)
 

@@ -242,9 +242,7 @@ class Session:
         return self._poller.poll()
 
     def waiting(self) -> Any:
-        """A context manager: someone waits for work to end in this block without calling ``wait()`` or
-        ``result()`` (a done-callback that dispatches more, as joblib's ``Parallel``), so the session
-        polls as often as for those (no fixed poll period is paid)."""
+        """Someone waits in this block other than by ``wait()``/``result()`` (joblib's callbacks): poll as often."""
         return self._poller.waiting()
 
     def backends(self) -> dict[str, Any]:
@@ -292,8 +290,7 @@ class Session:
                 backend.stop()
             except Exception:  # one backend failing to stop must not keep the others running
                 logger.exception("stopping backend %s failed", name)
-        # Local tasks were just killed: record how they ended. A persistent backend's tasks (Slurm) keep running
-        # and stay QUEUED/RUNNING in the registry for the next attach to adopt.
+        # Local tasks were just killed: record how they ended (Slurm's keep running, for the next attach to adopt).
         for name, backend in backends.items():
             if not self._launcher.persistent(name):
                 self._poller.poll_backend(name, backend, full=True)

@@ -181,3 +181,19 @@ def test_parallelism_goes_only_to_a_backend_that_takes_it(tmp_path):
         slurm.close()
     with Session(parallelism=2, root=str(tmp_path / "local")) as local:
         assert local.backend_kwargs("multiprocess")["parallelism"] == 2
+
+
+def test_an_end_is_noticed_when_the_backend_tells_not_at_the_next_scheduled_poll(tmp_path, monkeypatch):
+    # concurrent.futures.as_completed waits on the Future itself, not through result(): with polls 60 s
+    # apart, only the backend telling the poller that tasks ended settles the Future in time.
+    import concurrent.futures
+
+    from nbdist.session import poller
+
+    monkeypatch.setattr(poller, "POLL_MIN_SECONDS", 60.0)
+    monkeypatch.setattr(poller, "POLL_MAX_SECONDS", 60.0)
+    with nbdist.Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        for command in ("sleep 0.3", "exit 3"):
+            job = session.submit(command)
+            done = next(concurrent.futures.as_completed([job], timeout=20))
+            assert done is job and job.state in (nbdist.State.DONE, nbdist.State.FAILED)

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ...cluster_protocol import Limit
@@ -106,6 +106,9 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         self._made_log_dir = False
         self.kill_grace = kill_grace
         self.started = False
+        # Called from the dispatcher thread (it must be quick: it sets an event) when tasks ended: a
+        # session's poller then looks at once instead of at its next scheduled poll.
+        self.on_task_ended: Callable[[], None] | None = None
         self._prefix = new_job_id_prefix()
         self._job_counter = itertools.count(1)
         self._pending: deque[QueuedTask] = deque()
@@ -371,14 +374,18 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
             slot.process.kill()
             return
         returned = []
+        ended = False
         for event in events:
             if type(event) is Returned:
                 returned.append(self.tasks.records[event.distributor_id])
             else:
                 self._apply_event(slot, event)
+                ended = ended or type(event) is Done or type(event) is Error
         for record in returned:
             slot.assigned.remove(record)
         self._take_back(returned)
+        if ended and self.on_task_ended is not None:
+            self.on_task_ended()
 
     def _take_back(self, records: list[QueuedTask]) -> None:
         """Tasks a consumer held but never started: the cancelled ones end, the others go back to

@@ -89,6 +89,21 @@ def test_logs_go_to_named_files_and_nothing_leaks(dist, tmp_path, capfd):
     assert "to-std" not in captured.out + captured.err
 
 
+def test_the_distributor_tells_when_tasks_ended(dist):
+    ids: list[str] = []
+    told: list[set[str]] = []  # what had ended (as the distributor reports it) each time it told
+    dist.on_task_ended = lambda: told.append({i for i in list(ids) if not dist.get_submitted_or_running([i])})
+    for command in ("true", "exit 3", "sleep 0.3"):
+        ids.append(dist.submit_to_batch_distributor(command, "told", {}))
+    wait_finished(dist, ids)
+    deadline = time.monotonic() + 5
+    while not (told and told[-1] == set(ids)):  # the last end is told once it is recorded, never before
+        assert time.monotonic() < deadline, told
+        time.sleep(0.01)
+    assert 1 <= len(told) <= 3, told  # once per batch of ends
+    assert all(earlier <= later for earlier, later in zip(told, told[1:]))
+
+
 def test_task_names_cannot_leave_the_log_folder(dist, tmp_path):
     job = dist.submit_to_batch_distributor("echo x", "../../escape/../x", {})
     wait_finished(dist, [job])
