@@ -9,7 +9,7 @@
        │
        ├─ submit(batch) ──► one nbdist job per batch, named after the function (``@nbdist.function``'s
        │                    path: logs, limits, retries, the registry, local or Slurm); the call's jobs
-       │                    are one JobGroup, drawn as one dashboard (after ``%load_ext nbdist``)
+       │                    are one JobGroup, drawn as one dashboard (as a slow wait's: ``%load_ext nbdist``)
        │                          │ ends: the session's poller thread
        │                          ▼
        │               this backend's callback thread ──► joblib's callback: the batch's values read
@@ -129,7 +129,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._last_batch_seconds = 0.0  # how long the last batch of the current size took
         self.jobs: list[Any] = []  # the jobs of the current (or last) Parallel call, in submit order
         self.group: Any = None  # the same as a JobGroup: what the call's one dashboard lists
-        self._group_end: Callable[[], Any] | None = None  # draws the dashboard's end when the call ends
+        self._group_end: Callable[[], None] | None = None  # when the call ends: cancels or ends its dashboard
 
     # ------------------------------------------------------------------ joblib's configuration
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -169,11 +169,11 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self.group, self._group_end = None, None
 
     def stop_call(self) -> None:
-        """The Parallel call ended (its values all read, or aborted): its dashboard draws the end."""
-        end, self._group_end = self._group_end, None
-        if end is not None:
+        """The Parallel call ended (its values all read, or aborted): its dashboard, if shown, draws the end."""
+        over, self._group_end = self._group_end, None
+        if over is not None:
             try:
-                end()
+                over()
             except Exception:  # a drawing error must not turn a finished Parallel call into a failure
                 logger.warning("nbdist: could not draw the end of the Parallel call's dashboard", exc_info=True)
 
@@ -231,14 +231,11 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         return job
 
     def _show_group(self) -> None:
-        """The call's one dashboard (its batches as they come), where slow waits show theirs (``%load_ext
-        nbdist``): joblib, not nbdist, waits for the batches, so it is shown with the first one."""
-        from nbdist.session import show_live
+        """The call's one dashboard (its batches as they come), shown as a slow wait's is (after ``%load_ext
+        nbdist``, once the call has lasted a second): joblib, not nbdist, waits for the batches."""
+        from nbdist.session import show_live_after
 
-        try:
-            self._group_end = show_live(self.group)
-        except Exception:  # a drawing error (no ipywidgets, say) must not break the computation
-            logger.warning("nbdist: could not draw the Parallel call's dashboard", exc_info=True)
+        self._group_end = show_live_after(self.group)
 
     def apply_async(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         """joblib 1.3–1.4's name of :meth:`submit`."""

@@ -27,10 +27,10 @@ from .session import Session, UnknownJob
 from .snapshot import Snapshot, StepRow
 from .state import State
 from .sweep import command_line, expand, parse_array_spec, placeholders
-from .waits import LIVE_AFTER_SECONDS, quiet_waits, set_wait_display, show_live
+from .waits import LIVE_AFTER_SECONDS, quiet_waits, set_wait_display, show_live_after
 
 __all__ = ["BAR_GROUPS", "LIVE_AFTER_SECONDS", "SPARED_STATES", "Array", "Attempt", "Job", "JobFailed", "JobGroup", "LogPaths",
            "NotebookSessions", "Options", "RetryChoice", "Session", "Snapshot", "State", "StepRow", "UnknownJob",
            "attach", "cell_inputs", "choose_retry", "command_line", "default_session", "expand", "group_counts",
            "parse_array_spec", "placeholders", "quiet_waits", "retry_states", "set_default_session",
-           "set_wait_display", "show_live", "submit_cell"]
+           "set_wait_display", "show_live_after", "submit_cell"]

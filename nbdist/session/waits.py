@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["LIVE_AFTER_SECONDS", "LiveWait", "interrupted", "quiet_waits", "set_wait_display", "show_if_slow",
-           "show_live"]
+           "show_live_after"]
 
 # A wait shows its live dashboard once it has lasted this long: work done in a blink gets none, which
 # is also what a saved notebook then holds.
@@ -92,15 +93,41 @@ def show_if_slow(handle: Any, timeout: float | None) -> float | None:
     return None if left is None else max(0.0, left - (time.monotonic() - start))
 
 
-def show_live(handle: Any) -> Callable[[], Any] | None:
-    """Show ``handle``'s live view now through the registered hook (for a wait nbdist does not own,
-    such as joblib's ``Parallel`` waiting for its batches); what draws its end, or None when nothing
-    was shown (no hook, or in a :func:`quiet_waits` block)."""
+def show_live_after(handle: Any, seconds: float = LIVE_AFTER_SECONDS) -> Callable[[], None]:
+    """For a wait nbdist does not own (joblib's ``Parallel`` waits for its batches itself): show
+    ``handle``'s live view through the registered hook if the wait still goes on after ``seconds``
+    (from a timer thread; the kernel sends its output to the cell that started it), as a slow wait's.
+    Returns what to call when the wait is over: it cancels the view if not shown yet, else draws its end."""
     hook = _display
     if hook is None or getattr(_quiet, "on", False):
-        return None
-    end = hook(handle)
-    return end if callable(end) else None
+        return lambda: None
+    lock = threading.Lock()
+    shown: dict[str, Any] = {"over": False, "end": None}
+
+    def show() -> None:
+        with lock:
+            if shown["over"]:
+                return
+            try:
+                end = hook(handle)
+            except Exception:  # a drawing error must not reach the work
+                logging.getLogger(__name__).warning("nbdist: could not draw %r", handle, exc_info=True)
+                return
+            shown["end"] = end if callable(end) else None
+
+    timer = threading.Timer(seconds, show)
+    timer.daemon = True
+    timer.start()
+
+    def over() -> None:
+        timer.cancel()
+        with lock:
+            shown["over"] = True
+            end = shown["end"]
+        if end is not None:
+            end()
+
+    return over
 
 
 @contextlib.contextmanager

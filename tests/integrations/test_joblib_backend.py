@@ -215,8 +215,8 @@ def test_a_job_that_dies_is_a_job_failed_naming_it(session):
 # ---------------------------------------------------------------------------- one dashboard per call
 
 
-def test_each_parallel_call_is_one_group_shown_once_with_its_batches(session):
-    from nbdist.session import JobGroup, set_wait_display
+def test_a_slow_parallel_call_is_one_group_shown_once_with_its_batches(session):
+    from nbdist.session import LIVE_AFTER_SECONDS, JobGroup, set_wait_display
     from nbdist.views.overview import GroupView
 
     shown: list[JobGroup] = []
@@ -229,22 +229,23 @@ def test_each_parallel_call_is_one_group_shown_once_with_its_batches(session):
     set_wait_display(hook)
     try:
         with parallel_config(backend="nbdist", session=session, n_jobs=2):
-            assert Parallel()(delayed(square)(i) for i in range(400)) == [i * i for i in range(400)]
-            assert Parallel(batch_size=1)(delayed(slow_identity)(i, 0.05) for i in range(3)) == [0, 1, 2]
+            assert Parallel()(delayed(square)(i) for i in range(400)) == [i * i for i in range(400)]  # a blink
+            fast_jobs = {str(job.id) for job in session.jobs()}
+            seconds = LIVE_AFTER_SECONDS * 0.8
+            assert Parallel(batch_size=1)(delayed(slow_identity)(i, seconds) for i in range(4)) == [0, 1, 2, 3]
     finally:
         set_wait_display(None)
-    assert [group.name for group in shown] == ["square", "slow_identity"]  # one per call, named after it
-    assert ends == ["square", "slow_identity"]  # each drew its end when its call ended
-    assert all(isinstance(group, JobGroup) and group.kind == "joblib Parallel" for group in shown)
-    squares, slow = shown
-    assert len(slow.jobs()) == 3 and slow.done() and slow.counts() == {"DONE": 3}  # batch_size=1: a job a call
-    everything = {str(job.id) for job in session.jobs()}
-    assert {str(job.id) for job in squares.jobs() + slow.jobs()} == everything  # every batch in its call's group
-    assert not {str(job.id) for job in squares.jobs()} & {str(job.id) for job in slow.jobs()}
+    # Shown as a slow wait is: the call that lasted over LIVE_AFTER_SECONDS, once, named after its function.
+    assert [group.name for group in shown] == ["slow_identity"], shown
+    assert ends == ["slow_identity"]  # its end drawn when the call ended
+    slow = shown[0]
+    assert isinstance(slow, JobGroup) and slow.kind == "joblib Parallel"
+    assert len(slow.jobs()) == 4 and slow.done() and slow.counts() == {"DONE": 4}  # batch_size=1: a job a call
+    assert {str(job.id) for job in slow.jobs()} == {str(job.id) for job in session.jobs()} - fast_jobs
     view = GroupView(slow)
     bundle = view._repr_mimebundle_()
-    assert bundle["text/plain"].splitlines()[0] == "slow_identity · joblib Parallel · 3 jobs · DONE 3"
-    assert bundle["text/html"].count('class="nbdist-overview-row"') == 3
+    assert bundle["text/plain"].splitlines()[0] == "slow_identity · joblib Parallel · 4 jobs · DONE 4"
+    assert bundle["text/html"].count('class="nbdist-overview-row"') == 4
     assert {f'data-pick="{job.id}"' in bundle["text/html"] for job in slow.jobs()} == {True}
     assert not view.changed()  # done: the dashboards' thread lets it rest
 
@@ -261,7 +262,7 @@ def test_a_parallel_call_shows_nothing_without_the_hook_and_a_drawing_error_does
     set_wait_display(broken)
     try:
         with parallel_config(backend="nbdist", session=session, n_jobs=2):
-            assert Parallel()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+            assert Parallel(batch_size=1)(delayed(slow_identity)(i, 0.8) for i in range(4)) == [0, 1, 2, 3]
     finally:
         set_wait_display(None)
 

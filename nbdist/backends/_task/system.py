@@ -8,9 +8,10 @@ need                                   Linux (:class:`LinuxSystem`)        porta
                                                                            ``NBDIST_PORTABLE=1``)
 =====================================  ==================================  =====================================
 wait for a process to end, no polling  ``pidfd_open``: a pollable fd       a thread blocked in ``waitid(WNOWAIT)``
-                                                                           (``kqueue`` ``NOTE_EXIT`` on macOS
-                                                                           before Python 3.13) writes to a pipe;
-                                                                           the child is not reaped
+                                                                           (one per process; ``kqueue``
+                                                                           ``NOTE_EXIT`` on macOS before Python
+                                                                           3.13) writes to a pipe; the child is
+                                                                           not reaped
 start a task in its own group          ``posix_spawn(setsid=True)``        ``posix_spawn(setpgroup=0)``
 orphans of a task come back to us      child subreaper (``prctl``)         no: a task that calls ``setsid`` and
                                                                            double-forks escapes unless a usage
