@@ -299,6 +299,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def terminate(self) -> None:
         """Stop the callback thread; close a session this backend made (``nbdist_backend=``)."""
+        self.stop_call()  # a joblib that never calls stop_call: the call's dashboard ends here
+        self.group = None
         with self._lock:
             thread, self._thread = self._thread, None
             completions = self._completions

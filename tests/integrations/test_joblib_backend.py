@@ -287,3 +287,22 @@ def test_batches_of_very_fast_calls_grow_faster_than_joblib_s_doubling_but_never
     assert next_size(8, 0.5) == 8  # in the ideal range: unchanged
     assert next_size(8, 5.0) == max(2 * int(8 * 0.2 / 5.0), 1)  # too slow: joblib's own shrinking
     assert backend._last_batch_seconds == 0.0  # a new size starts a new estimate
+
+
+def test_terminate_ends_the_call_s_dashboard_for_a_joblib_that_never_calls_stop_call(session):
+    from nbdist.integrations.joblib import NbdistBackend
+    from nbdist.session import LIVE_AFTER_SECONDS, set_wait_display
+
+    shown: list = []
+    set_wait_display(shown.append)
+    try:
+        backend = NbdistBackend(session=session)
+        backend.configure(n_jobs=2)
+        job = backend.submit(lambda: 41 + 1)  # no start_call first, as an older joblib
+        assert job.result(30) == 42 and backend.group is not None and backend.group.jobs() == [job]
+        backend.terminate()
+        assert backend.group is None
+        time.sleep(LIVE_AFTER_SECONDS + 0.3)
+        assert shown == []  # its pending dashboard was cancelled with the call
+    finally:
+        set_wait_display(None)
