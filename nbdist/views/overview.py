@@ -1,7 +1,7 @@
 """Every job at a glance: one line per job and array of the registry, with counts and a small bar.
 
-``nbdist.show()`` and ``%nbdist show`` without a name draw it; a joblib ``Parallel`` call draws the
-list of its own jobs (its batches) under its name. It lists what the registry under the
+``nbdist.show()`` and ``%nbdist show`` without a name draw it (a joblib ``Parallel`` call draws the
+list of its own jobs, its batches, under its name: :class:`GroupView`). It lists what the registry under the
 session's root holds — this kernel's jobs, earlier kernels' and other notebooks' sharing the root —
 by loading the registry read-only (``Session.attach(take_over=False)``: nothing is adopted or
 launched). Clicking a line (or choosing it in the picker without anywidget) opens that job's
@@ -81,16 +81,11 @@ def group_title(group: Any) -> str:
 
 
 class Overview:
-    """The live list of every job of one or more sessions' registries; a click opens a dashboard.
+    """The live list of every job of one or more sessions' registries; a click opens a dashboard."""
 
-    With ``group`` (a :class:`nbdist.session.JobGroup`), the list of that group's jobs only, under its
-    name: one dashboard for a joblib ``Parallel`` call, whose batches are jobs.
-    """
-
-    def __init__(self, sessions: Sequence[Any], group: Any = None) -> None:
+    def __init__(self, sessions: Sequence[Any]) -> None:
         import ipywidgets as w
 
-        self.group = group
         self.sessions = list(sessions)
         self.loaded = 0.0
         self.handles: list[Any] = []
@@ -108,8 +103,6 @@ class Overview:
 
     def _load(self) -> list[Any]:
         """Every job of the sessions (read from their registries at most every RELOAD_SECONDS)."""
-        if self.group is not None:
-            return self.group.jobs()
         if time.monotonic() - self.loaded >= RELOAD_SECONDS:
             self.loaded = time.monotonic()
             for session in self.sessions:
@@ -146,8 +139,6 @@ class Overview:
 
     def changed(self) -> bool:
         """While resting: True when the registry holds a job not listed yet, or one runs again."""
-        if self.group is not None:
-            return len(self.group.jobs()) != len(self.handles) or not self.group.done()
         if time.monotonic() - self.loaded < RELOAD_SECONDS:
             return False
         before = {str(handle.id) for handle in self.handles}
@@ -169,16 +160,14 @@ class Overview:
             display(self.opened)
 
     def _html(self) -> str:
-        table = overview_html(self.handles)
-        if self.group is None:
-            return table
-        return (f'<div class="nbdist-group-header" style="margin-bottom:4px"><b>'
-                f"{html.escape(group_title(self.group))}</b></div>{table}")
+        return overview_html(self.handles)
+
+    def _text(self) -> str:
+        return overview_text(self.handles)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
-        text = overview_text(self.handles)
-        bundle["text/plain"] = text if self.group is None else f"{group_title(self.group)}\n{text}"
+        bundle["text/plain"] = self._text()
         bundle["text/html"] = self._html()
         return bundle
 
@@ -193,16 +182,31 @@ class GroupView(Overview):
     dashboard of its own, whose picture a saved notebook keeps."""
 
     def __init__(self, group: Any) -> None:
+        self.group = group
         self.display_id = uuid.uuid4().hex
         self.displayed = False
         self._saved_html = ""  # the picture the notebook holds now
-        super().__init__([group.session], group=group)
+        super().__init__([group.session])
         self.widget.add_class("nbdist-dashboard")  # its picture stands in once the kernel is gone (FALLBACK_CSS)
 
+    def _load(self) -> list[Any]:
+        return self.group.jobs()
+
+    def changed(self) -> bool:
+        """While resting: True when the call added a job, or one runs again."""
+        return len(self.group.jobs()) != len(self.handles) or not self.group.done()
+
+    def _html(self) -> str:
+        return (f'<div class="nbdist-group-header" style="margin-bottom:4px"><b>'
+                f"{html.escape(group_title(self.group))}</b></div>{overview_html(self.handles)}")
+
+    def _text(self) -> str:
+        return f"{group_title(self.group)}\n{overview_text(self.handles)}"
+
     def _picture_bundle(self) -> dict[str, Any]:
-        """A group's list as text and HTML: what a saved notebook shows (the dashboards' fallback)."""
-        text = f"{group_title(self.group)}\n{overview_text(self.handles)}"
-        return {"text/plain": text, "text/html": f'{FALLBACK_CSS}<div class="nbdist-picture">{self._html()}</div>'}
+        """The list as text and HTML: what a saved notebook shows (the dashboards' fallback)."""
+        return {"text/plain": self._text(),
+                "text/html": f'{FALLBACK_CSS}<div class="nbdist-picture">{self._html()}</div>'}
 
     def _update_saved_output(self) -> None:
         """The group's picture, redrawn once it has ended: a notebook saved then shows the end."""

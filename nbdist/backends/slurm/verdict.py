@@ -105,16 +105,20 @@ def _without_exit_info(state: str, wait_status_text: str, wrapper_log: str, wrap
     wait_status = int(wait_status_text) if wait_status_text.isdigit() else 0
     code, signum = (wait_status >> 8) & 0xFF, wait_status & 0x7F
     if signum and slurm_killed_it_for_memory(wrapper_log_tail):
-        # Slurm polled the step over its --mem before the worker's own sampling did, and killed the worker too.
-        memory = f" of {format_memory(memory_mb)}" if memory_mb else ""
-        return Verdict(Status.RESOURCE_ERROR, f"memory limit{memory} exceeded (Slurm killed the job: see {wrapper_log})",
-                       "memory", signal=signum)
+        return _slurm_memory_kill(wrapper_log, memory_mb, signum)
     if signum:  # the wrapper itself was killed: how the task ended is unknown
         return Verdict(Status.UNKNOWN_ERROR, f"lost: nbdist-worker was {exit_message(None, signum)} and left no "
                        f"exit info (see {wrapper_log})", signal=signum)
     # e.g. 127: nbdist-worker not found on the compute node
     status = Status.DONE if state == "COMPLETED" else Status.ERROR
     return Verdict(status, f"{exit_message(code, None)} and left no exit info (see {wrapper_log})", exit_code=code)
+
+
+def _slurm_memory_kill(wrapper_log: str, memory_mb: float | None, signum: int) -> Verdict:
+    """Slurm checked the step over its --mem before the worker's own sampling did, and killed the worker too."""
+    memory = f" of {format_memory(memory_mb)}" if memory_mb else ""
+    return Verdict(Status.RESOURCE_ERROR, f"memory limit{memory} exceeded (Slurm killed the job: see {wrapper_log})",
+                   "memory", signal=signum)
 
 
 def slurm_killed_it_for_memory(wrapper_log_tail: str) -> bool:
@@ -130,7 +134,7 @@ def vanished(info: Mapping[str, Any] | None, *, cancel_requested: bool, started:
     if info is not None:
         return from_exit_info(info)
     if slurm_killed_it_for_memory(wrapper_log_tail):  # ended and forgotten between two polls
-        return _without_exit_info("FAILED", str(9), wrapper_log, wrapper_log_tail, memory_mb)
+        return _slurm_memory_kill(wrapper_log, memory_mb, 9)  # slurmstepd kills with SIGKILL
     if cancel_requested and not started:
         # Slurm 22.05 forgets a pending array step at once when it is cancelled.
         return Verdict(Status.KILL_SELF, "cancelled before it started")
