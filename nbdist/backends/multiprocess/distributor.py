@@ -106,8 +106,8 @@ class MultiprocessDistributor(TableDistributor[QueuedTask]):
         self._made_log_dir = False
         self.kill_grace = kill_grace
         self.started = False
-        # Called from the dispatcher thread (it must be quick: it sets an event) when tasks ended: a
-        # session's poller then looks at once instead of at its next scheduled poll.
+        # Called from the dispatcher thread, holding this distributor's lock, when tasks ended (it must be
+        # quick: a session's poller sets an event, then looks at once instead of at its next scheduled poll).
         self.on_task_ended: Callable[[], None] | None = None
         self._prefix = new_job_id_prefix()
         self._job_counter = itertools.count(1)
