@@ -12,7 +12,6 @@ every :data:`RELOAD_SECONDS` to find new jobs.
 from __future__ import annotations
 
 import html
-import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,9 +19,7 @@ from typing import Any
 
 from ..session import Array, default_session
 from . import render, timeline
-from .widget import FALLBACK_CSS, WIDGET_MIME, keep_refreshed, show
-
-log = logging.getLogger(__name__)
+from .widget import FALLBACK_CSS, PictureThenWidget, keep_refreshed, show
 
 __all__ = ["RELOAD_SECONDS", "GroupView", "Overview", "group_title", "overview_html", "overview_text", "show_all"]
 
@@ -177,15 +174,14 @@ def show_all(sessions: Sequence[Any] | None = None) -> Any:
     return Overview(sessions if sessions is not None else [default_session()])
 
 
-class GroupView(Overview):
+class GroupView(PictureThenWidget, Overview):
     """The live list of a group's jobs under its name (a joblib ``Parallel`` call's batches): a
-    dashboard of its own, whose picture a saved notebook keeps."""
+    dashboard of its own, shown as a job's is (its picture, then the widget; a saved notebook keeps the end)."""
 
     def __init__(self, group: Any) -> None:
         self.group = group
         self.display_id = uuid.uuid4().hex
         self.displayed = False
-        self._saved_html = ""  # the picture the notebook holds now
         super().__init__([group.session])
         self.widget.add_class("nbdist-dashboard")  # its picture stands in once the kernel is gone (FALLBACK_CSS)
 
@@ -207,30 +203,3 @@ class GroupView(Overview):
         """The list as text and HTML: what a saved notebook shows (the dashboards' fallback)."""
         return {"text/plain": self._text(),
                 "text/html": f'{FALLBACK_CSS}<div class="nbdist-picture">{self._html()}</div>'}
-
-    def _update_saved_output(self) -> None:
-        """The group's picture, redrawn once it has ended: a notebook saved then shows the end."""
-        from IPython import get_ipython
-        from IPython.display import update_display
-
-        bundle = self._picture_bundle()
-        shell = get_ipython()
-        if not self.displayed or bundle["text/html"] == self._saved_html or shell is None or \
-                not hasattr(shell, "kernel"):
-            return
-        self._saved_html = bundle["text/html"]
-        try:
-            update_display(bundle, raw=True, display_id=self.display_id)
-        except Exception:  # the drawing is a nicety; the live widget already shows the end
-            log.warning("nbdist: could not update the saved overview output", exc_info=True)
-
-    def _ipython_display_(self) -> None:
-        """Its picture (under a display id, redrawn at its end), then the live widget as an output of
-        its own, as a job's dashboard is shown (widget.FALLBACK_CSS shows one of the two)."""
-        from IPython.display import display
-
-        self.displayed = True
-        bundle = self._picture_bundle()
-        self._saved_html = bundle["text/html"]
-        display(bundle, raw=True, display_id=self.display_id)
-        display({WIDGET_MIME: self.widget._repr_mimebundle_()[WIDGET_MIME]}, raw=True)

@@ -32,8 +32,8 @@ from ..session import SPARED_STATES, Snapshot, State, choose_retry, default_sess
 from . import render, timeline
 from .refresher import IDLE_CHECK_SECONDS, REFRESH_SECONDS, REFRESHER
 
-__all__ = ["FALLBACK_CSS", "IDLE_CHECK_SECONDS", "REFRESH_SECONDS", "WIDGET_MIME", "Dashboard", "dormant_dashboards", "keep_refreshed", "refresher_running",
-           "show"]
+__all__ = ["FALLBACK_CSS", "IDLE_CHECK_SECONDS", "REFRESH_SECONDS", "Dashboard", "PictureThenWidget",
+           "dormant_dashboards", "keep_refreshed", "refresher_running", "show"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,44 @@ def dormant_dashboards() -> int:
     return REFRESHER.dormant
 
 
-class Dashboard:
+class PictureThenWidget:
+    """A live view shown as two outputs: its picture (``_picture_bundle()``: text and HTML, under a display
+    id, redrawn at its end), then its ``widget`` as an output of its own; the front end falls back to the
+    picture (see :data:`FALLBACK_CSS`). A subclass sets ``display_id`` and ``displayed`` in its constructor."""
+
+    display_id: str
+    displayed: bool
+    widget: Any
+
+    def _picture_bundle(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        self.displayed = True
+        display(self._picture_bundle(), raw=True, display_id=self.display_id)
+        display({WIDGET_MIME: self.widget._repr_mimebundle_()[WIDGET_MIME]}, raw=True)
+
+    def _update_saved_output(self) -> None:
+        """Once the work has ended, replace the displayed text/HTML with the final drawing.
+
+        A notebook saved afterwards (and GitHub, nbconvert, VS Code) then shows the final table
+        rather than the first snapshot. Only in a kernel: a terminal would print the table again.
+        """
+        from IPython import get_ipython
+        from IPython.display import update_display
+
+        shell = get_ipython()
+        if not self.displayed or shell is None or not hasattr(shell, "kernel"):
+            return
+        try:
+            update_display(self._picture_bundle(), raw=True, display_id=self.display_id)
+        except Exception:  # the drawing is a nicety; the live widget already shows the end
+            log.warning("nbdist: could not update the saved picture of %r", self, exc_info=True)
+
+
+class Dashboard(PictureThenWidget):
     """Live view of one job or array: header, progress, paged/filtered steps, logs, failures, buttons.
 
     Parameters
@@ -420,32 +457,6 @@ class Dashboard:
         self.widget.close_all() if hasattr(self.widget, "close_all") else self.widget.close()
 
     # -- display ------------------------------------------------------------------------------
-    def _ipython_display_(self) -> None:
-        """Display the picture (under a display id, so the final snapshot replaces the first one), then the
-        live widget as an output of its own: the front end falls back to the picture (see :data:`FALLBACK_CSS`)."""
-        from IPython.display import display
-
-        self.displayed = True
-        display(self._picture_bundle(), raw=True, display_id=self.display_id)
-        display({WIDGET_MIME: self.widget._repr_mimebundle_()[WIDGET_MIME]}, raw=True)
-
-    def _update_saved_output(self) -> None:
-        """Once every step is terminal, replace the displayed text/HTML with the final drawing.
-
-        A notebook saved afterwards (and GitHub, nbconvert, VS Code) then shows the final table
-        rather than the first snapshot. Only in a kernel: a terminal would print the table again.
-        """
-        from IPython import get_ipython
-        from IPython.display import update_display
-
-        shell = get_ipython()
-        if not self.displayed or shell is None or not hasattr(shell, "kernel"):
-            return
-        try:
-            update_display(self._picture_bundle(), raw=True, display_id=self.display_id)
-        except Exception:  # the drawing is a nicety; the live widget already shows the end
-            log.warning("nbdist: could not update the saved dashboard output", exc_info=True)
-
     def _picture_bundle(self) -> dict[str, Any]:
         """The snapshot as text and HTML (with :data:`FALLBACK_CSS`): what a saved notebook shows."""
         html_text = render.snapshot_html(self.snapshot, pictures=timeline.pictures_html(self.snapshot),

@@ -428,9 +428,12 @@ class SlurmDistributor(TableDistributor[SlurmTask]):
             record.ended_seen_at = record.ended_seen_at or now
         waiting = bool(record.started) and record.ended_seen_at is not None and \
             now - record.ended_seen_at < EXIT_INFO_GRACE_SECONDS
+        # Slurm's own words matter only for a job that exited without exit info (a cancelled or timed-out
+        # one has Slurm's state): its log is read then, not for every ended step.
+        unexplained = row["State"] in cli.EXIT_STATES and info is None and not waiting
         decided = verdict.ended(row, info, memory_mb=record.resources.memory_mb, wrapper_log=record.log_path("s"),
                                 waiting_for_info=waiting,
-                                wrapper_log_tail=record.wrapper_log_tail() if info is None and not waiting else "")
+                                wrapper_log_tail=record.wrapper_log_tail() if unexplained else "")
         if decided is None:
             record.state, record.message = Status.RUNNING, "ending (waiting for its exit info)"
             return
