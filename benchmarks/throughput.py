@@ -5,12 +5,17 @@ when every exit code is known: as one array through a started distributor, and a
 (Jobmon's way) timed from creating a distributor until ``stop()`` returned. H: 20 tasks of ~30 ms CPU each. Prints medians and ratios (targets:
 W(1000) <= 1.15 x xargs, H <= 1.05 x ideal) and the kill/stop latencies.
 
+Run it on a regular install (``pip install .`` into a fresh venv, run from outside the source tree): the
+single-submit path starts two consumers per run, and an editable install without bytecode (``make lab``'s
+``.venv`` under ``PYTHONDONTWRITEBYTECODE``) costs each about 20 ms more than a user's install does.
+
 Usage: ``python benchmarks/throughput.py [--n 1000] [--repeat 5]``
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -18,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbdist
+from nbdist.backends.multiprocess import consumer
 from nbdist.multiprocess import MultiprocessDistributor
 
 CPU_TASK = f'{sys.executable} -S -c "sum(range(3_000_000))"'  # -S: start-up is not the point
@@ -88,6 +95,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    compiled = Path(importlib.util.cache_from_source(consumer.__file__)).exists()
+    installed = "site-packages" in nbdist.__file__ and compiled
+    print(f"nbdist from {Path(nbdist.__file__).parent}"
+          + ("" if installed else "  (not a regular install with bytecode: start-up figures are pessimistic)"))
     root = Path(tempfile.mkdtemp(prefix="nbdist-bench-"))  # fresh folders only: see the ext4 caveat
     distributor = MultiprocessDistributor("bench", parallelism=2, log_dir=str(root / "default"))
     started = time.perf_counter()

@@ -22,7 +22,6 @@ The built-in backends live beside this loader, which imports none of them until 
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "available_backends", "backend_options",
            "check_backend_options", "load_backend"]
-
-logger = logging.getLogger(__name__)
 
 BUILTIN_BACKENDS: dict[str, str] = {
     "multiprocess": "nbdist.backends.multiprocess:MultiprocessDistributor",
@@ -49,7 +46,7 @@ def _plugins() -> dict[str, metadata.EntryPoint]:
     try:
         points = metadata.entry_points(group=ENTRY_POINT_GROUP)
     except Exception as exc:  # a broken distribution's metadata must not break nbdist
-        logger.warning("cannot read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+        _warn("cannot read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
         return {}
     return {point.name: point for point in points}
 
@@ -85,7 +82,7 @@ def load_backend(name: str) -> type:
     try:
         return point.load()
     except Exception as exc:
-        logger.warning("backend plugin %r (%s) failed to load: %s", name, point.value, exc)
+        _warn("backend plugin %r (%s) failed to load: %s", name, point.value, exc)
         raise ValueError(f"backend plugin {name!r} failed to load: {exc}") from exc
 
 
@@ -108,3 +105,11 @@ def check_backend_options(name: str, cls: type, options: Mapping[str, Any]) -> N
     if unknown:
         raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
                          f"backend {name!r}; valid options: {', '.join(valid) or 'none'}")  # type: ignore[arg-type]
+
+
+def _warn(message: str, *args: Any) -> None:
+    # logging is imported when there is something to log: consumers import this package, and their
+    # first task waits for their imports.
+    import logging
+
+    logging.getLogger(__name__).warning(message, *args)

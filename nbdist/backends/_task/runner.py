@@ -25,17 +25,15 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 from ...cluster_protocol import Limit
 from ...cluster_protocol import TaskInstanceStatus as Status
-from ...cluster_protocol.pycall import PythonCall
-from ...cluster_protocol.resources import format_memory, format_runtime
 from .reaping import reap_strays
 from .system import SYSTEM
 
 if TYPE_CHECKING:
+    from ...cluster_protocol.pycall import PythonCall
     from .gpus import GpuMeter
 
 __all__ = ["CallEnd", "Outcome", "RunningTask", "TaskSpec", "exit_message", "open_logs"]
@@ -48,16 +46,18 @@ MEMORY_POLL_SECONDS = 0.1
 USAGE_SAMPLE_SECONDS = 1.0
 
 
-@dataclass
-class TaskSpec:
+class TaskSpec(NamedTuple):
     """Everything needed to start one task: ``command`` (a shell command line), or ``call`` (a Python call
-    as data, which a backend with warm workers runs without a shell; ``command`` is then its command form)."""
+    as data, which a backend with warm workers runs without a shell; ``command`` is then its command form).
+
+    A named tuple, not a dataclass: a consumer's first task waits for its imports, and ``dataclasses``
+    (with ``inspect``) is a third of them. ``env`` is the task's own variables, never changed after."""
 
     distributor_id: str
     command: str
     stdout_path: str
     stderr_path: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str]
     cwd: str | None = None
     runtime_s: float | None = None
     memory_mb: float | None = None
@@ -65,10 +65,6 @@ class TaskSpec:
     # or when the scheduler placed it (Slurm sets the variable itself).
     gpus: tuple[str, ...] = ()
     call: PythonCall | None = None
-
-    def __reduce__(self) -> tuple[Any, ...]:  # a plain tuple pickles several times faster, per task
-        return (TaskSpec, (self.distributor_id, self.command, self.stdout_path, self.stderr_path, self.env,
-                           self.cwd, self.runtime_s, self.memory_mb, self.gpus, self.call))
 
 
 class CallEnd(Protocol):
@@ -82,19 +78,16 @@ class CallEnd(Protocol):
         the process is dying instead (it is killed: the task then ends as a dead process does)."""
 
 
-@dataclass
-class Outcome:
-    """How a task ended: a status letter, a message, what it used, and which limit (if any) ended it."""
+class Outcome(NamedTuple):
+    """How a task ended: a status letter, a message, what it used, and which limit (if any) ended it
+    (a named tuple, as :class:`TaskSpec`)."""
 
     status: str
     message: str
-    exit_code: int | None = None
-    signal: int | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None
+    signal: int | None
+    usage: dict[str, Any]
     limit: Limit | None = None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Outcome, (self.status, self.message, self.exit_code, self.signal, self.usage, self.limit))
 
     def to_dict(self) -> dict[str, Any]:
         """The exit-info form: ``status``, ``message``, ``exit_code``, ``signal``, ``usage``, ``limit``."""
@@ -239,6 +232,10 @@ class RunningTask:
         return min(timeouts) if timeouts else None
 
     def _check_limits(self) -> None:
+        # Imported when a limit is checked, not at the top: a consumer starts faster without (and
+        # its first task waits for that start).
+        from ...cluster_protocol.resources import format_memory, format_runtime
+
         spec = self.spec
         if self.deadline is not None and time.monotonic() >= self.deadline:
             assert spec.runtime_s is not None

@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import sys
 from collections import deque
-from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...cluster_protocol import TaskInstanceStatus as Status
 from .._task.reaping import become_subreaper
@@ -26,6 +24,9 @@ from .._task.system import SYSTEM, ExitWatch
 from .messages import (Channel, Command, Done, Error, Event, Kill, PickableTask, PipeEnd, Returned, Run, Started,
                        Stop, Unqueue, Usage, receive_message, send_message)
 from .workers import WorkerOptions, WorkerPool
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = ["Consumer"]
 
@@ -73,6 +74,10 @@ class Consumer:
 
     def start(self) -> None:
         """Start the consumer's interpreter; it reads tasks from ``task_queue``."""
+        # subprocess is imported by the methods the distributor calls, not at the top: the consumer
+        # process imports this module too, and its first task waits for its imports.
+        import subprocess
+
         fds = (self.task_queue.fileno(), self.response_queue.fileno())
         # The child must import this very nbdist, installed or not: its folder goes first on the
         # consumer's sys.path, after site has set the path up (so a .pth entry for the same folder,
@@ -80,7 +85,7 @@ class Consumer:
         # environment its tasks inherit.
         code = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
                 f"from nbdist.backends.multiprocess.consumer import Consumer; "
-                f"Consumer.serve({fds[0]}, {fds[1]}, {asdict(self.worker_options)!r})")
+                f"Consumer.serve({fds[0]}, {fds[1]}, {self.worker_options._asdict()!r})")
         # A session of its own: Jupyter's "Restart kernel" (and a terminal's hangup, and `timeout`)
         # SIGKILLs the kernel's whole process group, and a consumer killed with it could not kill its
         # task. Outside that group, a consumer outlives its owner by the moment it takes to see the
@@ -107,6 +112,8 @@ class Consumer:
     def join(self, timeout: float | None = None) -> None:
         if self._popen is None:
             return
+        import subprocess
+
         try:
             self._popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -260,7 +267,8 @@ class _ConsumerLoop:
         for task in self.local:
             if task.distributor_id == distributor_id:
                 self.local.remove(task)
-                self.events.append(Done(distributor_id, Outcome(Status.KILL_SELF, "cancelled before it started")))
+                outcome = Outcome(Status.KILL_SELF, "cancelled before it started", None, None, {})
+                self.events.append(Done(distributor_id, outcome))
                 return
 
     def _kill_current(self, reason: str, grace: float) -> None:

@@ -54,7 +54,7 @@ class PickableTask:
         self.command = command
         self.task_type = task_type
         self.array_step_id = array_step_id
-        self.spec = spec or TaskSpec(distributor_id, command, os.devnull, os.devnull)
+        self.spec = spec or TaskSpec(distributor_id, command, os.devnull, os.devnull, {})
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.distributor_id, self.command, self.task_type, self.array_step_id, self.spec)

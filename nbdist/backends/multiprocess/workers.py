@@ -26,19 +26,17 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ...cluster_protocol.pycall import read_sys_path
-from ...cluster_protocol.resources import positive_int
-from .._task.callworker import MAX_MESSAGE_BYTES, WorkerState
 from .._task.reaping import keep_child, release_child
 from .._task.runner import RunningTask, TaskSpec, open_logs
 from .._task.system import SYSTEM
+
+if TYPE_CHECKING:
+    from .._task.callworker import WorkerState
 
 __all__ = ["IDLE_TIMEOUT_SECONDS", "MAX_IDLE_WORKERS", "MAX_RSS_GROWTH_MB", "PER_CALL_VARIABLES", "WorkerOptions",
            "WorkerPool"]
@@ -54,20 +52,22 @@ MAX_RSS_GROWTH_MB = 300.0
 MAX_IDLE_WORKERS = 2
 # Task variables that differ from call to call: set for the call only, never part of a worker's key.
 PER_CALL_VARIABLES = ("JOB_ID", "ARRAY_STEP_ID", "NBDIST_DISTRIBUTOR_ID", "NBDIST_STEP")
+# The worker side (and the call machinery the kernel side needs) is imported when a consumer starts its
+# first worker, not with this module: a consumer imports it, and its first task waits for its imports.
 _CALLWORKER = "nbdist.backends._task.callworker"
 _SYS_PATH_CACHE = 64  # call files whose sys.path is remembered (every step of a map shares one)
 
 WorkerKey = tuple[str, tuple[str, ...], frozenset[tuple[str, str]]]
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
+class WorkerOptions(NamedTuple):
     """How a consumer's workers are reused: the multiprocess backend's options of the same names.
 
     ``max_calls_per_worker``: calls a worker makes before it is retired (None: no limit; a call's own
     :attr:`~nbdist.cluster_protocol.pycall.PythonCall.max_calls_per_worker` wins). ``pre_import``:
     modules every new worker imports before its first call (a failed import is printed on the
-    kernel's stderr). ``idle_timeout``: seconds an idle worker is kept.
+    kernel's stderr). ``idle_timeout``: seconds an idle worker is kept. (A named tuple: see
+    :class:`~nbdist.backends._task.runner.TaskSpec`.)
     """
 
     max_calls_per_worker: int | None = None
@@ -78,6 +78,8 @@ class WorkerOptions:
     @classmethod
     def checked(cls, max_calls_per_worker: int | None, pre_import: Sequence[str] | str) -> WorkerOptions:
         """The backend's options, checked (``ValueError`` says what is wrong)."""
+        from ...cluster_protocol.resources import positive_int
+
         if max_calls_per_worker is not None:
             positive_int(max_calls_per_worker, "max_calls_per_worker")
         names = (pre_import,) if isinstance(pre_import, str) else tuple(pre_import)
@@ -90,6 +92,8 @@ class _Worker:
     """One worker process: its socket, its key, what it has done."""
 
     def __init__(self, key: WorkerKey, env: dict[str, str], package_parent: str, pre_import: tuple[str, ...]) -> None:
+        import socket
+
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = theirs.fileno()
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); from {_CALLWORKER} import serve; "
@@ -124,6 +128,8 @@ class _Worker:
                    "cwd": spec.cwd}
         out_fd, err_fd = open_logs(spec)
         try:
+            import socket
+
             socket.send_fds(self.channel, [pickle.dumps(request, pickle.HIGHEST_PROTOCOL)], [out_fd, err_fd])
         finally:
             os.close(out_fd)
@@ -166,6 +172,8 @@ class _CallEnd:
         self.state: WorkerState | None = None  # set when the worker answered
 
     def finish(self) -> tuple[int, dict[str, Any]] | None:
+        from .._task.callworker import MAX_MESSAGE_BYTES
+
         try:
             data = self.worker.channel.recv(MAX_MESSAGE_BYTES)
         except OSError:
@@ -271,6 +279,8 @@ class WorkerPool:
         path = spec.call.call
         sys_path = self._sys_paths.get(path)
         if sys_path is None:
+            from ...cluster_protocol.pycall import read_sys_path
+
             if len(self._sys_paths) >= _SYS_PATH_CACHE:
                 self._sys_paths.clear()
             sys_path = self._sys_paths[path] = tuple(read_sys_path(path))

@@ -200,7 +200,7 @@ def test_a_consumer_and_a_task_without_gpus_never_load_the_gpu_module(tmp_path):
         import sys
         from nbdist.backends.multiprocess import consumer
         from nbdist.backends._task.runner import RunningTask, TaskSpec
-        outcome = RunningTask(TaskSpec("1", "true", {str(tmp_path / 'o')!r}, {str(tmp_path / 'e')!r})).wait()
+        outcome = RunningTask(TaskSpec("1", "true", {str(tmp_path / 'o')!r}, {str(tmp_path / 'e')!r}, {{}})).wait()
         assert outcome.status == "D", outcome
         print([name for name in ("pynvml", "nbdist.backends._task.gpus") if name in sys.modules])
     """)

@@ -389,7 +389,7 @@ def grow(megabytes):
 def call(n, function, *args):
     path = pycall.call_path(folder, "fn", f"j{n}")
     pycall.write_call(path, pycall.Call(function, args, sys_path=list(sys.path)))
-    spec = TaskSpec(f"t{n}", "unused", f"{folder}/o{n}", f"{folder}/e{n}", call=pycall.PythonCall(path))
+    spec = TaskSpec(f"t{n}", "unused", f"{folder}/o{n}", f"{folder}/e{n}", {}, call=pycall.PythonCall(path))
     running = pool.start(spec)
     outcome = running.wait()
     pool.ended()
