@@ -33,9 +33,12 @@ SCENARIOS: list[tuple[str, str, list[str]]] = [
      "its local tasks and consumers die with it (no orphan keeps running); attach() in a new process shows every step, none left RUNNING",
      ["tests/backends/multiprocess/test_multiprocess.py::test_tasks_die_with_the_process_that_owns_the_distributor",
       "tests/session/test_attach.py::test_attach_after_the_kernel_is_sigkilled"]),
-    ("The owner SIGKILLed alone, or with its whole process group (Jupyter's kernel restart, a terminal's hangup)",
+    ("The owner SIGKILLed alone, or with its whole process group (Jupyter's kernel restart, a terminal's hangup), "
+     "also while a consumer is sending it a report (a usage sample, a second into a task)",
      "a shell task, its children, a daemon it detached and a running Python call all end within 1 s of the owner",
-     ["tests/session/test_owner_killed.py::test_tasks_end_within_a_second_of_their_owner"]),
+     ["tests/session/test_owner_killed.py::test_tasks_end_within_a_second_of_their_owner",
+      "tests/backends/multiprocess/test_faults_local.py::"
+      "test_a_consumer_that_finds_its_distributor_gone_when_it_reports_kills_its_task"]),
     ("A task that forks a daemon grandchild (setsid) and exits",
      "the daemon is killed when the task ends, on cancel and on stop",
      ["tests/backends/multiprocess/test_multiprocess.py::test_daemons_that_escape_their_group_are_killed"]),

@@ -166,6 +166,7 @@ class _ConsumerLoop:
         self.events: list[Event] = []
         self.current: tuple[PickableTask, RunningTask] | None = None
         self.stopping = False
+        self.gone = False  # the distributor went away: nothing more is sent
         self.workers = WorkerPool(self.base_env, worker_options, _PACKAGE_PARENT)
         # Connection.poll() builds a selector per call; one poll object is much cheaper per task.
         self._poller = select.poll()
@@ -179,7 +180,8 @@ class _ConsumerLoop:
             while not self.stopping:
                 if not self.local:
                     self._flush()
-                    self._wait_for_work()
+                    if not self.stopping:
+                        self._wait_for_work()
                     continue
                 while self._has_message():
                     self._handle(receive_message(self.inbox))
@@ -207,12 +209,13 @@ class _ConsumerLoop:
             self.events.append(Error(task.distributor_id, f"could not start: {exc}"))
             return
         self.events.append(Started(task.distributor_id, running.pid))
-        # Short tasks report in batches (one message per several tasks); a task still running after
-        # EVENT_BATCH_SECONDS, or an empty local queue, sends what is pending.
-        if not self.local or not running.exited_within(EVENT_BATCH_SECONDS):
-            self._flush()
+        # Current before anything is sent: a send that finds the distributor gone kills the current task.
         self.current = (task, running)
         try:
+            # Short tasks report in batches (one message per several tasks); a task still running after
+            # EVENT_BATCH_SECONDS, or an empty local queue, sends what is pending.
+            if not self.local or not running.exited_within(EVENT_BATCH_SECONDS):
+                self._flush()
             outcome = running.wait(self.inbox.fileno(), self._on_message,
                                    lambda usage: self._send_usage(task.distributor_id, usage))
         finally:
@@ -234,10 +237,16 @@ class _ConsumerLoop:
             try:
                 message = receive_message(self.inbox)
             except EOFError:
-                self._kill_current("distributor went away", ORPHAN_GRACE_SECONDS)
-                self.stopping = True
+                self._distributor_gone()
                 return
             self._handle(message)
+
+    def _distributor_gone(self) -> None:
+        """The distributor's process is gone (its end of a pipe closed): the running task is killed after a
+        short grace, queued ones never start, and the consumer exits once the task has ended."""
+        self.gone = self.stopping = True
+        self.local.clear()
+        self._kill_current("distributor went away", ORPHAN_GRACE_SECONDS)
 
     def _handle(self, message: Command) -> None:
         if type(message) is Run:
@@ -276,7 +285,13 @@ class _ConsumerLoop:
             self.current[1].kill(Status.KILL_SELF, reason, grace)
 
     def _flush(self) -> None:
-        if self.events:
-            send_message(self.outbox, self.events)
-            self.events = []
+        if self.events and not self.gone:
+            # The owner may die between two sends: a broken pipe is its death seen from this side, as an
+            # end of file on the inbox is. (A usage sample falls due a second into a task, when a script
+            # that submits and sleeps a second is often killed; the task once outlived it that way.)
+            try:
+                send_message(self.outbox, self.events)
+            except (BrokenPipeError, ConnectionResetError):
+                self._distributor_gone()
+        self.events = []
 

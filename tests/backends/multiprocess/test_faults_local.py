@@ -6,6 +6,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -164,3 +165,60 @@ def test_registry_locked_by_another_process(tmp_path):
     finally:
         later.close()
         nbdist.set_default_session(None)
+
+
+@pytest.mark.parametrize("task", ["sleep 60", "call"])
+def test_a_consumer_that_finds_its_distributor_gone_when_it_reports_kills_its_task(tmp_path, task):
+    """The owner's death is seen from either pipe. On the inbox it is an end of file; but when the owner
+    dies just as the consumer sends (a usage sample falls due a second into a task, when a script that
+    submits and sleeps a second is often killed), the send's broken pipe comes first, and the consumer
+    used to exit there and leave its task running to its end. Here only the reply pipe closes, so only
+    a send can tell: the task must still end, at the first usage sample."""
+    from nbdist.backends._task.runner import TaskSpec
+    from nbdist.backends.multiprocess.consumer import Consumer
+    from nbdist.backends.multiprocess.messages import (PickableTask, PipeEnd, Run, Started, receive_message,
+                                                       send_message)
+    from nbdist.cluster_protocol import pycall
+
+    spec = TaskSpec("t.1", "sleep 60", str(tmp_path / "o"), str(tmp_path / "e"), {})
+    if task == "call":  # a Python call in a warm worker: the worker is a task process too
+        path = pycall.call_path(str(tmp_path), "nap", "j1")
+        pycall.write_call(path, pycall.Call(time.sleep, (60,), sys_path=list(sys.path)))
+        spec = spec._replace(call=pycall.PythonCall(path))
+    inbox_read, inbox_write = os.pipe()
+    reply_read, reply_write = os.pipe()
+    consumer = Consumer(PipeEnd(inbox_read), PipeEnd(reply_write))
+    consumer.start()
+    os.close(inbox_read)
+    os.close(reply_write)
+    processes: list[psutil.Process] = []
+    try:
+        send_message(PipeEnd(inbox_write), Run([PickableTask("t.1", spec.command, "job", None, spec)]))
+        started = [event for event in receive_message(PipeEnd(reply_read)) if type(event) is Started]
+        assert started, "the consumer did not report the task started"
+        processes = [psutil.Process(started[0].pid)]
+        time.sleep(0.2)  # the shell has started its sleep
+        processes += processes[0].children(recursive=True)
+        os.close(reply_read)  # the distributor stops reading; its inbox end stays open
+        reply_read = -1
+        consumer.join(5)
+        assert consumer.exitcode == 0, "the consumer did not exit once its distributor was gone"
+        left = [" ".join(proc.cmdline()) for proc in processes if _alive(proc)]
+        assert not left, f"the task outlived its consumer: {left}"
+    finally:
+        for proc in processes:
+            if _alive(proc):
+                proc.kill()
+        consumer.kill()
+        consumer.join(5)
+        consumer.close()
+        os.close(inbox_write)
+        if reply_read != -1:
+            os.close(reply_read)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
