@@ -283,7 +283,8 @@ def test_batches_of_very_fast_calls_grow_faster_than_joblib_s_doubling_but_never
         return backend.compute_batch_size()
 
     assert next_size(8, 0.001) == FAST_BATCH_GROWTH * 8  # far too fast: grows more than twice
-    assert next_size(8, 0.15) == 2 * int(8 * 0.2 / 0.15)  # near the ideal: joblib's ideal size, no more
+    assert next_size(1, 0.015) == int(1 * 0.2 / 0.015) // 2  # a grid's fit: half the filling size, not 16
+    assert next_size(8, 0.15) == 2 * 8  # near the ideal: joblib's own doubling, no more
     assert next_size(8, 0.5) == 8  # in the ideal range: unchanged
     assert next_size(8, 5.0) == max(2 * int(8 * 0.2 / 5.0), 1)  # too slow: joblib's own shrinking
     assert backend._last_batch_seconds == 0.0  # a new size starts a new estimate
