@@ -61,7 +61,7 @@ REMOTE_MAX_BATCH_SECONDS = 60.0
 # times per measured batch (joblib's own rule: twice), so 10,000 trivial calls need fewer jobs. The
 # size never passes joblib's ideal estimate, which a job's fixed cost makes an underestimate; the
 # factor bounds what one unrepresentative fast batch can do (a batch up to 16 x too long, where
-# joblib's doubling allows 2 x). 4 made 44 jobs of 10,000 trivial calls, 16 makes 35.
+# joblib's doubling allows 2 x). 4 made 44-48 jobs of 10,000 trivial calls, 16 makes 36-40.
 FAST_BATCH_GROWTH = 16
 
 _STOP = object()
@@ -192,7 +192,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
 
         Half, not joblib's twice: joblib splits the last slice of a call into ``10 * n_jobs`` batches
         (at least one call each), so a size near the ideal puts a short iterable (a grid search's 20
-        fits) wholly in that tail, one job per call; half keeps its slices whole (20 fits: 11 jobs).
+        fits) wholly in that tail, one job per call; half keeps its slices whole (20 fits: 11-14 jobs).
         """
         old, duration = self._effective_batch_size, self._last_batch_seconds
         size = super().compute_batch_size()
