@@ -39,7 +39,8 @@ from typing import Any
 
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
 
-__all__ = ["ABORT_WAIT_SECONDS", "NbdistBackend", "OPTION_NAMES", "call_name"]
+__all__ = ["ABORT_WAIT_SECONDS", "FAST_BATCH_GROWTH", "NbdistBackend", "OPTION_NAMES", "RUN_SHARE",
+           "RUN_TIME_RESOLUTION", "call_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +57,19 @@ ABORT_WAIT_SECONDS = 30.0
 # costs ~10 ms and joblib's own figures hold.
 REMOTE_MIN_BATCH_SECONDS = 10.0
 REMOTE_MAX_BATCH_SECONDS = 60.0
-# A job costs milliseconds (a registry row, a call file, a round trip to a warm worker), where a loky
-# task costs a tenth of one: while batches end far below the ideal duration, they grow up to this many
-# times per measured batch (joblib's own rule: twice), so 10,000 trivial calls need fewer jobs. The
-# size never passes joblib's ideal estimate, which a job's fixed cost makes an underestimate; the
-# factor bounds what one unrepresentative fast batch can do (a batch up to 16 x too long, where
-# joblib's doubling allows 2 x). 4 made 44-48 jobs of 10,000 trivial calls, 16 makes 36-40.
-FAST_BATCH_GROWTH = 16
+# A job costs milliseconds (registry rows, a call file, round trips to a warm worker), where a loky
+# task costs a tenth of one. joblib measures a batch from its dispatch to its callback: for trivial
+# calls that is mostly this fixed cost (a batch that ran 0.2 ms takes 3 ms), so batches grow far more
+# slowly than their calls warrant. A batch that ran under RUN_SHARE of that duration is measured by its
+# run time as its task measured it (``wall_s``, to RUN_TIME_RESOLUTION), and while batches end far
+# below the ideal duration it grows up to FAST_BATCH_GROWTH times per measured batch (joblib's own rule:
+# twice), never past half the size that fills the ideal duration at that rate; the factor bounds what
+# one unrepresentative fast batch can do (calls that turn slow later). Batches whose calls take longer
+# than a job's fixed cost (a grid search's fits) grow as joblib grows them (see compute_batch_size).
+# 10,000 trivial calls take 24-27 jobs (44-48 with joblib's measure and 4 x growth).
+FAST_BATCH_GROWTH = 256
+RUN_SHARE = 0.25
+RUN_TIME_RESOLUTION = 1e-4
 
 _STOP = object()
 
@@ -114,6 +121,10 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
     uses_threads = False
     supports_sharedmem = False  # require="sharedmem" makes joblib use its threads instead
     default_n_jobs = -1
+    # A call's first batches hold two calls, not one: joblib pre-dispatches 2 x n_jobs calls, which
+    # then make n_jobs jobs (every slot busy at once), not 2 x n_jobs jobs of a call each; auto-batching
+    # takes over from the first measured batch. (joblib's name; were it renamed, batches start at one.)
+    _DEFAULT_EFFECTIVE_BATCH_SIZE = 2
 
     def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, *,
                  session: Any = None, nbdist_backend: str | None = None, **options: Any) -> None:
@@ -129,7 +140,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._call_name: str | None = None
-        self._last_batch_seconds = 0.0  # how long the last batch of the current size took
+        self._fast_batch_seconds = 0.0  # the run time of the last batch of the current size bound by a job's fixed cost
+        self._retrieved_run_seconds: float | None = None  # the run time of the batch whose values were just read
         self.jobs: list[Any] = []  # the jobs of the current (or last) Parallel call, in submit order
         self.group: Any = None  # the same as a JobGroup: what the call's one dashboard lists
         self._group_end: Callable[[], None] | None = None  # when the call ends: cancels or ends its dashboard
@@ -181,25 +193,35 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
                 logger.warning("nbdist: could not draw the end of the Parallel call's dashboard", exc_info=True)
 
     def batch_completed(self, batch_size: int, duration: float) -> None:
-        """joblib's bookkeeping; the duration of a batch of the current size is kept for :meth:`compute_batch_size`."""
+        """joblib's bookkeeping, given the batch's run time (its values were just read, on this same
+        callback thread) in place of joblib's ``duration`` from dispatch to callback when that was
+        mostly the job's fixed cost (see :data:`FAST_BATCH_GROWTH`); such a batch of the current size
+        is kept for :meth:`compute_batch_size`."""
+        run, self._retrieved_run_seconds = self._retrieved_run_seconds, None
+        fixed_cost_bound = run is not None and run < RUN_SHARE * duration
+        if fixed_cost_bound:
+            duration = max(run, RUN_TIME_RESOLUTION)  # type: ignore[arg-type]
         if batch_size == self._effective_batch_size:
-            self._last_batch_seconds = duration
+            self._fast_batch_seconds = duration if fixed_cost_bound else 0.0
         super().batch_completed(batch_size, duration)
 
     def compute_batch_size(self) -> int:
-        """joblib's auto-batching, but a batch far too fast grows by up to :data:`FAST_BATCH_GROWTH`, not 2,
-        towards half the size that would fill joblib's ideal duration at the measured rate.
+        """joblib's auto-batching, but a batch bound by the job's fixed cost grows by up to
+        :data:`FAST_BATCH_GROWTH`, not 2, towards half the size that would fill joblib's ideal duration
+        at its measured run time.
 
-        Half, not joblib's twice: joblib splits the last slice of a call into ``10 * n_jobs`` batches
-        (at least one call each), so a size near the ideal puts a short iterable (a grid search's 20
-        fits) wholly in that tail, one job per call; half keeps its slices whole (20 fits: 11-14 jobs).
+        Only such batches: joblib splits the last slice of a call into ``10 * n_jobs`` batches (at
+        least one call each), so a size that outgrows a short iterable (a grid search's 20 fits) puts
+        it wholly in that tail, one job per call; calls that take longer than a job's fixed cost grow
+        as joblib grows them (20 fits: about 12 jobs). Half the filling size, not joblib's twice, for
+        the same reason.
         """
-        old, duration = self._effective_batch_size, self._last_batch_seconds
+        old, seconds = self._effective_batch_size, self._fast_batch_seconds
         size = super().compute_batch_size()
         if size != old:
-            self._last_batch_seconds = 0.0  # a new size: its own batches are measured anew
-        if 0 < duration < self.MIN_IDEAL_BATCH_DURATION and size == 2 * old:  # capped by joblib's doubling
-            filling = int(old * self.MIN_IDEAL_BATCH_DURATION / duration)
+            self._fast_batch_seconds = 0.0  # a new size: its own batches are measured anew
+        if 0 < seconds < self.MIN_IDEAL_BATCH_DURATION and size == 2 * old:  # capped by joblib's doubling
+            filling = int(old * self.MIN_IDEAL_BATCH_DURATION / seconds)
             size = self._effective_batch_size = max(size, min(FAST_BATCH_GROWTH * old, filling // 2))
         return size
 
@@ -253,7 +275,9 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
     def retrieve_result_callback(self, out: Any) -> Any:
         """The batch's values, or the exception a call raised (with its remote traceback as
         ``__cause__``, as loky gives it), or :class:`nbdist.JobFailed` (killed, out of memory, …)."""
-        return out.result()
+        values = out.result()
+        self._retrieved_run_seconds = out.record.runtime_of(out.index)  # for batch_completed, called next
+        return values
 
     def _ended(self, job: Any, callback: Callable[[Any], None] | None) -> None:
         # The session's poller thread: joblib's callback reads the values and submits the next batch,

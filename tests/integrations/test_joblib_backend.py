@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import joblib
 import numpy as np
@@ -267,27 +268,60 @@ def test_a_parallel_call_shows_nothing_without_the_hook_and_a_drawing_error_does
         set_wait_display(None)
 
 
-def test_batches_of_very_fast_calls_grow_faster_than_joblib_s_doubling_but_never_past_the_ideal():
+def _batch_job(values: list, run_seconds: float | None) -> Any:
+    """A batch's ended job as the backend's callback sees it: its values, and its run time as its task measured it."""
     from types import SimpleNamespace
 
-    from nbdist.integrations.joblib import FAST_BATCH_GROWTH, NbdistBackend
+    return SimpleNamespace(result=lambda: values, index=0, record=SimpleNamespace(runtime_of=lambda index: run_seconds))
+
+
+def test_batches_bound_by_a_job_s_fixed_cost_grow_fast_by_their_run_time_and_others_as_joblib_grows_them():
+    from types import SimpleNamespace
+
+    from nbdist.integrations.joblib import FAST_BATCH_GROWTH, RUN_TIME_RESOLUTION, NbdistBackend
 
     backend = NbdistBackend()
     backend.parallel = SimpleNamespace(verbose=0)
 
-    def next_size(size: int, duration: float) -> int:
-        backend._effective_batch_size = size
+    def measured(size: int, duration: float, run: float | None = None) -> float:
+        """A batch of ``size`` calls ended after ``duration`` from its dispatch: what joblib's estimate becomes."""
         backend.reset_batch_stats()  # joblib's public reset: no estimate yet
         backend._effective_batch_size = size
+        assert backend.retrieve_result_callback(_batch_job([size], run)) == [size]  # read just before, as joblib does
         backend.batch_completed(size, duration)
+        return backend._smoothed_batch_duration
+
+    def next_size(size: int, duration: float, run: float | None = None) -> int:
+        measured(size, duration, run)
         return backend.compute_batch_size()
 
-    assert next_size(8, 0.001) == FAST_BATCH_GROWTH * 8  # far too fast: grows more than twice
-    assert next_size(1, 0.015) == int(1 * 0.2 / 0.015) // 2  # a grid's fit: half the filling size, not 16
-    assert next_size(8, 0.15) == 2 * 8  # near the ideal: joblib's own doubling, no more
+    # Ran 0.5 ms of a 3 ms job: measured by its run time, it grows to half the size filling 0.2 s.
+    assert measured(8, 0.003, run=0.0005) == 0.0005
+    assert next_size(8, 0.003, run=0.0005) == int(8 * 0.2 / 0.0005) // 2
+    assert next_size(8, 0.003, run=0.00001) == FAST_BATCH_GROWTH * 8  # no more than FAST_BATCH_GROWTH at once
+    assert measured(8, 0.003, run=0.0) == RUN_TIME_RESOLUTION  # rounded to nothing: the resolution, not "none"
+    # A fit that ran 10 of its 15 ms, and batches without a run time: joblib's own rule, on its measure.
+    assert measured(1, 0.015, run=0.010) == 0.015
+    assert next_size(1, 0.015, run=0.010) == 2
+    assert next_size(8, 0.001) == 2 * 8  # far too fast, measured from dispatch: joblib's doubling
     assert next_size(8, 0.5) == 8  # in the ideal range: unchanged
     assert next_size(8, 5.0) == max(2 * int(8 * 0.2 / 5.0), 1)  # too slow: joblib's own shrinking
-    assert backend._last_batch_seconds == 0.0  # a new size starts a new estimate
+    # A run time counts for its own batch only; a new size starts a new estimate.
+    measured(8, 0.003, run=0.0005)
+    backend.batch_completed(8, 0.5)
+    assert backend._smoothed_batch_duration == 0.8 * 0.0005 + 0.2 * 0.5
+    assert backend.compute_batch_size() == 16 and backend._fast_batch_seconds == 0.0
+
+
+def test_a_call_s_first_batches_hold_two_calls_so_joblib_s_pre_dispatch_makes_one_job_per_slot(session):
+    from nbdist.integrations.joblib import NbdistBackend
+
+    assert NbdistBackend().compute_batch_size() == 2
+    with parallel_config(backend="nbdist", session=session, n_jobs=2):
+        assert Parallel()(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+        assert len(session.jobs()) == 2  # joblib pre-dispatches 2 x n_jobs calls: one job per slot
+        assert Parallel()(delayed(square)(i) for i in range(3)) == [0, 1, 4]  # too few to pair: one each
+        assert len(session.jobs()) == 2 + 3
 
 
 def test_terminate_ends_the_call_s_dashboard_for_a_joblib_that_never_calls_stop_call(session):
