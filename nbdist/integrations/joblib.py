@@ -66,7 +66,7 @@ REMOTE_MAX_BATCH_SECONDS = 60.0
 # twice), never past half the size that fills the ideal duration at that rate; the factor bounds what
 # one unrepresentative fast batch can do (calls that turn slow later). Batches whose calls take longer
 # than a job's fixed cost (a grid search's fits) grow as joblib grows them (see compute_batch_size).
-# 10,000 trivial calls take 24-27 jobs (44-48 with joblib's measure and 4 x growth).
+# 10,000 trivial calls take 29-33 jobs (44-48 with joblib's measure and 4 x growth).
 FAST_BATCH_GROWTH = 256
 RUN_SHARE = 0.25
 RUN_TIME_RESOLUTION = 1e-4
@@ -121,10 +121,6 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
     uses_threads = False
     supports_sharedmem = False  # require="sharedmem" makes joblib use its threads instead
     default_n_jobs = -1
-    # A call's first batches hold two calls, not one: joblib pre-dispatches 2 x n_jobs calls, which
-    # then make n_jobs jobs (every slot busy at once), not 2 x n_jobs jobs of a call each; auto-batching
-    # takes over from the first measured batch. (joblib's name; were it renamed, batches start at one.)
-    _DEFAULT_EFFECTIVE_BATCH_SIZE = 2
 
     def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, *,
                  session: Any = None, nbdist_backend: str | None = None, **options: Any) -> None:

@@ -313,17 +313,6 @@ def test_batches_bound_by_a_job_s_fixed_cost_grow_fast_by_their_run_time_and_oth
     assert backend.compute_batch_size() == 16 and backend._fast_batch_seconds == 0.0
 
 
-def test_a_call_s_first_batches_hold_two_calls_so_joblib_s_pre_dispatch_makes_one_job_per_slot(session):
-    from nbdist.integrations.joblib import NbdistBackend
-
-    assert NbdistBackend().compute_batch_size() == 2
-    with parallel_config(backend="nbdist", session=session, n_jobs=2):
-        assert Parallel()(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
-        assert len(session.jobs()) == 2  # joblib pre-dispatches 2 x n_jobs calls: one job per slot
-        assert Parallel()(delayed(square)(i) for i in range(3)) == [0, 1, 4]  # too few to pair: one each
-        assert len(session.jobs()) == 2 + 3
-
-
 def test_terminate_ends_the_call_s_dashboard_for_a_joblib_that_never_calls_stop_call(session):
     from nbdist.integrations.joblib import NbdistBackend
     from nbdist.session import LIVE_AFTER_SECONDS, set_wait_display
