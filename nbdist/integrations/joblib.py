@@ -136,7 +136,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._call_name: str | None = None
-        self._fast_batch_seconds = 0.0  # the run time of the last batch of the current size bound by a job's fixed cost
+        self._fast_batch_seconds = 0.0  # run time of the current size's last batch bound by a job's fixed cost
         self._retrieved_run_seconds: float | None = None  # the run time of the batch whose values were just read
         self.jobs: list[Any] = []  # the jobs of the current (or last) Parallel call, in submit order
         self.group: Any = None  # the same as a JobGroup: what the call's one dashboard lists
@@ -194,11 +194,11 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         mostly the job's fixed cost (see :data:`FAST_BATCH_GROWTH`); such a batch of the current size
         is kept for :meth:`compute_batch_size`."""
         run, self._retrieved_run_seconds = self._retrieved_run_seconds, None
-        fixed_cost_bound = run is not None and run < RUN_SHARE * duration
-        if fixed_cost_bound:
-            duration = max(run, RUN_TIME_RESOLUTION)  # type: ignore[arg-type]
+        fast = 0.0
+        if run is not None and run < RUN_SHARE * duration:  # the job's fixed cost took most of it
+            duration = fast = max(run, RUN_TIME_RESOLUTION)
         if batch_size == self._effective_batch_size:
-            self._fast_batch_seconds = duration if fixed_cost_bound else 0.0
+            self._fast_batch_seconds = fast
         super().batch_completed(batch_size, duration)
 
     def compute_batch_size(self) -> int:
