@@ -107,6 +107,29 @@ def test_children_and_names_agree(system):
 
 
 @pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
+def test_descendants_reach_grandchildren_with_a_start_that_tells_a_reused_pid(system):
+    # A shell that starts a grandchild (sleep) in the background, prints its pid and waits for it.
+    parent = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    with parent.stdout:
+        grandchild = int(parent.stdout.readline())
+    try:
+        found = system.descendants(parent.pid)
+        assert grandchild in found and system.started(grandchild) == found[grandchild]
+        assert system.descendants(grandchild) == {}
+        later = subprocess.Popen(["sleep", "30"])  # started after it: never an earlier start, whatever its pid
+        try:
+            assert system.started(later.pid) >= found[grandchild]
+        finally:
+            later.kill()
+            later.wait()
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+        parent.wait(5)  # the shell's wait reaps the grandchild, then it exits
+    assert system.started(grandchild) is None  # gone: a kill by its remembered start skips it
+    assert system.descendants(parent.pid) == {}
+
+
+@pytest.mark.parametrize("system", IMPLEMENTATIONS, ids=lambda system: system.name)
 def test_usage_units(system):
     import resource
 

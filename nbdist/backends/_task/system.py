@@ -17,6 +17,7 @@ orphans of a task come back to us      child subreaper (``prctl``)         no: a
                                                                            double-forks escapes unless a usage
                                                                            sample saw it (see the runner)
 this process's (or a pid's) children   ``/proc/PID/task/*/children``       psutil
+a process's start (pid reuse)          ``/proc/PID/stat``'s start time     psutil's creation time
 a helper dies with its parent          ``PR_SET_PDEATHSIG``                a thread sees its parent's socket hang up
 peak RSS of one call in a long process ``clear_refs`` + ``VmHWM``          the process's whole-life peak
 ``ru_maxrss`` unit                     KiB                                 bytes on macOS, KiB elsewhere
@@ -146,6 +147,28 @@ class System:
         except psutil.Error:
             return []
 
+    def descendants(self, pid: int) -> dict[int, float]:
+        """Every descendant of ``pid`` now, each with :meth:`started` (empty when ``pid`` is gone)."""
+        found: dict[int, float] = {}
+        parents = [pid]
+        while parents:
+            for child in self.children(parents.pop()):
+                started = self.started(child)
+                if started is not None and child not in found:
+                    found[child] = started
+                    parents.append(child)
+        return found
+
+    def started(self, pid: int) -> float | None:
+        """When process ``pid`` started, in this system's own unit: a pid the system reused for another
+        process has another value (None: it is gone)."""
+        import psutil
+
+        try:
+            return psutil.Process(pid).create_time()
+        except psutil.Error:
+            return None
+
     def die_with_parent(self, signum: int, parent_pid: int, channel_fd: int) -> None:
         """End this process's group with ``signum`` when the parent dies: here, when ``channel_fd`` (a socket
         or pipe to the parent) hangs up — a thread polls it for nothing but the hang-up, even while a call runs."""
@@ -239,6 +262,14 @@ class LinuxSystem(System):
             except OSError:  # the thread ended meanwhile
                 pass
         return found
+
+    def started(self, pid: int) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                fields = handle.read().rpartition(b")")[2].split()  # after the name, which may hold anything
+        except OSError:
+            return None
+        return float(fields[19])  # starttime (stat's field 22), in clock ticks since boot
 
     def die_with_parent(self, signum: int, parent_pid: int, channel_fd: int) -> None:
         if not self.parent_death_signal(signum, parent_pid):
