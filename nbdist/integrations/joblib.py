@@ -39,8 +39,7 @@ from typing import Any
 
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
 
-__all__ = ["ABORT_WAIT_SECONDS", "FAST_BATCH_GROWTH", "NbdistBackend", "OPTION_NAMES", "RUN_SHARE",
-           "RUN_TIME_RESOLUTION", "call_name"]
+__all__ = ["ABORT_WAIT_SECONDS", "FAST_BATCH_GROWTH", "NbdistBackend", "OPTION_NAMES", "RUN_SHARE", "call_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +60,14 @@ REMOTE_MAX_BATCH_SECONDS = 60.0
 # task costs a tenth of one. joblib measures a batch from its dispatch to its callback: for trivial
 # calls that is mostly this fixed cost (a batch that ran 0.2 ms takes 3 ms), so batches grow far more
 # slowly than their calls warrant. A batch that ran under RUN_SHARE of that duration is measured by its
-# run time as its task measured it (``wall_s``, to RUN_TIME_RESOLUTION), and while batches end far
-# below the ideal duration it grows up to FAST_BATCH_GROWTH times per measured batch (joblib's own rule:
-# twice), never past half the size that fills the ideal duration at that rate; the factor bounds what
-# one unrepresentative fast batch can do (calls that turn slow later). Batches whose calls take longer
-# than a job's fixed cost (a grid search's fits) grow as joblib grows them (see compute_batch_size).
-# 10,000 trivial calls take 29-33 jobs (44-48 with joblib's measure and 4 x growth).
+# run time as its task measured it (``wall_s``; a zero is a coarse clock's, not a measure), and while
+# batches end far below the ideal duration it grows up to FAST_BATCH_GROWTH times per measured batch
+# (joblib's own rule: twice), never past half the size that fills the ideal duration at that rate;
+# the factor bounds what one unrepresentative fast batch can do (calls that turn slow later). Batches
+# whose calls take longer than a job's fixed cost (a grid search's fits) grow as joblib grows them
+# (see compute_batch_size). 10,000 trivial calls take 29-33 jobs (44-48 with joblib's measure and 4 x).
 FAST_BATCH_GROWTH = 256
 RUN_SHARE = 0.25
-RUN_TIME_RESOLUTION = 1e-4
 
 _STOP = object()
 
@@ -195,8 +193,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         is kept for :meth:`compute_batch_size`."""
         run, self._retrieved_run_seconds = self._retrieved_run_seconds, None
         fast = 0.0
-        if run is not None and run < RUN_SHARE * duration:  # the job's fixed cost took most of it
-            duration = fast = max(run, RUN_TIME_RESOLUTION)
+        if run and run < RUN_SHARE * duration:  # the job's fixed cost took most of it
+            duration = fast = run
         if batch_size == self._effective_batch_size:
             self._fast_batch_seconds = fast
         super().batch_completed(batch_size, duration)

@@ -278,7 +278,7 @@ def _batch_job(values: list, run_seconds: float | None) -> Any:
 def test_batches_bound_by_a_job_s_fixed_cost_grow_fast_by_their_run_time_and_others_as_joblib_grows_them():
     from types import SimpleNamespace
 
-    from nbdist.integrations.joblib import FAST_BATCH_GROWTH, RUN_TIME_RESOLUTION, NbdistBackend
+    from nbdist.integrations.joblib import FAST_BATCH_GROWTH, NbdistBackend
 
     backend = NbdistBackend()
     backend.parallel = SimpleNamespace(verbose=0)
@@ -299,7 +299,7 @@ def test_batches_bound_by_a_job_s_fixed_cost_grow_fast_by_their_run_time_and_oth
     assert measured(8, 0.003, run=0.0005) == 0.0005
     assert next_size(8, 0.003, run=0.0005) == int(8 * 0.2 / 0.0005) // 2
     assert next_size(8, 0.003, run=0.00001) == FAST_BATCH_GROWTH * 8  # no more than FAST_BATCH_GROWTH at once
-    assert measured(8, 0.003, run=0.0) == RUN_TIME_RESOLUTION  # rounded to nothing: the resolution, not "none"
+    assert measured(8, 0.003, run=0.0) == 0.003  # a zero is a coarse clock's (Slurm's accounting): joblib's measure
     # A fit that ran 10 of its 15 ms, and batches without a run time: joblib's own rule, on its measure.
     assert measured(1, 0.015, run=0.010) == 0.015
     assert next_size(1, 0.015, run=0.010) == 2
