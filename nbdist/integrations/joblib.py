@@ -7,13 +7,16 @@
 
     Parallel ──► batches of calls (joblib's AutoBatchingMixin: bigger while batches end fast)
        │
-       ├─ submit(batch) ──► one nbdist job per batch, named after the function (``@nbdist.function``'s
-       │                    path: logs, limits, retries, the registry, local or Slurm); the call's jobs
-       │                    are one JobGroup, drawn as one dashboard (as a slow wait's: ``%load_ext nbdist``)
+       ├─ submit(batch) ──► an nbdist job, named after the function (``@nbdist.function``'s path: logs,
+       │                    limits, retries, the registry, local or Slurm); the call's jobs are one
+       │                    JobGroup, drawn as one dashboard (as a slow wait's: ``%load_ext nbdist``).
+       │                    Batches bound by a job's fixed cost, dispatched while the call's jobs fill
+       │                    its n_jobs slots, are held and go as one job when a slot frees (JoinedBatches)
        │                          │ ends: the session's poller thread
        │                          ▼
-       │               this backend's callback thread ──► joblib's callback: the batch's values read
-       │                                                   back, the next batch dispatched
+       │               this backend's callback thread ──► joblib's callback per batch of the job: its
+       │                                                   values read back, the next batch dispatched;
+       │                                                   then the held batches submitted
        └─ abort_everything (an exception, a timeout, an interrupt) ──► every live job killed, waited for
 
 nbdist's options are the backend's keyword arguments (``parallel_config(backend="nbdist", cores=2,
@@ -39,7 +42,8 @@ from typing import Any
 
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
 
-__all__ = ["ABORT_WAIT_SECONDS", "FAST_BATCH_GROWTH", "NbdistBackend", "OPTION_NAMES", "RUN_SHARE", "call_name"]
+__all__ = ["ABORT_WAIT_SECONDS", "FAST_BATCH_GROWTH", "JOIN_SHARE", "BatchHandle", "JoinedBatches", "NbdistBackend",
+           "OPTION_NAMES", "RUN_SHARE", "call_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +69,17 @@ REMOTE_MAX_BATCH_SECONDS = 60.0
 # (joblib's own rule: twice), never past half the size that fills the ideal duration at that rate;
 # the factor bounds what one unrepresentative fast batch can do (calls that turn slow later). Batches
 # whose calls take longer than a job's fixed cost (a grid search's fits) grow as joblib grows them
-# (see compute_batch_size). 10,000 trivial calls take 29-33 jobs (44-48 with joblib's measure and 4 x).
+# (see compute_batch_size).
 FAST_BATCH_GROWTH = 256
 RUN_SHARE = 0.25
+# Such batches still cost a job each, and joblib ends a call with 10 x n_jobs small ones (its tail rule,
+# for balance): so while they are bound by the fixed cost and ran under JOIN_SHARE of joblib's ideal
+# duration (2 ms locally, 0.1 s on Slurm), a batch dispatched when the call's jobs fill its n_jobs
+# slots (or while a job's callbacks run) is held, and the held ones go as one job when a slot frees.
+# At most joblib's pre-dispatched batches wait (2 x n_jobs), so parallelism stays; 10,000 trivial
+# calls take ~20 jobs (29-31 with a job per batch). Slower batches (a grid search's fits, whose
+# balance a joined job would upset) go at once, one job each, as before.
+JOIN_SHARE = 0.01
 
 _STOP = object()
 
@@ -84,6 +96,54 @@ def call_name(batch: Any) -> str:
         function = inner
     name = getattr(function, "__name__", None) or type(function).__name__
     return re.sub(r"[^A-Za-z0-9._+=-]", "", str(name)).lstrip("._+=-")[:60] or "joblib"
+
+
+class JoinedBatches:
+    """joblib batches run one after another as one job; its value is the list of their values.
+
+    An exception in one ends the job: joblib then aborts the call, as it does for one batch."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches = batches
+
+    def __call__(self) -> list[Any]:
+        return [batch() for batch in self.batches]
+
+
+def _calls_in(batch: Any) -> int:
+    try:
+        return max(1, len(batch))  # joblib's BatchedCalls
+    except TypeError:
+        return 1
+
+
+class BatchHandle:
+    """One joblib batch, as ``submit`` returns it and joblib's callback is given it: its job once
+    submitted (a held batch waits for a slot), and its place in that job's values."""
+
+    __slots__ = ("batch", "callback", "job", "position", "share")
+
+    def __init__(self, batch: Any, callback: Callable[[Any], None] | None) -> None:
+        self.batch: Any = batch
+        self.callback = callback
+        self.job: Any = None
+        self.position: int | None = None  # its index in a JoinedBatches job's values (None: the job is this batch)
+        self.share = 1.0  # its calls' share of the job's calls: of the job's run time, what is counted as its own
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The batch's values (its job's, or its part of them); raises what its job raises."""
+        if self.job is None:
+            raise RuntimeError("this joblib batch is held: it has no job yet")
+        values = self.job.result(timeout)
+        return values if self.position is None else values[self.position]
+
+    def run_seconds(self) -> float | None:
+        """Its share of its job's run time, as the task measured it (None: not measured)."""
+        run = self.job.record.runtime_of(self.job.index)
+        return run * self.share if run else run
+
+    def __repr__(self) -> str:
+        return f"<joblib batch of {self.job!r}>" if self.job is not None else "<joblib batch, held>"
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +193,9 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._waits: dict[Any, Any] = {}  # each live job's session.waiting() block, left when it ends
         self._completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._n_jobs = 1  # the call's slots: how many of its jobs may be live before batches are held
+        self._held: list[BatchHandle] = []  # batches waiting for a slot, to go as one job
+        self._join_batches = False  # the last batch was bound by a job's fixed cost: hold, then join
         self._call_name: str | None = None
         self._fast_batch_seconds = 0.0  # run time of the current size's last batch bound by a job's fixed cost
         self._retrieved_run_seconds: float | None = None  # the run time of the batch whose values were just read
@@ -169,13 +232,17 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         if self.session.backend_name != "multiprocess":
             self.MIN_IDEAL_BATCH_DURATION = REMOTE_MIN_BATCH_SECONDS
             self.MAX_IDEAL_BATCH_DURATION = REMOTE_MAX_BATCH_SECONDS
-        return self.effective_n_jobs(n_jobs)
+        self._n_jobs = self.effective_n_jobs(n_jobs)
+        return self._n_jobs
 
     def start_call(self) -> None:
         """A new Parallel call: a new name, list of jobs and dashboard."""
         self._call_name = None
         self.jobs = []
         self.group, self._group_end = None, None
+        self._join_batches = False
+        with self._lock:
+            self._held = []
 
     def stop_call(self) -> None:
         """The Parallel call ended (its values all read, or aborted): its dashboard, if shown, draws the end."""
@@ -195,6 +262,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         fast = 0.0
         if run and run < RUN_SHARE * duration:  # the job's fixed cost took most of it
             duration = fast = run
+        self._join_batches = 0.0 < fast < JOIN_SHARE * self.MIN_IDEAL_BATCH_DURATION
         if batch_size == self._effective_batch_size:
             self._fast_batch_seconds = fast
         super().batch_completed(batch_size, duration)
@@ -225,17 +293,51 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
 
     # ------------------------------------------------------------------ running batches
-    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
-        """Run one batch as an nbdist job; ``callback(job)`` runs on this backend's thread when it ends."""
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> BatchHandle:
+        """Run one batch as an nbdist job, or hold it for a slot (see :class:`JoinedBatches`);
+        ``callback(handle)`` runs on this backend's thread when its job ends."""
         if self.session is None:
             raise RuntimeError("the nbdist joblib backend is not configured (joblib calls configure first)")
+        if self._call_name is None:
+            self._call_name = self.options.get("name") or call_name(func)
+        handle = BatchHandle(func, callback)
+        if callback is not None:
+            self._start_thread()
+        with self._lock:
+            # On the callback thread a job's end is being handled: its slot is filled once all its
+            # batches' callbacks have dispatched theirs (_release_held), with as few jobs as slots.
+            hold = self._join_batches and (self._held or len(self._live) >= self._n_jobs
+                                           or threading.current_thread() is self._thread)
+            if hold:
+                self._held.append(handle)
+                return handle
+        self._submit_job([handle])
+        return handle
+
+    def _release_held(self) -> None:
+        """Submit the held batches: one job for each free slot, the batches shared out in order."""
+        with self._lock:
+            free = self._n_jobs - len(self._live)
+            if free <= 0 or not self._held:
+                return
+            held, self._held = self._held, []
+        jobs = min(free, len(held))
+        for part in range(jobs):
+            self._submit_job(held[part * len(held) // jobs:(part + 1) * len(held) // jobs])
+
+    def _submit_job(self, handles: list[BatchHandle]) -> None:
         from nbdist.session import JobGroup
         from nbdist.session.functions import function
 
-        if self._call_name is None:
-            self._call_name = self.options.get("name") or call_name(func)
+        batches = [handle.batch for handle in handles]
         options = {**self.options, "name": self._call_name}
-        job = function(func, session=self.session, **options).submit()
+        work = batches[0] if len(batches) == 1 else JoinedBatches(batches)
+        job = function(work, session=self.session, **options).submit()
+        calls = [_calls_in(batch) for batch in batches]
+        for position, handle in enumerate(handles):
+            handle.job, handle.batch = job, None
+            if len(handles) > 1:
+                handle.position, handle.share = position, calls[position] / sum(calls)
         # joblib waits for the batch through its callback, not through the job's result(): the session
         # is told someone waits, so that the end is noticed in milliseconds, not at the next idle poll.
         waiting = self.session.waiting()
@@ -250,10 +352,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
             self.group.add(job)
         if first:
             self._show_group()
-        if callback is not None:
-            self._start_thread()
-        job.add_done_callback(lambda done: self._ended(done, callback))
-        return job
+        job.add_done_callback(lambda done: self._ended(done, handles))
 
     def _show_group(self) -> None:
         """The call's one dashboard (its batches as they come), shown as a slow wait's is (after ``%load_ext
@@ -266,14 +365,14 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         """joblib 1.3–1.4's name of :meth:`submit`."""
         return self.submit(func, callback)
 
-    def retrieve_result_callback(self, out: Any) -> Any:
+    def retrieve_result_callback(self, out: BatchHandle) -> Any:
         """The batch's values, or the exception a call raised (with its remote traceback as
         ``__cause__``, as loky gives it), or :class:`nbdist.JobFailed` (killed, out of memory, …)."""
         values = out.result()
-        self._retrieved_run_seconds = out.record.runtime_of(out.index)  # for batch_completed, called next
+        self._retrieved_run_seconds = out.run_seconds()  # for batch_completed, called next
         return values
 
-    def _ended(self, job: Any, callback: Callable[[Any], None] | None) -> None:
+    def _ended(self, job: Any, handles: list[BatchHandle]) -> None:
         # The session's poller thread: joblib's callback reads the values and submits the next batch,
         # which must not happen on (and hold up) the thread that tracks every job.
         with self._lock:
@@ -281,8 +380,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
             waiting = self._waits.pop(job, None)
         if waiting is not None:
             waiting.__exit__(None, None, None)
-        if callback is not None:
-            self._completions.put((callback, job))
+        if any(handle.callback is not None for handle in handles):
+            self._completions.put(handles)
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -293,14 +392,18 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
                                             name="nbdist-joblib-callbacks", daemon=True)
             self._thread.start()
 
-    @staticmethod
-    def _run_callbacks(completions: queue.SimpleQueue[Any]) -> None:
-        while (item := completions.get()) is not _STOP:
-            callback, job = item
+    def _run_callbacks(self, completions: queue.SimpleQueue[Any]) -> None:
+        while (handles := completions.get()) is not _STOP:
+            for handle in handles:
+                try:
+                    if handle.callback is not None:
+                        handle.callback(handle)
+                except Exception:  # joblib's callback records a batch's own errors; this is a bug of ours or its
+                    logger.exception("joblib's callback failed for %r", handle)
             try:
-                callback(job)
-            except Exception:  # joblib's callback records a batch's own errors; this is a bug of ours or its
-                logger.exception("joblib's callback failed for %r", job)
+                self._release_held()
+            except Exception:  # a submit that failed (a closed session): joblib's abort or the next call says it
+                logger.exception("nbdist could not submit the held joblib batches")
 
     # ------------------------------------------------------------------ ending
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -310,6 +413,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
 
         with self._lock:
             live = list(self._live)
+            self._held = []  # never submitted: joblib drops their callbacks with the call
         for job in live:
             job.cancel()
         # A cancelled Job's Future is settled at once; ``wait()`` returns when its process is gone.

@@ -13,7 +13,13 @@ once and then often while work is live: the interval is ``WAIT_LATENCY_FRACTION`
 the wait began, from ``POLL_WAITED_SECONDS`` up to the usual schedule. Work that ends ``T`` seconds
 after its waiter began is noticed within about ``max(2 ms, T / 20)``, not a fixed poll period; the
 burst costs about 50 polls per tenfold of the wait's length, and nothing is polled more while no
-one waits or nothing is live.
+one waits or nothing is live. A backend that tells of ended tasks wakes the poller at once; polls
+then follow each other no sooner than ``POLL_COST_FACTOR`` times their cost (a tenth of a core), or
+``POLL_WAITED_COST_FACTOR`` times while someone waits on at most ``FEW_LIVE_TASKS``: then each end
+may be what unblocks the waiter (a joblib call waits for its batches one after another), which is
+idle meanwhile, and a poll's cost (~0.2 ms: the backend's reports and the registry's transaction)
+would otherwise delay each end by ~2 ms. With more live tasks the backend has work queued, and ends
+are gathered as before (an array's 1,000 steps: 10% slower with the shorter spacing).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ logger = logging.getLogger(__name__)
 POLL_MIN_SECONDS = 0.02
 POLL_MAX_SECONDS = 0.5
 POLL_COST_FACTOR = 10
+POLL_WAITED_COST_FACTOR = 3
+FEW_LIVE_TASKS = 32
 # While someone waits: the shortest interval, and the interval as a fraction of the time since the wait began.
 POLL_WAITED_SECONDS = 0.002
 WAIT_LATENCY_FRACTION = 0.05
@@ -127,7 +135,8 @@ class Poller:
             self._wake_event.clear()
             # A wake (tasks ended, someone waits) polls at once, but never sooner after the last poll
             # than its cost allows: a backend telling of every end must not make polling a busy loop.
-            spacing = cost * POLL_COST_FACTOR - (time.monotonic() - last_poll)
+            factor = POLL_WAITED_COST_FACTOR if self._waited_on_few() else POLL_COST_FACTOR
+            spacing = cost * factor - (time.monotonic() - last_poll)
             if spacing > 0:
                 self._stop_event.wait(spacing)
             if self._stop_event.is_set():
@@ -145,6 +154,11 @@ class Poller:
             last_poll = time.monotonic()
             interval = POLL_MIN_SECONDS if changed else min(POLL_MAX_SECONDS, interval * 1.5)
             interval = max(interval, cost * POLL_COST_FACTOR)
+
+    def _waited_on_few(self) -> bool:
+        """Someone waits and at most FEW_LIVE_TASKS are live: each end may be what they wait for (see the module)."""
+        with self.lifecycle.lock:
+            return bool(self._waiters) and sum(map(len, self.lifecycle.live.values())) <= FEW_LIVE_TASKS
 
     def _burst_interval(self, cost: float) -> float:
         """The interval while someone waits (see the module); no burst once nothing is live (nothing can end)."""

@@ -138,6 +138,23 @@ def test_auto_batching_makes_fewer_jobs_than_calls_and_every_value_comes_back(se
     assert {job.name for job in jobs} == {"square"}
 
 
+def test_batches_bound_by_a_job_s_fixed_cost_wait_for_a_slot_and_go_joined_as_one_job(session):
+    from nbdist.integrations.joblib import NbdistBackend
+
+    backend = NbdistBackend(session=session)
+    parallel = Parallel(backend=backend, n_jobs=2)
+    assert parallel(delayed(square)(i) for i in range(10_000)) == [i * i for i in range(10_000)]
+    # joblib's tail rule alone makes 20 batches; held while both slots are busy, they share jobs.
+    assert len(backend.jobs) < parallel.n_dispatched_batches, (len(backend.jobs), parallel.n_dispatched_batches)
+    joined = [job for job in backend.jobs if isinstance(job.result(), list) and isinstance(job.result()[0], list)]
+    assert joined and all(len(job.result()) >= 2 for job in joined)  # one list of values per batch
+    assert {job.state for job in session.jobs()} == {State.DONE}
+    # An exception late in the call, where batches are joined, is raised as itself, as for a batch of its own.
+    with pytest.raises(ValueError, match="item 9000 is bad") as caught:
+        Parallel(backend=backend, n_jobs=2)(delayed(boom_at)(i, 9_000) for i in range(10_000))
+    assert "boom_at" in str(caught.value.__cause__)
+
+
 def test_the_generator_modes_yield_in_order_and_as_calls_end(session):
     with parallel_config(backend="nbdist", session=session, n_jobs=2):
         ordered = Parallel(return_as="generator", batch_size=1)(
@@ -269,10 +286,15 @@ def test_a_parallel_call_shows_nothing_without_the_hook_and_a_drawing_error_does
 
 
 def _batch_job(values: list, run_seconds: float | None) -> Any:
-    """A batch's ended job as the backend's callback sees it: its values, and its run time as its task measured it."""
+    """A batch as the backend's callback sees it: its ended job's values, and its run time as its task measured it."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(result=lambda: values, index=0, record=SimpleNamespace(runtime_of=lambda index: run_seconds))
+    from nbdist.integrations.joblib import BatchHandle
+
+    handle = BatchHandle(None, None)
+    handle.job = SimpleNamespace(result=lambda timeout=None: values, index=0,
+                                 record=SimpleNamespace(runtime_of=lambda index: run_seconds))
+    return handle
 
 
 def test_batches_bound_by_a_job_s_fixed_cost_grow_fast_by_their_run_time_and_others_as_joblib_grows_them():
@@ -322,8 +344,8 @@ def test_terminate_ends_the_call_s_dashboard_for_a_joblib_that_never_calls_stop_
     try:
         backend = NbdistBackend(session=session)
         backend.configure(n_jobs=2)
-        job = backend.submit(lambda: 41 + 1)  # no start_call first, as an older joblib
-        assert job.result(30) == 42 and backend.group is not None and backend.group.jobs() == [job]
+        batch = backend.submit(lambda: 41 + 1)  # no start_call first, as an older joblib
+        assert batch.result(30) == 42 and backend.group is not None and backend.group.jobs() == [batch.job]
         backend.terminate()
         assert backend.group is None
         time.sleep(LIVE_AFTER_SECONDS + 0.3)
