@@ -121,17 +121,20 @@ class BatchHandle:
     """One joblib batch, as ``submit`` returns it and joblib's callback is given it: its job once
     submitted (a held batch waits for a slot), and its place in that job's values."""
 
-    __slots__ = ("batch", "callback", "job", "position", "share")
+    __slots__ = ("batch", "callback", "error", "job", "position", "share")
 
     def __init__(self, batch: Any, callback: Callable[[Any], None] | None) -> None:
         self.batch: Any = batch
         self.callback = callback
         self.job: Any = None
+        self.error: BaseException | None = None  # why a held batch could not be submitted (its result raises it)
         self.position: int | None = None  # its index in a JoinedBatches job's values (None: the job is this batch)
         self.share = 1.0  # its calls' share of the job's calls: of the job's run time, what is counted as its own
 
     def result(self, timeout: float | None = None) -> Any:
         """The batch's values (its job's, or its part of them); raises what its job raises."""
+        if self.error is not None:
+            raise self.error
         if self.job is None:
             raise RuntimeError("this joblib batch is held: it has no job yet")
         values = self.job.result(timeout)
@@ -323,7 +326,13 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
             held, self._held = self._held, []
         jobs = min(free, len(held))
         for part in range(jobs):
-            self._submit_job(held[part * len(held) // jobs:(part + 1) * len(held) // jobs])
+            handles = held[part * len(held) // jobs:(part + 1) * len(held) // jobs]
+            try:
+                self._submit_job(handles)
+            except Exception as exc:  # a closed session, a full disk: joblib is told through the batches' callbacks
+                for handle in handles:
+                    handle.error = exc
+                self._run_batch_callbacks(handles)
 
     def _submit_job(self, handles: list[BatchHandle]) -> None:
         from nbdist.session import JobGroup
@@ -394,16 +403,17 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def _run_callbacks(self, completions: queue.SimpleQueue[Any]) -> None:
         while (handles := completions.get()) is not _STOP:
-            for handle in handles:
-                try:
-                    if handle.callback is not None:
-                        handle.callback(handle)
-                except Exception:  # joblib's callback records a batch's own errors; this is a bug of ours or its
-                    logger.exception("joblib's callback failed for %r", handle)
+            self._run_batch_callbacks(handles)
+            self._release_held()
+
+    @staticmethod
+    def _run_batch_callbacks(handles: list[BatchHandle]) -> None:
+        for handle in handles:
             try:
-                self._release_held()
-            except Exception:  # a submit that failed (a closed session): joblib's abort or the next call says it
-                logger.exception("nbdist could not submit the held joblib batches")
+                if handle.callback is not None:
+                    handle.callback(handle)
+            except Exception:  # joblib's callback records a batch's own errors; this is a bug of ours or its
+                logger.exception("joblib's callback failed for %r", handle)
 
     # ------------------------------------------------------------------ ending
     def abort_everything(self, ensure_ready: bool = True) -> None:

@@ -155,6 +155,24 @@ def test_batches_bound_by_a_job_s_fixed_cost_wait_for_a_slot_and_go_joined_as_on
     assert "boom_at" in str(caught.value.__cause__)
 
 
+def test_held_batches_that_cannot_be_submitted_reach_joblib_as_their_error(session):
+    import functools
+    import threading
+
+    from nbdist.integrations.joblib import BatchHandle, NbdistBackend
+
+    backend = NbdistBackend(session=session)
+    backend.configure(n_jobs=2)
+    called: list[BatchHandle] = []
+    unpicklable = functools.partial(len, threading.Lock())
+    backend._held = [BatchHandle(unpicklable, called.append), BatchHandle(unpicklable, called.append)]
+    backend._release_held()  # no job can be submitted: joblib must not wait for these batches for ever
+    assert len(called) == 2 and backend._held == [] and backend.jobs == [] and session.jobs() == []
+    for handle in called:
+        with pytest.raises(TypeError, match="pickle"):
+            backend.retrieve_result_callback(handle)
+
+
 def test_the_generator_modes_yield_in_order_and_as_calls_end(session):
     with parallel_config(backend="nbdist", session=session, n_jobs=2):
         ordered = Parallel(return_as="generator", batch_size=1)(
