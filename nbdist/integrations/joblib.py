@@ -64,16 +64,16 @@ REMOTE_MAX_BATCH_SECONDS = 60.0
 # task costs a tenth of one. joblib measures a batch from its dispatch to its callback: for trivial
 # calls that is mostly this fixed cost (a batch that ran 0.2 ms takes 3 ms), so batches grow far more
 # slowly than their calls warrant. A batch that ran under RUN_SHARE of that duration is measured by its
-# run time as its task measured it (``wall_s``; a zero is a coarse clock's, not a measure), and while
-# batches end far below the ideal duration it grows up to FAST_BATCH_GROWTH times per measured batch
-# (joblib's own rule: twice), never past half the size that fills the ideal duration at that rate;
-# the factor bounds what one unrepresentative fast batch can do (calls that turn slow later). Batches
-# whose calls take longer than a job's fixed cost (a grid search's fits) grow as joblib grows them
-# (see compute_batch_size).
+# run time instead (its calls timed around them in the task: none of the job's files, whose cost is
+# the disk's), and while batches end far below the ideal duration it grows up to FAST_BATCH_GROWTH
+# times per measured batch (joblib's own rule: twice), never past half the size that fills the ideal
+# duration at that rate; the factor bounds what one unrepresentative fast batch can do (calls that
+# turn slow later). Batches whose calls take longer than a job's fixed cost (a grid search's fits)
+# grow as joblib grows them (see compute_batch_size).
 FAST_BATCH_GROWTH = 256
 RUN_SHARE = 0.25
 # Such batches still cost a job each, and joblib ends a call with 10 x n_jobs small ones (its tail rule,
-# for balance): so while they are bound by the fixed cost and ran under JOIN_SHARE of joblib's ideal
+# for balance): so while they are bound by the fixed cost and run under JOIN_SHARE of joblib's ideal
 # duration (2 ms locally, 0.1 s on Slurm), a batch dispatched when the call's jobs fill its n_jobs
 # slots (or while a job's callbacks run) is held, and the held ones go as one job when a slot frees.
 # At most joblib's pre-dispatched batches wait (2 x n_jobs), so parallelism stays; 10,000 trivial
@@ -99,51 +99,65 @@ def call_name(batch: Any) -> str:
 
 
 class JoinedBatches:
-    """joblib batches run one after another as one job; its value is the list of their values.
+    """joblib batches run one after another as one job (often just one): its value is, for each batch,
+    its values and the seconds its calls took (the batch's run time, with none of the job's own costs).
 
     An exception in one ends the job: joblib then aborts the call, as it does for one batch."""
 
     def __init__(self, batches: list[Any]) -> None:
         self.batches = batches
 
-    def __call__(self) -> list[Any]:
-        return [batch() for batch in self.batches]
+    def __call__(self) -> list[tuple[Any, float]]:
+        ran = []
+        for batch in self.batches:
+            start = time.perf_counter()
+            values = batch()
+            ran.append((values, time.perf_counter() - start))
+        return ran
 
 
-def _calls_in(batch: Any) -> int:
-    try:
-        return max(1, len(batch))  # joblib's BatchedCalls
-    except TypeError:
-        return 1
+class _JobValue:
+    """A job's value, read once for the batches it ran and dropped once each has taken its part."""
+
+    __slots__ = ("job", "unread", "value")
+
+    def __init__(self, job: Any, batches: int) -> None:
+        self.job, self.unread, self.value = job, batches, None
+
+    def take(self, timeout: float | None) -> Any:
+        value = self.value if self.value is not None else self.job.result(timeout)
+        self.unread -= 1
+        self.value = value if self.unread > 0 else None
+        return value
 
 
 class BatchHandle:
     """One joblib batch, as ``submit`` returns it and joblib's callback is given it: its job once
-    submitted (a held batch waits for a slot), and its place in that job's values."""
+    submitted (a held batch waits for a slot), its place in that job's value, its run time once read."""
 
-    __slots__ = ("batch", "callback", "error", "job", "position", "share")
+    __slots__ = ("batch", "callback", "error", "job", "position", "seconds", "_value")
 
     def __init__(self, batch: Any, callback: Callable[[Any], None] | None) -> None:
         self.batch: Any = batch
         self.callback = callback
         self.job: Any = None
         self.error: BaseException | None = None  # why a held batch could not be submitted (its result raises it)
-        self.position: int | None = None  # its index in a JoinedBatches job's values (None: the job is this batch)
-        self.share = 1.0  # its calls' share of the job's calls: of the job's run time, what is counted as its own
+        self.position = 0  # its index in its job's value
+        self.seconds: float | None = None  # its run time, known once its values are read
+        self._value: _JobValue | None = None
+
+    def joined(self, job: Any, position: int, value: _JobValue) -> None:
+        """It was submitted: the ``position``-th batch of ``job``, whose value the job's batches share."""
+        self.job, self.position, self._value, self.batch = job, position, value, None
 
     def result(self, timeout: float | None = None) -> Any:
-        """The batch's values (its job's, or its part of them); raises what its job raises."""
+        """The batch's values (its part of its job's value); raises what its job raises."""
         if self.error is not None:
             raise self.error
-        if self.job is None:
+        if self._value is None:
             raise RuntimeError("this joblib batch is held: it has no job yet")
-        values = self.job.result(timeout)
-        return values if self.position is None else values[self.position]
-
-    def run_seconds(self) -> float | None:
-        """Its share of its job's run time, as the task measured it (None: not measured)."""
-        run = self.job.record.runtime_of(self.job.index)
-        return run * self.share if run else run
+        values, self.seconds = self._value.take(timeout)[self.position]
+        return values
 
     def __repr__(self) -> str:
         return f"<joblib batch of {self.job!r}>" if self.job is not None else "<joblib batch, held>"
@@ -338,15 +352,11 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         from nbdist.session import JobGroup
         from nbdist.session.functions import function
 
-        batches = [handle.batch for handle in handles]
         options = {**self.options, "name": self._call_name}
-        work = batches[0] if len(batches) == 1 else JoinedBatches(batches)
-        job = function(work, session=self.session, **options).submit()
-        calls = [_calls_in(batch) for batch in batches]
+        job = function(JoinedBatches([handle.batch for handle in handles]), session=self.session, **options).submit()
+        value = _JobValue(job, len(handles))
         for position, handle in enumerate(handles):
-            handle.job, handle.batch = job, None
-            if len(handles) > 1:
-                handle.position, handle.share = position, calls[position] / sum(calls)
+            handle.joined(job, position, value)
         # joblib waits for the batch through its callback, not through the job's result(): the session
         # is told someone waits, so that the end is noticed in milliseconds, not at the next idle poll.
         waiting = self.session.waiting()
@@ -378,7 +388,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         """The batch's values, or the exception a call raised (with its remote traceback as
         ``__cause__``, as loky gives it), or :class:`nbdist.JobFailed` (killed, out of memory, …)."""
         values = out.result()
-        self._retrieved_run_seconds = out.run_seconds()  # for batch_completed, called next
+        self._retrieved_run_seconds = out.seconds  # for batch_completed, called next
         return values
 
     def _ended(self, job: Any, handles: list[BatchHandle]) -> None:

@@ -146,8 +146,9 @@ def test_batches_bound_by_a_job_s_fixed_cost_wait_for_a_slot_and_go_joined_as_on
     assert parallel(delayed(square)(i) for i in range(10_000)) == [i * i for i in range(10_000)]
     # joblib's tail rule alone makes 20 batches; held while both slots are busy, they share jobs.
     assert len(backend.jobs) < parallel.n_dispatched_batches, (len(backend.jobs), parallel.n_dispatched_batches)
-    joined = [job for job in backend.jobs if isinstance(job.result(), list) and isinstance(job.result()[0], list)]
-    assert joined and all(len(job.result()) >= 2 for job in joined)  # one list of values per batch
+    ran = [job.result() for job in backend.jobs]  # each batch's values and the seconds its calls took
+    assert all(isinstance(values, list) and 0 < seconds < 5 for batches in ran for values, seconds in batches)
+    assert any(len(batches) >= 2 for batches in ran), [len(batches) for batches in ran]
     assert {job.state for job in session.jobs()} == {State.DONE}
     # An exception late in the call, where batches are joined, is raised as itself, as for a batch of its own.
     with pytest.raises(ValueError, match="item 9000 is bad") as caught:
@@ -304,14 +305,14 @@ def test_a_parallel_call_shows_nothing_without_the_hook_and_a_drawing_error_does
 
 
 def _batch_job(values: list, run_seconds: float | None) -> Any:
-    """A batch as the backend's callback sees it: its ended job's values, and its run time as its task measured it."""
+    """A batch as the backend's callback sees it: its ended job's value, its values and their run time."""
     from types import SimpleNamespace
 
     from nbdist.integrations.joblib import BatchHandle
 
     handle = BatchHandle(None, None)
-    handle.job = SimpleNamespace(result=lambda timeout=None: values, index=0,
-                                 record=SimpleNamespace(runtime_of=lambda index: run_seconds))
+    ended = SimpleNamespace(result=lambda timeout=None: [(values, run_seconds)])
+    handle.joined(ended, 0, SimpleNamespace(take=lambda timeout: ended.result()))
     return handle
 
 
