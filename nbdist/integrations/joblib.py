@@ -349,11 +349,13 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
                 self._run_batch_callbacks(handles)
 
     def _submit_job(self, handles: list[BatchHandle]) -> None:
-        from nbdist.session import JobGroup
-        from nbdist.session.functions import function
+        from nbdist.session import JobGroup, Options
+        from nbdist.session.functions import submit_call
 
-        options = {**self.options, "name": self._call_name}
-        job = function(JoinedBatches([handle.batch for handle in handles]), session=self.session, **options).submit()
+        # On this backend's session itself: a closed one raises (a decorated function's would fall back
+        # to the default session, and the call would run where nobody asked).
+        options = Options(**{**self.options, "name": self._call_name})
+        job = submit_call(self.session, options, JoinedBatches([handle.batch for handle in handles]), (), {})
         value = _JobValue(job, len(handles))
         for position, handle in enumerate(handles):
             handle.joined(job, position, value)

@@ -174,6 +174,19 @@ def test_held_batches_that_cannot_be_submitted_reach_joblib_as_their_error(sessi
             backend.retrieve_result_callback(handle)
 
 
+def test_a_closed_session_raises_and_nothing_runs_elsewhere(tmp_path):
+    from nbdist.integrations.joblib import NbdistBackend
+    from nbdist.session.defaults import current_default
+
+    default = current_default()
+    session = Session(parallelism=2, root=str(tmp_path / "root"))
+    backend = NbdistBackend(session=session)
+    session.close()
+    with pytest.raises(RuntimeError, match="this session is closed"):
+        Parallel(backend=backend, n_jobs=2)(delayed(square)(i) for i in range(4))
+    assert current_default() is default  # no default session was made to run it instead
+
+
 def test_the_generator_modes_yield_in_order_and_as_calls_end(session):
     with parallel_config(backend="nbdist", session=session, n_jobs=2):
         ordered = Parallel(return_as="generator", batch_size=1)(
