@@ -15,7 +15,8 @@ wait for a process to end, no polling  ``pidfd_open``: a pollable fd       a thr
 start a task in its own group          ``posix_spawn(setsid=True)``        ``posix_spawn(setpgroup=0)``
 orphans of a task come back to us      child subreaper (``prctl``)         no: a task that calls ``setsid`` and
                                                                            double-forks escapes unless a usage
-                                                                           sample saw it (see the runner)
+                                                                           sample or the kill's own walk of its
+                                                                           tree saw it (see the runner)
 this process's (or a pid's) children   ``/proc/PID/task/*/children``       psutil
 a process's start (pid reuse)          ``/proc/PID/stat``'s start time     psutil's creation time
 a helper dies with its parent          ``PR_SET_PDEATHSIG``                a thread sees its parent's socket hang up
