@@ -15,7 +15,8 @@ after its waiter began is noticed within about ``max(2 ms, T / 20)``, not a fixe
 burst costs about 50 polls per tenfold of the wait's length, and nothing is polled more while no
 one waits or nothing is live. A backend that tells of ended tasks wakes the poller at once; polls
 then follow each other no sooner than ``POLL_COST_FACTOR`` times their cost (a tenth of a core), or
-``POLL_WAITED_COST_FACTOR`` times while someone waits on at most ``FEW_LIVE_TASKS``: then each end
+``POLL_WAITED_COST_FACTOR`` times while someone waits and at most ``FEW_LIVE_TASKS`` of the session's
+tasks are live: then each end
 may be what unblocks the waiter (a joblib call waits for its batches one after another), which is
 idle meanwhile, and a poll's cost (~0.2 ms: the backend's reports and the registry's transaction)
 would otherwise delay each end by ~2 ms. With more live tasks the backend has work queued, and ends
@@ -130,13 +131,14 @@ class Poller:
 
     def _poll_loop(self) -> None:
         interval, cost, last_poll = POLL_MIN_SECONDS, 0.0, 0.0
+        retry_after = 0.0  # after a failed poll: POLL_MAX_SECONDS, however soon a wake comes
         while not self._stop_event.is_set():
             self._wake_event.wait(min(interval, self._burst_interval(cost)))
             self._wake_event.clear()
             # A wake (tasks ended, someone waits) polls at once, but never sooner after the last poll
             # than its cost allows: a backend telling of every end must not make polling a busy loop.
             factor = POLL_WAITED_COST_FACTOR if self._waited_on_few() else POLL_COST_FACTOR
-            spacing = cost * factor - (time.monotonic() - last_poll)
+            spacing = max(cost * factor, retry_after) - (time.monotonic() - last_poll)
             if spacing > 0:
                 self._stop_event.wait(spacing)
             if self._stop_event.is_set():
@@ -148,15 +150,18 @@ class Poller:
                 changed = self.poll()
             except Exception:
                 logger.exception("nbdist poll failed; retrying in %.1f s", POLL_MAX_SECONDS)
-                interval = cost = POLL_MAX_SECONDS  # a failing backend is not hammered, waited on or not
+                # A failing backend is not hammered, waited on or not.
+                interval = retry_after = POLL_MAX_SECONDS
+                last_poll = time.monotonic()
                 continue
-            cost = time.thread_time() - started
+            cost, retry_after = time.thread_time() - started, 0.0
             last_poll = time.monotonic()
             interval = POLL_MIN_SECONDS if changed else min(POLL_MAX_SECONDS, interval * 1.5)
             interval = max(interval, cost * POLL_COST_FACTOR)
 
     def _waited_on_few(self) -> bool:
-        """Someone waits and at most FEW_LIVE_TASKS are live: each end may be what they wait for (see the module)."""
+        """Someone waits and at most FEW_LIVE_TASKS of the session's tasks are live: each end may be what
+        they wait for (see the module)."""
         with self.lifecycle.lock:
             return bool(self._waiters) and sum(map(len, self.lifecycle.live.values())) <= FEW_LIVE_TASKS
 

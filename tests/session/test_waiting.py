@@ -34,3 +34,26 @@ def test_round_trips_of_a_python_call_are_short(tmp_path):
             trips.append(time.perf_counter() - started)
         # 20 ms locally on a quiet machine (benchmarks/python_map.py); loose here for a busy one.
         assert statistics.median(trips) < 0.1, f"median round trip {statistics.median(trips) * 1000:.0f} ms"
+
+
+def test_a_failing_poll_is_retried_after_half_a_second_however_often_it_is_woken(tmp_path, monkeypatch, caplog):
+    # A backend that tells of every end wakes the poller at once; while its polls fail (a backend
+    # that cannot be reached), the wakes must not turn into a poll each, waited on or not.
+    with Session(parallelism=2, root=str(tmp_path / "root")) as session:
+        poller = session._poller
+        polls = []
+
+        def failing_poll() -> bool:
+            polls.append(time.monotonic())
+            raise OSError("the backend cannot be reached")
+
+        monkeypatch.setattr(poller, "poll", failing_poll)
+        with session.waiting():
+            poller.ensure_started()
+            deadline = time.monotonic() + 1.2
+            while time.monotonic() < deadline:
+                poller.wake()
+                time.sleep(0.01)
+        assert 1 <= len(polls) <= 4, f"{len(polls)} polls in 1.2 s"
+        assert all(later - earlier >= 0.45 for earlier, later in zip(polls, polls[1:])), polls
+        assert "retrying in 0.5 s" in caplog.text
