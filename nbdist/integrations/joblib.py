@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -42,8 +41,9 @@ from typing import Any
 
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
 
-__all__ = ["ABORT_WAIT_SECONDS", "FAST_BATCH_GROWTH", "JOIN_SHARE", "BatchHandle", "JoinedBatches", "NbdistBackend",
-           "OPTION_NAMES", "RUN_SHARE", "call_name"]
+from .joblib_batches import BatchHandle, JoinedBatches, call_name, share_job
+
+__all__ = ["ABORT_WAIT_SECONDS", "FAST_BATCH_GROWTH", "JOIN_SHARE", "NbdistBackend", "OPTION_NAMES", "RUN_SHARE"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,91 +76,14 @@ RUN_SHARE = 0.25
 # for balance): so while they are bound by the fixed cost and run under JOIN_SHARE of joblib's ideal
 # duration (2 ms locally, 0.1 s on Slurm), a batch dispatched when the call's jobs fill its n_jobs
 # slots (or while a job's callbacks run) is held, and the held ones go as one job when a slot frees.
-# At most joblib's pre-dispatched batches wait (2 x n_jobs), so parallelism stays; 10,000 trivial
-# calls take ~20 jobs (29-31 with a job per batch). Slower batches (a grid search's fits, whose
-# balance a joined job would upset) go at once, one job each, as before.
+# Usually only joblib's pre-dispatched batches wait (2 x n_jobs); 10,000 trivial calls take ~20 jobs
+# (29-31 with a job per batch). A joined job takes at most its share of the held batches among the
+# free slots and at most joblib's ideal batch duration of calls at their measured speed, so that
+# pre_dispatch="all", which holds nearly every batch, still runs them n_jobs at a time. Slower
+# batches (a grid search's fits, whose balance a joined job would upset) go at once, one job each.
 JOIN_SHARE = 0.01
 
 _STOP = object()
-
-
-def call_name(batch: Any) -> str:
-    """A job name for a joblib batch: its first call's function (``functools.partial``, scikit-learn's
-    and joblib's wrappers unwrapped), as nbdist names allow it; ``"joblib"`` when it has none."""
-    items = getattr(batch, "items", None)
-    function: Any = items[0][0] if items else batch
-    for _ in range(5):
-        inner = getattr(function, "func", None) or getattr(function, "function", None)
-        if inner is None or not callable(inner):
-            break
-        function = inner
-    name = getattr(function, "__name__", None) or type(function).__name__
-    return re.sub(r"[^A-Za-z0-9._+=-]", "", str(name)).lstrip("._+=-")[:60] or "joblib"
-
-
-class JoinedBatches:
-    """joblib batches run one after another as one job (often just one): its value is, for each batch,
-    its values and the seconds its calls took (the batch's run time, with none of the job's own costs).
-
-    An exception in one ends the job: joblib then aborts the call, as it does for one batch."""
-
-    def __init__(self, batches: list[Any]) -> None:
-        self.batches = batches
-
-    def __call__(self) -> list[tuple[Any, float]]:
-        ran = []
-        for batch in self.batches:
-            start = time.perf_counter()
-            values = batch()
-            ran.append((values, time.perf_counter() - start))
-        return ran
-
-
-class _JobValue:
-    """A job's value, read once for the batches it ran and dropped once each has taken its part."""
-
-    __slots__ = ("job", "unread", "value")
-
-    def __init__(self, job: Any, batches: int) -> None:
-        self.job, self.unread, self.value = job, batches, None
-
-    def take(self, timeout: float | None) -> Any:
-        value = self.value if self.value is not None else self.job.result(timeout)
-        self.unread -= 1
-        self.value = value if self.unread > 0 else None
-        return value
-
-
-class BatchHandle:
-    """One joblib batch, as ``submit`` returns it and joblib's callback is given it: its job once
-    submitted (a held batch waits for a slot), its place in that job's value, its run time once read."""
-
-    __slots__ = ("batch", "callback", "error", "job", "position", "seconds", "_value")
-
-    def __init__(self, batch: Any, callback: Callable[[Any], None] | None) -> None:
-        self.batch: Any = batch
-        self.callback = callback
-        self.job: Any = None
-        self.error: BaseException | None = None  # why a held batch could not be submitted (its result raises it)
-        self.position = 0  # its index in its job's value
-        self.seconds: float | None = None  # its run time, known once its values are read
-        self._value: _JobValue | None = None
-
-    def joined(self, job: Any, position: int, value: _JobValue) -> None:
-        """It was submitted: the ``position``-th batch of ``job``, whose value the job's batches share."""
-        self.job, self.position, self._value, self.batch = job, position, value, None
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The batch's values (its part of its job's value); raises what its job raises."""
-        if self.error is not None:
-            raise self.error
-        if self._value is None:
-            raise RuntimeError("this joblib batch is held: it has no job yet")
-        values, self.seconds = self._value.take(timeout)[self.position]
-        return values
-
-    def __repr__(self) -> str:
-        return f"<joblib batch of {self.job!r}>" if self.job is not None else "<joblib batch, held>"
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +136,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._n_jobs = 1  # the call's slots: how many of its jobs may be live before batches are held
         self._held: list[BatchHandle] = []  # batches waiting for a slot, to go as one job
         self._join_batches = False  # the last batch was bound by a job's fixed cost: hold, then join
+        self._seconds_per_call = 0.0  # the calls' run time in that batch: how many a joined job may take
+        self._aborting = False  # abort_everything began: nothing held is submitted any more
         self._call_name: str | None = None
         self._fast_batch_seconds = 0.0  # run time of the current size's last batch bound by a job's fixed cost
         self._retrieved_run_seconds: float | None = None  # the run time of the batch whose values were just read
@@ -257,9 +182,9 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._call_name = None
         self.jobs = []
         self.group, self._group_end = None, None
-        self._join_batches = False
+        self._join_batches, self._seconds_per_call = False, 0.0
         with self._lock:
-            self._held = []
+            self._held, self._aborting = [], False
 
     def stop_call(self) -> None:
         """The Parallel call ended (its values all read, or aborted): its dashboard, if shown, draws the end."""
@@ -280,6 +205,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         if run and run < RUN_SHARE * duration:  # the job's fixed cost took most of it
             duration = fast = run
         self._join_batches = 0.0 < fast < JOIN_SHARE * self.MIN_IDEAL_BATCH_DURATION
+        if fast:
+            self._seconds_per_call = fast / max(batch_size, 1)
         if batch_size == self._effective_batch_size:
             self._fast_batch_seconds = fast
         super().batch_completed(batch_size, duration)
@@ -320,33 +247,59 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         handle = BatchHandle(func, callback)
         if callback is not None:
             self._start_thread()
+        on_callback_thread = threading.current_thread() is self._thread
         with self._lock:
             # On the callback thread a job's end is being handled: its slot is filled once all its
             # batches' callbacks have dispatched theirs (_release_held), with as few jobs as slots.
-            hold = self._join_batches and (self._held or len(self._live) >= self._n_jobs
-                                           or threading.current_thread() is self._thread)
+            # Only a batch with a callback is held: nothing else would ever ask for it.
+            hold = (callback is not None and self._join_batches and not self._aborting
+                    and (self._held or len(self._live) >= self._n_jobs or on_callback_thread))
             if hold:
                 self._held.append(handle)
                 return handle
-        self._submit_job([handle])
+        try:
+            self._submit_job([handle])
+        except Exception as exc:
+            if not on_callback_thread or callback is None:
+                raise  # Parallel's own thread: joblib aborts the call and raises it
+            # joblib dispatches the next batch from a batch's callback, where an exception is only
+            # logged and Parallel would wait for this batch for ever: it ends with the error instead.
+            handle.error = exc
+            self._completions.put([handle])
         return handle
 
     def _release_held(self) -> None:
-        """Submit the held batches: one job for each free slot, the batches shared out in order."""
+        """Submit held batches: a job for each free slot, each its share of them in order (see
+        :data:`JOIN_SHARE`); the rest wait for the next slot."""
         with self._lock:
             free = self._n_jobs - len(self._live)
-            if free <= 0 or not self._held:
+            if free <= 0 or not self._held or self._aborting:
                 return
-            held, self._held = self._held, []
-        jobs = min(free, len(held))
-        for part in range(jobs):
-            handles = held[part * len(held) // jobs:(part + 1) * len(held) // jobs]
+            parts: list[list[BatchHandle]] = []
+            while self._held and len(parts) < free:
+                parts.append(self._take_held(-(-len(self._held) // (free - len(parts)))))
+        for number, handles in enumerate(parts):
             try:
                 self._submit_job(handles)
             except Exception as exc:  # a closed session, a full disk: joblib is told through the batches' callbacks
-                for handle in handles:
+                failed = [handle for part in parts[number:] for handle in part]
+                for handle in failed:
                     handle.error = exc
-                self._run_batch_callbacks(handles)
+                self._run_batch_callbacks(failed)  # joblib aborts the call, which drops what is still held
+                return
+
+    def _take_held(self, most: int) -> list[BatchHandle]:
+        """Up to ``most`` held batches from the front, no more calls than fill joblib's ideal batch
+        duration at their measured speed (at least one batch). The caller holds the lock."""
+        budget = self.MIN_IDEAL_BATCH_DURATION / self._seconds_per_call if self._seconds_per_call else float("inf")
+        count = calls = 0
+        for handle in self._held[:most]:
+            size = len(handle.batch) if hasattr(handle.batch, "__len__") else 1
+            if count and calls + size > budget:
+                break
+            count, calls = count + 1, calls + size
+        taken, self._held = self._held[:count], self._held[count:]
+        return taken
 
     def _submit_job(self, handles: list[BatchHandle]) -> None:
         from nbdist.session import JobGroup, Options
@@ -356,21 +309,25 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         # to the default session, and the call would run where nobody asked).
         options = Options(**{**self.options, "name": self._call_name})
         job = submit_call(self.session, options, JoinedBatches([handle.batch for handle in handles]), (), {})
-        value = _JobValue(job, len(handles))
-        for position, handle in enumerate(handles):
-            handle.joined(job, position, value)
-        # joblib waits for the batch through its callback, not through the job's result(): the session
-        # is told someone waits, so that the end is noticed in milliseconds, not at the next idle poll.
-        waiting = self.session.waiting()
-        waiting.__enter__()
-        with self._lock:
-            self._waits[job] = waiting
+        share_job(job, handles)
+        with self._lock:  # from here on abort_everything kills it
             self._live.add(job)
             self.jobs.append(job)
-            first = self.group is None
-            if first:
-                self.group = JobGroup(self.session, self._call_name, "joblib Parallel")
-            self.group.add(job)
+        try:
+            # joblib waits for the batch through its callback, not through the job's result(): the session
+            # is told someone waits, so that the end is noticed in milliseconds, not at the next idle poll.
+            waiting = self.session.waiting()
+            waiting.__enter__()
+            with self._lock:
+                self._waits[job] = waiting
+                first = self.group is None
+                if first:
+                    self.group = JobGroup(self.session, self._call_name, "joblib Parallel")
+                self.group.add(job)
+        except BaseException:
+            job.cancel()  # submitted but not watched: it must not run on unseen (abort_everything waits for it)
+            job.add_done_callback(lambda done: self._ended(done, []))
+            raise
         if first:
             self._show_group()
         job.add_done_callback(lambda done: self._ended(done, handles))
@@ -380,7 +337,10 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         nbdist``, once the call has lasted a second): joblib, not nbdist, waits for the batches."""
         from nbdist.session import show_live_after
 
-        self._group_end = show_live_after(self.group)
+        try:
+            self._group_end = show_live_after(self.group)
+        except Exception:  # a drawing error must not fail the Parallel call, whose jobs run on
+            logger.warning("nbdist: could not show the Parallel call's dashboard", exc_info=True)
 
     def apply_async(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         """joblib 1.3–1.4's name of :meth:`submit`."""
@@ -435,7 +395,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
 
         with self._lock:
             live = list(self._live)
-            self._held = []  # never submitted: joblib drops their callbacks with the call
+            self._held, self._aborting = [], True  # never submitted: joblib drops their callbacks with the call
         for job in live:
             job.cancel()
         # A cancelled Job's Future is settled at once; ``wait()`` returns when its process is gone.

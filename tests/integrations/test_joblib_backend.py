@@ -150,7 +150,7 @@ def test_batches_bound_by_a_job_s_fixed_cost_wait_for_a_slot_and_go_joined_as_on
     assert all(isinstance(values, list) and 0 < seconds < 5 for batches in ran for values, seconds in batches)
     assert any(len(batches) >= 2 for batches in ran), [len(batches) for batches in ran]
     assert {job.state for job in session.jobs()} == {State.DONE}
-    # An exception late in the call, where batches are joined, is raised as itself, as for a batch of its own.
+    # An exception late in the call, where batches may go joined, is raised as itself, as for a batch alone.
     with pytest.raises(ValueError, match="item 9000 is bad") as caught:
         Parallel(backend=backend, n_jobs=2)(delayed(boom_at)(i, 9_000) for i in range(10_000))
     assert "boom_at" in str(caught.value.__cause__)
@@ -160,7 +160,8 @@ def test_held_batches_that_cannot_be_submitted_reach_joblib_as_their_error(sessi
     import functools
     import threading
 
-    from nbdist.integrations.joblib import BatchHandle, NbdistBackend
+    from nbdist.integrations.joblib import NbdistBackend
+    from nbdist.integrations.joblib_batches import BatchHandle
 
     backend = NbdistBackend(session=session)
     backend.configure(n_jobs=2)
@@ -172,6 +173,56 @@ def test_held_batches_that_cannot_be_submitted_reach_joblib_as_their_error(sessi
     for handle in called:
         with pytest.raises(TypeError, match="pickle"):
             backend.retrieve_result_callback(handle)
+
+
+def busy(x, seconds):
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pass
+    return x
+
+
+def test_pre_dispatch_all_holds_nearly_every_batch_and_still_runs_them_a_slot_at_a_time(session):
+    from nbdist.integrations.joblib import NbdistBackend
+
+    backend = NbdistBackend(session=session)
+    calls = 4000  # 0.5 ms each: 2 s of work, which must not end up in one serial job
+    parallel = Parallel(backend=backend, n_jobs=2, pre_dispatch="all")
+    assert parallel(delayed(busy)(i, 0.0005) for i in range(calls)) == list(range(calls))
+    per_job = [sum(len(values) for values, _ in job.result()) for job in backend.jobs]
+    assert sum(per_job) == calls
+    # A joined job takes at most joblib's ideal batch duration (0.2 s: ~400 of these calls).
+    assert max(per_job) < calls / 4, sorted(per_job)[-5:]
+
+
+def test_a_batch_that_cannot_be_submitted_from_a_callback_is_raised_by_parallel(session):
+    import threading
+
+    from nbdist.integrations.joblib import NbdistBackend
+
+    # Batches of one slow call go one job each; the 7th is dispatched by a batch's callback, on the
+    # backend's thread, and cannot be pickled: Parallel raises that, not a timeout.
+    items: list[Any] = list(range(10))
+    items[6] = threading.Lock()
+    with pytest.raises(TypeError, match="pickle"):
+        Parallel(backend=NbdistBackend(session=session), n_jobs=2, batch_size=1, timeout=60)(
+            delayed(slow_identity)(item, 0.05) for item in items)
+    assert all(job.state.is_terminal for job in session.jobs())
+
+
+def test_a_batch_without_a_callback_is_never_held(session):
+    from nbdist.integrations.joblib import NbdistBackend
+
+    backend = NbdistBackend(session=session)
+    backend.configure(n_jobs=1)
+    backend.start_call()
+    backend._join_batches = True  # as after a batch bound by a job's fixed cost
+    ended: list[Any] = []
+    first = backend.submit(lambda: [slow_identity(1, 1.0)], ended.append)  # fills the one slot
+    handle = backend.submit(lambda: [square(3)])  # no callback: nothing would ask for it if it were held
+    assert first.job is not None and handle.job is not None and backend._held == []
+    assert handle.result(30) == [9] and first.result(30) == [1]
+    backend.terminate()
 
 
 def test_a_closed_session_raises_and_nothing_runs_elsewhere(tmp_path):
@@ -321,7 +372,7 @@ def _batch_job(values: list, run_seconds: float | None) -> Any:
     """A batch as the backend's callback sees it: its ended job's value, its values and their run time."""
     from types import SimpleNamespace
 
-    from nbdist.integrations.joblib import BatchHandle
+    from nbdist.integrations.joblib_batches import BatchHandle
 
     handle = BatchHandle(None, None)
     ended = SimpleNamespace(result=lambda timeout=None: [(values, run_seconds)])
