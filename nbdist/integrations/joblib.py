@@ -11,8 +11,8 @@
        │                    limits, retries, the registry, local or Slurm); the call's jobs are one
        │                    JobGroup, drawn as one dashboard (as a slow wait's: ``%load_ext nbdist``).
        │                    Batches bound by a job's fixed cost, dispatched while the call's jobs fill
-       │                    its n_jobs slots, are held and go as one job when a slot frees (JoinedBatches)
-       │                          │ ends: the session's poller thread
+       │                    its n_jobs slots, are held and go joined when a slot frees (JoinedBatches)
+       │                          │ ends: the session's poller thread (or at once, when cancelled)
        │                          ▼
        │               this backend's callback thread ──► joblib's callback per batch of the job: its
        │                                                   values read back, the next batch dispatched;
@@ -75,7 +75,7 @@ RUN_SHARE = 0.25
 # Such batches still cost a job each, and joblib ends a call with 10 x n_jobs small ones (its tail rule,
 # for balance): so while they are bound by the fixed cost and run under JOIN_SHARE of joblib's ideal
 # duration (2 ms locally, 0.1 s on Slurm), a batch dispatched when the call's jobs fill its n_jobs
-# slots (or while a job's callbacks run) is held, and the held ones go as one job when a slot frees.
+# slots (or while a job's callbacks run) is held, and the held ones go joined when a slot frees.
 # Usually only joblib's pre-dispatched batches wait (2 x n_jobs); 10,000 trivial calls take ~20 jobs
 # (29-31 with a job per batch). A joined job takes at most its share of the held batches among the
 # free slots and at most joblib's ideal batch duration of calls at their measured speed, so that
@@ -136,7 +136,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         self._n_jobs = 1  # the call's slots: how many of its jobs may be live before batches are held
         self._held: list[BatchHandle] = []  # batches waiting for a slot, to go as one job
         self._join_batches = False  # the last batch was bound by a job's fixed cost: hold, then join
-        self._seconds_per_call = 0.0  # the calls' run time in that batch: how many a joined job may take
+        self._seconds_per_call = 0.0  # the last read batch's run time per call: how many a joined job may take
         self._aborting = False  # abort_everything began: nothing held is submitted any more
         self._call_name: str | None = None
         self._fast_batch_seconds = 0.0  # run time of the current size's last batch bound by a job's fixed cost
@@ -205,8 +205,8 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         if run and run < RUN_SHARE * duration:  # the job's fixed cost took most of it
             duration = fast = run
         self._join_batches = 0.0 < fast < JOIN_SHARE * self.MIN_IDEAL_BATCH_DURATION
-        if fast:
-            self._seconds_per_call = fast / max(batch_size, 1)
+        if run:  # the newest speed, fast or not: held batches are joined by it even once holding stops
+            self._seconds_per_call = run / max(batch_size, 1)
         if batch_size == self._effective_batch_size:
             self._fast_batch_seconds = fast
         super().batch_completed(batch_size, duration)
@@ -250,7 +250,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         on_callback_thread = threading.current_thread() is self._thread
         with self._lock:
             # On the callback thread a job's end is being handled: its slot is filled once all its
-            # batches' callbacks have dispatched theirs (_release_held), with as few jobs as slots.
+            # batches' callbacks have dispatched theirs (_release_held), a job for each free slot.
             # Only a batch with a callback is held: nothing else would ever ask for it.
             hold = (callback is not None and self._join_batches and not self._aborting
                     and (self._held or len(self._live) >= self._n_jobs or on_callback_thread))
@@ -310,9 +310,14 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         options = Options(**{**self.options, "name": self._call_name})
         job = submit_call(self.session, options, JoinedBatches([handle.batch for handle in handles]), (), {})
         share_job(job, handles)
-        with self._lock:  # from here on abort_everything kills it
-            self._live.add(job)
+        with self._lock:  # from here on abort_everything kills it; one that began meanwhile missed it
+            aborted = self._aborting
             self.jobs.append(job)
+            if not aborted:
+                self._live.add(job)
+        if aborted:
+            job.cancel()
+            raise RuntimeError("the Parallel call was aborted while this batch was submitted")
         try:
             # joblib waits for the batch through its callback, not through the job's result(): the session
             # is told someone waits, so that the end is noticed in milliseconds, not at the next idle poll.
@@ -325,8 +330,10 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
                     self.group = JobGroup(self.session, self._call_name, "joblib Parallel")
                 self.group.add(job)
         except BaseException:
-            job.cancel()  # submitted but not watched: it must not run on unseen (abort_everything waits for it)
-            job.add_done_callback(lambda done: self._ended(done, []))
+            try:
+                job.cancel()  # submitted but not watched: it must not run on unseen
+            finally:
+                job.add_done_callback(lambda done: self._ended(done, []))
             raise
         if first:
             self._show_group()
@@ -354,15 +361,14 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         return values
 
     def _ended(self, job: Any, handles: list[BatchHandle]) -> None:
-        # The session's poller thread: joblib's callback reads the values and submits the next batch,
-        # which must not happen on (and hold up) the thread that tracks every job.
+        # Mostly the session's poller thread: joblib's callback reads the values and submits the next
+        # batch, which must not happen on (and hold up) the thread that tracks every job.
         with self._lock:
             self._live.discard(job)
             waiting = self._waits.pop(job, None)
         if waiting is not None:
             waiting.__exit__(None, None, None)
-        if any(handle.callback is not None for handle in handles):
-            self._completions.put(handles)
+        self._completions.put(handles)  # its batches' callbacks, if any; then held batches take the slot
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -398,12 +404,15 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
             self._held, self._aborting = [], True  # never submitted: joblib drops their callbacks with the call
         for job in live:
             job.cancel()
-        # A cancelled Job's Future is settled at once; ``wait()`` returns when its process is gone.
+        # Also those cancelled as they were submitted (a watch that failed, this abort): a cancelled
+        # Job's Future is settled at once, and ``wait()`` returns when its process is gone.
+        with self._lock:
+            ending = [job for job in self.jobs if job in live or not job.state.is_terminal]
         deadline = time.monotonic() + ABORT_WAIT_SECONDS
         with quiet_waits():  # no live dashboard pops up for this wait
-            for job in live:
+            for job in ending:
                 job.wait(max(0.0, deadline - time.monotonic()))
-        running = [job for job in live if not job.state.is_terminal]
+        running = [job for job in ending if not job.state.is_terminal]
         if running:
             logger.warning("%d job(s) of the aborted Parallel call had not ended after %.0f s: %s", len(running),
                            ABORT_WAIT_SECONDS, ", ".join(str(job.id) for job in running))

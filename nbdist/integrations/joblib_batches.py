@@ -1,5 +1,6 @@
 """joblib batches as nbdist jobs run them: a job's batches (:class:`JoinedBatches`), what joblib holds
-for each (:class:`BatchHandle`), and a job's name from a batch's function (:func:`call_name`).
+for each (:class:`BatchHandle`), their shared reading of the job's value (:func:`share_job`,
+:class:`SharedValue`), and a job's name from a batch's function (:func:`call_name`).
 
 Nothing here imports joblib: a batch is any callable, with ``items`` (its calls) when joblib made it.
 """
@@ -71,7 +72,7 @@ class BatchHandle:
         self.batch: Any = batch
         self.callback = callback
         self.job: Any = None
-        self.error: BaseException | None = None  # why a held batch could not be submitted (its result raises it)
+        self.error: BaseException | None = None  # why it could not be submitted (its result raises it)
         self.position = 0  # its index in its job's value
         self.seconds: float | None = None  # its run time, known once its values are read
         self._value: SharedValue | None = None

@@ -189,7 +189,9 @@ def test_pre_dispatch_all_holds_nearly_every_batch_and_still_runs_them_a_slot_at
     calls = 4000  # 0.5 ms each: 2 s of work, which must not end up in one serial job
     parallel = Parallel(backend=backend, n_jobs=2, pre_dispatch="all")
     assert parallel(delayed(busy)(i, 0.0005) for i in range(calls)) == list(range(calls))
-    per_job = [sum(len(values) for values, _ in job.result()) for job in backend.jobs]
+    ran = [job.result() for job in backend.jobs]
+    assert any(len(batches) >= 2 for batches in ran), "no batch was held and joined"
+    per_job = [sum(len(values) for values, _ in batches) for batches in ran]
     assert sum(per_job) == calls
     # A joined job takes at most joblib's ideal batch duration (0.2 s: ~400 of these calls).
     assert max(per_job) < calls / 4, sorted(per_job)[-5:]
@@ -218,11 +220,41 @@ def test_a_batch_without_a_callback_is_never_held(session):
     backend.start_call()
     backend._join_batches = True  # as after a batch bound by a job's fixed cost
     ended: list[Any] = []
-    first = backend.submit(lambda: [slow_identity(1, 1.0)], ended.append)  # fills the one slot
-    handle = backend.submit(lambda: [square(3)])  # no callback: nothing would ask for it if it were held
-    assert first.job is not None and handle.job is not None and backend._held == []
-    assert handle.result(30) == [9] and first.result(30) == [1]
-    backend.terminate()
+    try:
+        first = backend.submit(lambda: [slow_identity(1, 1.0)], ended.append)  # fills the one slot
+        handle = backend.submit(lambda: [square(3)])  # no callback: nothing would ask for it if it were held
+        assert first.job is not None and handle.job is not None and backend._held == []
+        assert handle.result(30) == [9] and first.result(30) == [1]
+    finally:
+        backend.terminate()
+
+
+def test_a_batch_submitted_as_the_call_aborts_or_that_cannot_be_watched_is_killed(session, monkeypatch):
+    from nbdist.integrations.joblib import NbdistBackend
+
+    backend = NbdistBackend(session=session)
+    backend.configure(n_jobs=2)
+    backend.start_call()
+    try:
+        # A batch a callback dispatched, submitted while joblib aborted the call: abort_everything had
+        # already taken the list of live jobs, so the submit kills its own job.
+        backend.abort_everything()
+        with pytest.raises(RuntimeError, match="aborted"):
+            backend.submit(lambda: [slow_identity(1, 60)], lambda handle: None)
+        backend.start_call()
+        # The session cannot be told someone waits: the job would run on unwatched.
+        monkeypatch.setattr(session, "waiting", lambda: (_ for _ in ()).throw(OSError("no watch")))
+        with pytest.raises(OSError, match="no watch"):
+            backend.submit(lambda: [slow_identity(2, 60)], lambda handle: None)
+        monkeypatch.undo()
+        killed = session.jobs()
+        assert len(killed) == 2
+        for job in killed:
+            job.wait(30)
+        assert {job.state for job in killed} == {State.KILLED}, [job.state for job in killed]
+        assert backend._live == set()
+    finally:
+        backend.terminate()
 
 
 def test_a_closed_session_raises_and_nothing_runs_elsewhere(tmp_path):
