@@ -16,11 +16,11 @@ burst costs about 50 polls per tenfold of the wait's length, and nothing is poll
 one waits or nothing is live. A backend that tells of ended tasks wakes the poller at once; polls
 then follow each other no sooner than ``POLL_COST_FACTOR`` times their cost (a tenth of a core), or
 ``POLL_WAITED_COST_FACTOR`` times while someone waits and at most ``FEW_LIVE_TASKS`` of the session's
-tasks are live: then each end
-may be what unblocks the waiter (a joblib call waits for its batches one after another), which is
-idle meanwhile, and a poll's cost (~0.2 ms: the backend's reports and the registry's transaction)
-would otherwise delay each end by ~2 ms. With more live tasks the backend has work queued, and ends
-are gathered as before (an array's 1,000 steps: 10% slower with the shorter spacing).
+tasks are live: then each end may be what unblocks the waiter (a joblib call waits for its batches
+one after another), which is idle meanwhile, and a poll's cost (~0.2 ms: the backend's reports and
+the registry's transaction) would otherwise delay each end by ~2 ms. With more live tasks the backend
+has work queued, and ends are gathered as before (an array's 1,000 steps: ~9% slower with the
+shorter spacing). A failed poll is retried after ``POLL_MAX_SECONDS``, however often it is woken.
 """
 
 from __future__ import annotations
