@@ -313,12 +313,10 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:  # from here on abort_everything kills it; one that began meanwhile missed it
             aborted = self._aborting
             self.jobs.append(job)
-            if not aborted:
-                self._live.add(job)
-        if aborted:
-            job.cancel()
-            raise RuntimeError("the Parallel call was aborted while this batch was submitted")
+            self._live.add(job)
         try:
+            if aborted:
+                raise RuntimeError("the Parallel call was aborted while this batch was submitted")
             # joblib waits for the batch through its callback, not through the job's result(): the session
             # is told someone waits, so that the end is noticed in milliseconds, not at the next idle poll.
             waiting = self.session.waiting()
@@ -331,7 +329,7 @@ class NbdistBackend(AutoBatchingMixin, ParallelBackendBase):
                 self.group.add(job)
         except BaseException:
             try:
-                job.cancel()  # submitted but not watched: it must not run on unseen
+                job.cancel()  # submitted but not watched (or after the abort): it must not run on unseen
             finally:
                 job.add_done_callback(lambda done: self._ended(done, []))
             raise
